@@ -1,0 +1,127 @@
+"""The ``pathme`` command: thin wrappers over the package, one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from pathme import __version__
+from pathme.wsi.slide import BACKENDS
+from pathme.wsi.tissue import TissueConfig
+
+logger = logging.getLogger("pathme")
+SAMPLE_MANIFEST_HEADER = "slide_id,path,patient_id\n"
+
+
+def _sample_data(args: argparse.Namespace) -> int:
+    from pathme.data.sample import fetch_sample_slide
+
+    print(fetch_sample_slide(args.out))
+    return 0
+
+
+def _demo_cohort(args: argparse.Namespace) -> int:
+    from pathme.data.cohort import make_demo_cohort
+    from pathme.data.sample import fetch_sample_slide
+
+    source = args.source or fetch_sample_slide(args.out / "source")
+    print(make_demo_cohort(args.out, source, n_slides=args.slides, seed=args.seed))
+    return 0
+
+
+def _preview(args: argparse.Namespace) -> int:
+    from pathme.viz.preview import preview_manifest
+
+    summary = preview_manifest(args.manifest, args.out, backend=args.backend, tissue=_tissue_config(args))
+    return _report(summary)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Everything that exists so far: sample slide, demo cohort, tissue and grid previews of both."""
+    from pathme.data.cohort import make_demo_cohort
+    from pathme.data.sample import fetch_sample_slide
+    from pathme.viz.preview import preview_manifest
+
+    out: Path = args.out
+    sample = fetch_sample_slide(out / "data")
+    sample_manifest = out / "data" / "sample_manifest.csv"
+    sample_manifest.write_text(f"{SAMPLE_MANIFEST_HEADER}cmu_small_region,{sample.name},cmu\n")
+    cohort_manifest = make_demo_cohort(out / "cohort", sample, n_slides=args.slides, seed=args.seed)
+    status = 0
+    for name, manifest in (("sample", sample_manifest), ("cohort", cohort_manifest)):
+        status |= _report(preview_manifest(manifest, out / "previews" / name, backend=args.backend))
+    print(f"\ndemo outputs in {out.resolve()}")
+    return status
+
+
+def _report(summary: pd.DataFrame) -> int:
+    """Print the slides that worked as a table and each failure on its own line; 1 when any slide failed."""
+    failed = summary["error"].astype(bool)
+    columns = ["slide_id", "mpp", "regions", "valid_l0_tiles", "tissue_fraction", "preview"]
+    if (~failed).any():
+        print(summary.loc[~failed, columns].to_string(index=False))
+    for slide_id, error in summary.loc[failed, ["slide_id", "error"]].itertuples(index=False):
+        print(f"FAILED {slide_id}: {error}")
+    return int(failed.any())
+
+
+def _tissue_config(args: argparse.Namespace) -> TissueConfig:
+    return TissueConfig(mpp=args.tissue_mpp, min_tile_fraction=args.min_tile_fraction)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pathme", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"pathme {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    sample = commands.add_parser("sample-data", help="fetch the real CMU H&E sample slide (checked by sha256)")
+    sample.add_argument("--out", type=Path, required=True, help="folder to write cmu_small_region.svs into")
+    sample.set_defaults(run=_sample_data)
+
+    cohort = commands.add_parser("demo-cohort", help="build a labelled demo cohort from real H&E pixels")
+    cohort.add_argument("--out", type=Path, required=True, help="cohort folder (slides/, manifest.csv, labels.csv)")
+    cohort.add_argument("--slides", type=int, default=8, help="number of slides (default 8)")
+    cohort.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
+    cohort.add_argument("--source", type=Path, help="H&E slide to take pixels from (default: the CMU sample)")
+    cohort.set_defaults(run=_demo_cohort)
+
+    preview = commands.add_parser("preview", help="tissue mask and region grid preview PNG of every slide")
+    preview.add_argument("--manifest", type=Path, required=True, help="CSV with slide_id, path[, mpp][, patient_id]")
+    preview.add_argument("--out", type=Path, required=True, help="folder for the PNGs and preview_summary.csv")
+    preview.add_argument("--backend", choices=BACKENDS, default="cucim", help="slide reader (default cucim)")
+    preview.add_argument("--tissue-mpp", type=float, default=TissueConfig.mpp, help="thumbnail µm/px")
+    preview.add_argument(
+        "--min-tile-fraction", type=float, default=TissueConfig.min_tile_fraction, help="tissue share of a valid tile"
+    )
+    preview.set_defaults(run=_preview)
+
+    demo = commands.add_parser("demo", help="run the whole demo: sample data, demo cohort, previews")
+    demo.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output)")
+    demo.add_argument("--slides", type=int, default=4, help="demo cohort size (default 4)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed")
+    demo.add_argument("--backend", choices=BACKENDS, default="cucim", help="slide reader (default cucim)")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.run(args)
+    except (ValueError, OSError) as error:  # bad input: one clear line, no traceback (-v shows it)
+        if args.verbose:
+            raise
+        logger.error("%s", error)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sample data, synthetic slides and the demo cohort."""

@@ -1,0 +1,303 @@
+"""A deterministic demo cohort of multi-level slides built from real H&E pixels, with known answers.
+
+Why: the pipeline (regions -> features -> distillation -> MIL) needs slides whose labels are learnable and whose
+signal sits at a known place. Tissue is a mosaic of real tiles from the CMU-1 sample slide; "positive" slides
+carry one planted tumour-like block (dense, hematoxylin-heavy texture made from the same real pixels) aligned to
+the L1 grid, and their patients have shorter survival. Everything comes from one seeded numpy Generator, so the
+same seed gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from skimage.color import hed2rgb, rgb2hed
+from tqdm import tqdm
+
+from pathme.data.synthetic import downsample_area, write_pyramid
+from pathme.wsi.grid import CHILDREN_SIDE, REGION_PX, TILE_PX
+from pathme.wsi.slide import Slide
+from pathme.wsi.tissue import saturation as hsv_saturation
+
+MPP = 0.5
+MAGNIFICATION = 20.0
+DOWNSAMPLES = (1, 4, 16)
+TILE = TILE_PX  # an L0 tile
+REGION = REGION_PX  # an L2 region: 16 x 16 L0 tiles
+L1_TILES = CHILDREN_SIDE  # L0 tiles per side of an L1 tile
+BLOCK_TILES = 8  # side of a planted block in L0 tiles (2 x 2 L1 tiles)
+BASE_SIDE = 2 * REGION  # every slide has at least 2 x 2 regions
+EXTRA_SIDE = (200, 1500)  # extra px per side, so edge regions are partial
+SOURCE_STRIDE = 128
+SOURCE_MPP_TOLERANCE = 0.05  # relative: source pixels are pasted at 0.5 µm/px without resampling
+TISSUE_MIN_FRACTION = 0.8
+TISSUE_MIN_SATURATION = 0.15
+MEAN_MONTHS = {0: 48.0, 1: 12.0}  # exponential survival: positives have 4x the hazard
+CENSOR_MEAN_MONTHS = 96.0
+TWO_SLIDE_EVERY = 4  # every 4th patient has two slides
+TUMOUR_H_GAIN = 2.2  # optical density gains (hematoxylin, eosin) of the planted texture
+TUMOUR_E_GAIN = 0.4
+PLANTED_COLUMNS = [
+    "slide_id",
+    "region_x",
+    "region_y",
+    "l0_row0",
+    "l0_col0",
+    "l0_rows",
+    "l0_cols",
+    "x",
+    "y",
+    "width",
+    "height",
+]
+
+
+@dataclass(frozen=True)
+class PlannedSlide:
+    """What one slide will be: its ids, file name, format and whether it carries the planted block."""
+
+    slide_id: str
+    patient_id: str
+    filename: str
+    flavour: str
+    planted: bool
+
+
+def make_demo_cohort(out_dir: Path, source: Path, n_slides: int = 8, seed: int = 0) -> Path:
+    """Write slides, ``manifest.csv``, ``labels.csv`` and ``planted.csv`` under ``out_dir``; return the manifest."""
+    if n_slides < 2:
+        raise ValueError(f"n_slides must be at least 2 (one positive and one negative patient), got {n_slides}")
+    source = Path(source)
+    if not source.is_file():
+        raise FileNotFoundError(f"source slide not found: {source} (get it with pathme.data.sample.fetch_sample_slide)")
+    out_dir = Path(out_dir)
+    (out_dir / "slides").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    tiles = harvest_tiles(source)
+    tumour = _tumour_tiles(tiles)
+    patients = assign_patients(n_slides)
+    labels = draw_labels(patients[-1] + 1, rng)
+    times, events = draw_survival(labels, rng)
+    plan = plan_slides(patients, labels, rng)
+    planted_rows = []
+    for slide in tqdm(plan, desc="demo slides", unit="slide", disable=not sys.stderr.isatty()):
+        planted_rows += _write_slide(out_dir / "slides" / slide.filename, slide, tiles, tumour, rng)
+    _write_csv(out_dir / "planted.csv", PLANTED_COLUMNS, planted_rows)
+    label_rows = [[_patient_id(i), int(labels[i]), f"{times[i]:.2f}", int(events[i])] for i in range(len(labels))]
+    _write_csv(out_dir / "labels.csv", ["patient_id", "label", "time", "event"], label_rows)
+    manifest_rows = [[s.slide_id, f"slides/{s.filename}", s.patient_id] for s in plan]
+    manifest = out_dir / "manifest.csv"
+    _write_csv(manifest, ["slide_id", "path", "patient_id"], manifest_rows)
+    return manifest
+
+
+def harvest_tiles(source: Path) -> np.ndarray:
+    """Cut overlapping 256-px tissue tiles, [N, 256, 256, 3] uint8, from the source slide's level 0."""
+    slide = Slide.open(source)
+    if abs(slide.mpp - MPP) > SOURCE_MPP_TOLERANCE * MPP:
+        raise ValueError(f"source slide {source} is at {slide.mpp:.3f} µm/px; the demo cohort needs about {MPP}")
+    width, height = slide.size
+    image = slide.read_level(0, 0, 0, width, height)
+    saturation, stained = _stain_maps(image)
+    tiles = [
+        image[y : y + TILE, x : x + TILE]
+        for y in range(0, height - TILE + 1, SOURCE_STRIDE)
+        for x in range(0, width - TILE + 1, SOURCE_STRIDE)
+        if stained[y : y + TILE, x : x + TILE].mean() >= TISSUE_MIN_FRACTION
+        and saturation[y : y + TILE, x : x + TILE].mean() >= TISSUE_MIN_SATURATION
+    ]
+    if len(tiles) < 8:
+        raise ValueError(f"source slide {source} has only {len(tiles)} tissue tiles of {TILE} px; need at least 8")
+    return np.stack(tiles)
+
+
+def _stain_maps(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel HSV saturation, and whether a pixel is stained (not white: dark or saturated)."""
+    saturation = hsv_saturation(image)
+    return saturation, (image.min(axis=-1) < 200) | (saturation > TISSUE_MIN_SATURATION)
+
+
+def assign_patients(n_slides: int) -> list[int]:
+    """Patient index of each slide: one slide per patient, except every 4th patient who has two."""
+    patients: list[int] = []
+    index = 0
+    while len(patients) < n_slides:
+        count = 2 if index % TWO_SLIDE_EVERY == TWO_SLIDE_EVERY - 1 else 1
+        patients += [index] * min(count, n_slides - len(patients))
+        index += 1
+    return patients
+
+
+def _patient_id(index: int) -> str:
+    return f"P{index:03d}"
+
+
+def draw_labels(n_patients: int, rng: np.random.Generator) -> np.ndarray:
+    """Exactly half the patients (rounded down) positive, chosen at random."""
+    labels = np.zeros(n_patients, dtype=np.int64)
+    labels[rng.permutation(n_patients)[: n_patients // 2]] = 1
+    return labels
+
+
+def draw_survival(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Exponential event times (months) by label, with independent exponential censoring: (time, event)."""
+    event_times = rng.exponential(np.where(labels == 1, MEAN_MONTHS[1], MEAN_MONTHS[0]))
+    censor_times = rng.exponential(CENSOR_MEAN_MONTHS, size=len(labels))
+    return np.minimum(event_times, censor_times), (event_times <= censor_times).astype(np.int64)
+
+
+def plan_slides(patients: list[int], labels: np.ndarray, rng: np.random.Generator) -> list[PlannedSlide]:
+    """Ids, formats (even: SVS, odd: TIFF) and the planted flag: a positive patient's first slide always has it,
+    a second slide has it by a coin flip."""
+    plan = []
+    for index, patient in enumerate(patients):
+        first = index == 0 or patients[index - 1] != patient
+        flavour = "svs" if index % 2 == 0 else "tiff"
+        planted = bool(labels[patient] == 1 and (first or rng.random() < 0.5))
+        slide_id = f"demo_{index:03d}"
+        plan.append(PlannedSlide(slide_id, _patient_id(patient), f"{slide_id}.{flavour}", flavour, planted))
+    return plan
+
+
+def _write_slide(
+    path: Path, slide: PlannedSlide, tiles: np.ndarray, tumour: np.ndarray, rng: np.random.Generator
+) -> list[list]:
+    """Draw and write one slide (atomically); return its planted.csv rows."""
+    width, height = (BASE_SIDE + int(rng.integers(*EXTRA_SIDE)) for _ in range(2))
+    focus = _draw_focus(width, height, rng)
+    mask = _tissue_mask(width, height, focus, rng)
+    lut = _stain_lut(rng)
+    image = np.empty((height, width, 3), dtype=np.uint8)
+    _paste_cells(image, mask, lut[np.arange(3), tiles], _glass_tiles(rng), rng)
+    rows = []
+    if slide.planted:
+        x, y = focus
+        side = BLOCK_TILES * TILE
+        image[y : y + side, x : x + side] = _mosaic(lut[np.arange(3), tumour], side // tumour.shape[1], rng)
+        rows.append(_planted_row(slide.slide_id, x, y))
+    partial = path.with_name(f".{path.name}.partial")
+    magnification = MAGNIFICATION if slide.flavour == "svs" else None
+    write_pyramid(partial, image, MPP, slide.flavour, DOWNSAMPLES, magnification, compression="jpeg")
+    os.replace(partial, path)
+    return rows
+
+
+def _draw_focus(width: int, height: int, rng: np.random.Generator) -> tuple[int, int]:
+    """Level-0 (x, y) of a block position aligned to the L1 grid, inside one region and inside the slide."""
+    side = BLOCK_TILES * TILE
+    starts = range(0, REGION - side + 1, L1_TILES * TILE)
+    candidates = [
+        (region_x + dx, region_y + dy)
+        for region_y in range(0, height, REGION)
+        for region_x in range(0, width, REGION)
+        for dy in starts
+        for dx in starts
+        if region_x + dx + side <= width and region_y + dy + side <= height
+    ]
+    return candidates[int(rng.integers(len(candidates)))]
+
+
+def _tissue_mask(width: int, height: int, focus: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Tissue cells on the 256-px grid: an ellipse over the focus block, then random ellipses up to a coverage."""
+    rows, cols = math.ceil(height / TILE), math.ceil(width / TILE)
+    cell_y, cell_x = np.mgrid[0:rows, 0:cols] + 0.5
+    centre = (focus[1] / TILE + BLOCK_TILES / 2, focus[0] / TILE + BLOCK_TILES / 2)
+    mask = _ellipse(cell_y, cell_x, centre, rng.uniform(6.0, 9.0, size=2), rng.uniform(0, math.pi))
+    target = rng.uniform(0.35, 0.5)
+    while mask.mean() < target:
+        centre = (rng.uniform(0, rows), rng.uniform(0, cols))
+        mask |= _ellipse(cell_y, cell_x, centre, rng.uniform(3.0, 8.0, size=2), rng.uniform(0, math.pi))
+    row0, col0 = focus[1] // TILE, focus[0] // TILE
+    mask[row0 : row0 + BLOCK_TILES, col0 : col0 + BLOCK_TILES] = True
+    return mask
+
+
+def _ellipse(
+    cell_y: np.ndarray, cell_x: np.ndarray, centre: tuple[float, float], axes: np.ndarray, angle: float
+) -> np.ndarray:
+    dy, dx = cell_y - centre[0], cell_x - centre[1]
+    u = dx * math.cos(angle) + dy * math.sin(angle)
+    v = -dx * math.sin(angle) + dy * math.cos(angle)
+    return (u / axes[0]) ** 2 + (v / axes[1]) ** 2 <= 1.0
+
+
+def _stain_lut(rng: np.random.Generator) -> np.ndarray:
+    """Per-slide stain jitter as [3, 256] lookup tables: each channel's optical density scaled by 0.85-1.15."""
+    gains = rng.uniform(0.85, 1.15, size=3)
+    levels = np.arange(256) / 255.0
+    return np.round(255.0 * levels[None, :] ** gains[:, None]).astype(np.uint8)
+
+
+def _glass_tiles(rng: np.random.Generator, count: int = 4) -> np.ndarray:
+    """Near-white background tiles: a slight per-slide tint around 240 with +-2 grey-level noise."""
+    tint = rng.integers(238, 244, size=3).astype(np.uint8)
+    noise = rng.integers(0, 5, size=(count, TILE, TILE, 1), dtype=np.uint8)
+    return noise + (tint - 2)
+
+
+def _oriented(tile: np.ndarray, code: int) -> np.ndarray:
+    """One of the 8 flips/rotations by multiples of 90 degrees."""
+    turned = np.rot90(tile, code % 4)
+    return turned[:, ::-1] if code >= 4 else turned
+
+
+def _paste_cells(
+    image: np.ndarray, mask: np.ndarray, tissue: np.ndarray, glass: np.ndarray, rng: np.random.Generator
+) -> None:
+    """Fill every 256-px cell with a random tissue or glass tile in a random orientation, clipped at the edge."""
+    pool = np.concatenate([tissue, glass])
+    picks = np.where(
+        mask, rng.integers(len(tissue), size=mask.shape), len(tissue) + rng.integers(len(glass), size=mask.shape)
+    )
+    codes = rng.integers(8, size=mask.shape)
+    height, width = image.shape[:2]
+    for (row, col), pick in np.ndenumerate(picks):
+        y, x = row * TILE, col * TILE
+        h, w = min(TILE, height - y), min(TILE, width - x)
+        image[y : y + h, x : x + w] = _oriented(pool[pick], codes[row, col])[:h, :w]
+
+
+def _tumour_tiles(tiles: np.ndarray) -> np.ndarray:
+    """Tumour-like tiles: the nuclei-richer half of the source tiles at half size (twice the nuclei per area),
+    with hematoxylin boosted and eosin faded, so the block stands out in colour and texture."""
+    half = TILE // 2
+    stains = rgb2hed(np.stack([downsample_area(tile, (half, half)) for tile in tiles]))
+    hematoxylin = stains[..., 0].mean(axis=(1, 2))
+    stains = stains[hematoxylin >= np.median(hematoxylin)]
+    stains[..., 0] *= TUMOUR_H_GAIN
+    stains[..., 1] *= TUMOUR_E_GAIN
+    return np.round(np.clip(hed2rgb(stains), 0, 1) * 255).astype(np.uint8)
+
+
+def _mosaic(tiles: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """A ``count`` x ``count`` mosaic of random tiles in random orientations."""
+    picks = rng.integers(len(tiles), size=(count, count))
+    codes = rng.integers(8, size=(count, count))
+    rows = [
+        np.concatenate([_oriented(tiles[p], c) for p, c in zip(prow, crow, strict=True)], axis=1)
+        for prow, crow in zip(picks, codes, strict=True)
+    ]
+    return np.concatenate(rows, axis=0)
+
+
+def _planted_row(slide_id: str, x: int, y: int) -> list:
+    region_x, region_y = x // REGION * REGION, y // REGION * REGION
+    row0, col0 = (y - region_y) // TILE, (x - region_x) // TILE
+    side = BLOCK_TILES * TILE
+    return [slide_id, region_x, region_y, row0, col0, BLOCK_TILES, BLOCK_TILES, x, y, side, side]
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    """Write a CSV atomically (temporary name, then rename) with fixed line endings, for byte-identical reruns."""
+    partial = path.with_name(f".{path.name}.partial")
+    with partial.open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+    os.replace(partial, path)

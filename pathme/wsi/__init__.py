@@ -1,0 +1,1 @@
+"""Slides, µm/px, tissue, the region grid and one-read multi-scale tiles."""

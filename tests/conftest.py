@@ -1,0 +1,66 @@
+"""Shared fixtures: the real CMU H&E slide (fetched once, cached) and synthetic pyramids with known pixels."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pathme.data.synthetic import write_pyramid
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    """Where downloaded test data lives between runs (``PATHME_CACHE`` or ``<repo>/.cache``)."""
+    path = Path(os.environ.get("PATHME_CACHE", REPO / ".cache"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def cmu_slide(cache_dir: Path) -> Path:
+    """The real H&E slide cmu_small_region.svs (2220 x 2967 px, 0.499 µm/px), checked by sha256."""
+    from pathme.data.sample import fetch_sample_slide
+
+    return fetch_sample_slide(cache_dir)
+
+
+@pytest.fixture(scope="session")
+def cmu_pixels(cmu_slide: Path) -> np.ndarray:
+    """Level-0 pixels of the CMU slide, as realistic content for synthetic pyramids."""
+    from pathme.wsi.slide import Slide
+
+    slide = Slide.open(cmu_slide)
+    return slide.read_level(0, 0, 0, *slide.size)
+
+
+def block_pattern(height: int, width: int, block: int, seed: int = 0) -> np.ndarray:
+    """An image of ``block`` x ``block`` squares of random colours: its area averages are known exactly."""
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(0, 256, size=(-(-height // block), -(-width // block), 3), dtype=np.uint8)
+    return np.repeat(np.repeat(colours, block, axis=0), block, axis=1)[:height, :width]
+
+
+@pytest.fixture
+def make_slide(tmp_path: Path) -> Callable[..., Path]:
+    """Write a synthetic pyramid into the test's folder and return its path."""
+
+    def make(
+        image: np.ndarray,
+        mpp: float | None,
+        flavour: str = "tiff",
+        downsamples: tuple[float, ...] = (1, 4, 16),
+        magnification: float | None = None,
+        name: str | None = None,
+    ) -> Path:
+        suffix = ".svs" if flavour == "svs" else ".tiff"
+        path = tmp_path / f"{name or f'{flavour}_{mpp}'}{suffix}"
+        write_pyramid(path, image, mpp, flavour, downsamples, magnification)
+        return path
+
+    return make

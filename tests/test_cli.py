@@ -1,0 +1,82 @@
+"""The ``pathme`` command and the project set-up the README promises."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import REPO
+
+from pathme.cli import main
+
+README_COMMANDS = ["make demo", "make test"]
+
+
+def test_the_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
+    readme = (REPO / "README.md").read_text()
+    first_block = readme.split("```")[1].splitlines()[1:]  # after the language tag
+    assert [line.split("#")[0].strip() for line in first_block if line.strip()] == README_COMMANDS
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "make test" in ci.splitlines()[-1]
+    makefile = (REPO / "Makefile").read_text()
+    assert "$(BIN)/pathme demo" in makefile
+    assert "-m venv $(VENV)" in makefile and "-c constraints.txt" in makefile
+
+
+def test_help_works_for_every_subcommand():
+    for command in ([], ["sample-data"], ["demo-cohort"], ["preview"], ["demo"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "pathme.cli", *command, "--help"], capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 0, result.stderr
+        assert "usage: pathme" in result.stdout
+
+
+def test_preview_reports_bad_slides_and_finishes_the_others(tmp_path, cmu_slide, make_slide):
+    import numpy as np
+
+    no_mpp = make_slide(np.full((600, 600, 3), 240, dtype=np.uint8), None, "svs", name="no_mpp")
+    broken = tmp_path / "broken.svs"
+    broken.write_text("not a slide")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(
+        f"slide_id,path\ncmu,{cmu_slide}\nno_mpp,{no_mpp.name}\nbroken,broken.svs\nmissing,absent.svs\n"
+    )
+    out = tmp_path / "previews"
+    assert main(["preview", "--manifest", str(manifest), "--out", str(out)]) == 1
+    summary = pd.read_csv(out / "preview_summary.csv", keep_default_na=False).set_index("slide_id")
+    assert summary.loc["cmu", "error"] == "" and summary.loc["cmu", "regions"] == "1"
+    assert (out / "cmu_preview.png").is_file()
+    assert "manifest's 'mpp' column" in summary.loc["no_mpp", "error"]
+    assert "cannot be opened as a slide" in summary.loc["broken", "error"]
+    assert "file not found" in summary.loc["missing", "error"]
+    assert not (out / "no_mpp_preview.png").exists()
+
+
+def test_a_bad_manifest_is_one_clear_line(tmp_path, capsys, caplog):
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("slide_id,path\nA,a.svs\nA,b.svs\n")
+    assert main(["preview", "--manifest", str(manifest), "--out", str(tmp_path)]) == 2
+    assert "duplicate slide_id" in caplog.text
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_demo_target_runs_the_demo_command():
+    result = subprocess.run(["make", "-n", "demo"], cwd=REPO, capture_output=True, text=True, check=True)
+    assert ".venv/bin/pathme demo --out demo_output" in result.stdout
+
+
+def test_the_demo_writes_previews_of_the_sample_and_the_cohort(tmp_path, cmu_slide):
+    out = tmp_path / "demo"
+    (out / "data").mkdir(parents=True)
+    shutil.copy(cmu_slide, out / "data" / cmu_slide.name)  # the demo reuses a verified copy instead of pip
+    assert main(["demo", "--out", str(out), "--slides", "2"]) == 0
+    assert (out / "previews" / "sample" / "cmu_small_region_preview.png").is_file()
+    cohort = pd.read_csv(out / "previews" / "cohort" / "preview_summary.csv", keep_default_na=False)
+    assert len(cohort) == 2 and (cohort["error"] == "").all() and (cohort["regions"] >= 4).all()
+    for preview in cohort["preview"]:
+        assert Path(preview).is_file()
