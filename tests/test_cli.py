@@ -57,6 +57,20 @@ def test_preview_reports_bad_slides_and_finishes_the_others(tmp_path, cmu_slide,
     assert not (out / "no_mpp_preview.png").exists()
 
 
+def test_the_manifest_mpp_column_makes_a_slide_without_mpp_usable(tmp_path, make_slide):
+    import numpy as np
+
+    image = np.full((1200, 1200, 3), 240, dtype=np.uint8)
+    image[300:900, 300:900] = (190, 110, 170)
+    no_mpp = make_slide(image, None, "svs", name="no_mpp")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"slide_id,path,mpp\nno_mpp,{no_mpp.name},0.5\n")
+    out = tmp_path / "previews"
+    assert main(["preview", "--manifest", str(manifest), "--out", str(out)]) == 0
+    summary = pd.read_csv(out / "preview_summary.csv", keep_default_na=False)
+    assert summary.loc[0, "mpp_source"] == "manifest" and summary.loc[0, "regions"] == 1
+
+
 def test_a_bad_manifest_is_one_clear_line(tmp_path, capsys, caplog):
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("slide_id,path\nA,a.svs\nA,b.svs\n")

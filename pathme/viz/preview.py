@@ -31,7 +31,7 @@ REGION_COLOUR, L1_COLOUR, INVALID_COLOUR = (220, 30, 30), (250, 200, 0), (90, 90
 def render_preview(plan: SlidePlan, slide_mpp: float, tissue_mpp: float, min_side: int = 800) -> Image.Image:
     """An RGB image: tissue tinted green, invalid L0 tiles of each region crossed grey, L1 and region borders."""
     pixels = plan.thumbnail.astype(np.float32)
-    pixels[plan.mask] = 0.65 * pixels[plan.mask] + 0.35 * TISSUE_TINT
+    pixels[plan.mask] = 0.75 * pixels[plan.mask] + 0.25 * TISSUE_TINT
     zoom = max(1, math.ceil(min_side / max(plan.thumbnail.shape[:2])))
     image = Image.fromarray(pixels.astype(np.uint8)).resize(
         (plan.thumbnail.shape[1] * zoom, plan.thumbnail.shape[0] * zoom), Image.Resampling.NEAREST
