@@ -69,6 +69,32 @@ def _report(summary: pd.DataFrame) -> int:
     return int(failed.any())
 
 
+def _extract(args: argparse.Namespace) -> int:
+    """``monai bundle run`` of bundles/pathme_feature_extraction/configs/inference.json with these overrides."""
+    from pathme.bundles import run_bundle
+
+    overrides: dict[str, object] = {"manifest": str(args.manifest), "output_dir": str(args.output_dir)}
+    for name in ("experts", "reader_backend", "batch_size", "num_workers", "seed"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    if args.weights:
+        overrides["weights"] = dict(_name_value(item) for item in args.weights)
+    if args.interop_h5:
+        overrides["interop_h5"] = True
+    configs = ["inference.json", "multi_gpu_inference.json"] if args.multi_gpu else "inference.json"
+    run_bundle("pathme_feature_extraction", configs, **overrides)
+    summary = pd.read_csv(args.output_dir / "run_summary.csv", keep_default_na=False)
+    print(summary.drop(columns=["store"]).to_string(index=False))
+    return int((summary["status"] == "failed").any())
+
+
+def _name_value(item: str) -> tuple[str, str]:
+    name, separator, value = item.partition("=")
+    if not separator or not name or not value:
+        raise ValueError(f"--weights takes EXPERT=PATH (or EXPERT=random, EXPERT=hub), got {item!r}")
+    return name, value
+
+
 def _tissue_config(args: argparse.Namespace) -> TissueConfig:
     return TissueConfig(mpp=args.tissue_mpp, min_tile_fraction=args.min_tile_fraction)
 
@@ -99,6 +125,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-tile-fraction", type=float, default=TissueConfig.min_tile_fraction, help="tissue share of a valid tile"
     )
     preview.set_defaults(run=_preview)
+
+    extract = commands.add_parser(
+        "extract", help="region stores of every slide (runs the pathme_feature_extraction bundle)"
+    )
+    extract.add_argument("--manifest", type=Path, required=True, help="CSV with slide_id, path[, mpp][, patient_id]")
+    extract.add_argument("--output-dir", type=Path, required=True, help="folder for <slide_id>.h5 and run_summary.csv")
+    extract.add_argument("--experts", nargs="+", help="expert names (default: the bundle's tiny-vit tiny-cnn)")
+    extract.add_argument(
+        "--weights", nargs="+", metavar="EXPERT=PATH", help="weight file of an expert (or EXPERT=random, EXPERT=hub)"
+    )
+    extract.add_argument("--reader-backend", choices=BACKENDS, help="slide reader (default cucim)")
+    extract.add_argument("--batch-size", type=int, help="tiles per encoder batch (default 64)")
+    extract.add_argument("--num-workers", type=int, help="region-reading processes (default 1)")
+    extract.add_argument("--seed", type=int, help="random seed (default 0)")
+    extract.add_argument("--interop-h5", action="store_true", help="also write CLAM/TRIDENT-style h5_files/<expert>/")
+    extract.add_argument(
+        "--multi-gpu", action="store_true", help="add multi_gpu_inference.json (start the command with torchrun)"
+    )
+    extract.set_defaults(run=_extract)
 
     demo = commands.add_parser("demo", help="run the whole demo: sample data, demo cohort, previews")
     demo.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output)")

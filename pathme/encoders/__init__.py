@@ -1,0 +1,7 @@
+"""Expert registry: frozen patch encoders by name, with their input transform, dimension and weight source."""
+
+from pathme.encoders.expert import Expert, build_expert
+from pathme.encoders.registry import ExpertSpec, get_spec, list_experts
+from pathme.encoders.weights import WeightsError
+
+__all__ = ["Expert", "ExpertSpec", "WeightsError", "build_expert", "get_spec", "list_experts"]

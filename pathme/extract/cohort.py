@@ -1,0 +1,222 @@
+"""Feature extraction over a cohort: resumable, one bad slide never stops the others, slides sharded over ranks.
+
+A slide is skipped only when its region store opens and validates against the schema and the digests of its
+inputs (slide fingerprint, expert weights, extraction config); anything else is redone from scratch, and the
+store appears only when complete (written to a temporary name, then renamed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+import pathme
+from pathme.encoders import Expert, build_expert
+from pathme.extract.engine import encode_regions
+from pathme.extract.loader import RegionDataset, SlideSource, region_loader
+from pathme.store import RegionStoreWriter, config_digest, read_store_summary, store_is_done, write_features_h5
+from pathme.wsi.errors import SlideError
+from pathme.wsi.grid import L0_MPP, L0_SIDE, L1_MPP, L2_MPP, REGION_PX, TILE_PX
+from pathme.wsi.manifest import ManifestRow, read_manifest
+from pathme.wsi.regions import plan_regions
+from pathme.wsi.tissue import TissueConfig
+
+logger = logging.getLogger(__name__)
+
+FINGERPRINT_BYTES = 4 << 20  # bytes hashed at each end of a slide file
+SUMMARY_COLUMNS = ["slide_id", "status", "regions", "tiles", "seconds", "store", "error"]
+
+
+def slide_fingerprint(path: Path) -> str:
+    """Size plus sha256 of the first and last 4 MiB: catches a replaced or truncated slide without hashing GBs."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as handle:
+        digest.update(handle.read(FINGERPRINT_BYTES))
+        handle.seek(max(0, size - FINGERPRINT_BYTES))
+        digest.update(handle.read(FINGERPRINT_BYTES))
+    return f"size-ends-sha256:{size}:{digest.hexdigest()}"
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def default_device() -> torch.device:
+    """This rank's GPU when there is one (LOCAL_RANK under torchrun), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+@dataclass
+class CohortExtractor:
+    """Extract every slide of ``manifest`` into ``output_dir/<slide_id>.h5`` and write ``run_summary.csv``."""
+
+    manifest: str | Path
+    output_dir: str | Path
+    experts: Sequence[str]
+    weights: Mapping[str, str] = field(default_factory=dict)
+    reader_backend: str = "cucim"
+    batch_size: int = 64
+    num_workers: int = 1
+    device: torch.device | str | None = None
+    tissue: TissueConfig = field(default_factory=TissueConfig)
+    interop_h5: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.experts:
+            raise ValueError("experts: give at least one expert name (see pathme.encoders.list_experts())")
+        if self.batch_size < 1 or self.num_workers < 0:
+            raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {self.batch_size}, {self.num_workers}")
+        self.output_dir = Path(self.output_dir)
+        self.device = torch.device(self.device) if self.device is not None else default_device()
+
+    def config(self) -> dict:
+        """Everything that changes a store's content; its digest decides whether a store can be reused."""
+        return {
+            "schema": "pathme.store",
+            "experts": list(self.experts),
+            "reader_backend": self.reader_backend,
+            "tissue": asdict(self.tissue),
+            "geometry": {"tile_px": TILE_PX, "region_px": REGION_PX, "mpp": [L0_MPP, L1_MPP, L2_MPP]},
+            "seed": self.seed,
+        }
+
+    def run(self) -> pd.DataFrame:
+        """Extract this rank's share of the slides; rank 0 returns (and writes) the summary of all ranks."""
+        rank, world = _rank_and_world()
+        entries = read_manifest(self.manifest)[rank::world]
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        experts = {
+            name: build_expert(name, self.weights.get(name), device=self.device, seed=self.seed)
+            for name in self.experts
+        }
+        records = []
+        slides = tqdm(entries, desc=f"extract (rank {rank})" if world > 1 else "extract", unit="slide", disable=None)
+        for entry in slides:
+            record = self._extract_or_skip(entry, experts)
+            records.append(record)
+            slides.set_postfix(status=record["status"], tiles_per_s=_rate(record))
+        return self._summarise(records, rank, world)
+
+    def _extract_or_skip(self, entry: ManifestRow, experts: Mapping[str, Expert]) -> dict:
+        store = self.output_dir / f"{entry.slide_id}.h5"
+        record = dict.fromkeys(SUMMARY_COLUMNS, "") | {"slide_id": entry.slide_id, "store": str(store)}
+        start = time.perf_counter()
+        try:
+            expected = self._expected(entry, experts)
+            if store_is_done(store, expected=expected, experts=list(experts)):
+                record |= {"status": "skipped (valid store)", "regions": read_store_summary(store)["n_regions"]}
+            else:
+                regions, tiles = self._extract(entry, experts, store, expected)
+                record |= {"status": "done", "regions": regions, "tiles": tiles}
+            if self.interop_h5:
+                self._write_interop(store, entry.slide_id, list(experts))
+        except (SlideError, OSError, ValueError, RuntimeError) as error:
+            logger.error("slide %s failed: %s", entry.slide_id, error)
+            record |= {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+        record["seconds"] = round(time.perf_counter() - start, 3)
+        return record
+
+    def _expected(self, entry: ManifestRow, experts: Mapping[str, Expert]) -> dict:
+        if not entry.path.is_file():
+            raise SlideError(f"slide {entry.slide_id}: file not found: {entry.path}")
+        return {
+            "slide_digest": slide_fingerprint(entry.path),
+            "config_digest": config_digest(self.config() | {"mpp_override": entry.mpp}),
+            "expert_digests": {name: expert.weights_digest for name, expert in experts.items()},
+        }
+
+    def _extract(
+        self, entry: ManifestRow, experts: Mapping[str, Expert], store: Path, expected: dict
+    ) -> tuple[int, int]:
+        source = SlideSource(entry.path, entry.slide_id, self.reader_backend, entry.mpp)
+        slide = source.open()
+        plan = plan_regions(slide, self.tissue)
+        attrs = expected | {
+            "slide_id": entry.slide_id,
+            "slide_path": str(entry.path),
+            "slide_size": list(slide.size),
+            "mpp": slide.mpp,
+            "mpp_source": slide.mpp_source,
+            "reader_backend": slide.backend,
+            "experts": list(experts),
+            "expert_dims": {name: expert.dim for name, expert in experts.items()},
+            "expert_weights": {name: expert.weights_source for name, expert in experts.items()},
+            "package_version": pathme.__version__,
+        }
+        loader = region_loader(
+            RegionDataset(source, plan.regions), self.num_workers, pin_memory=self.device.type == "cuda"
+        )
+        dims = {name: expert.dim for name, expert in experts.items()}
+        with (
+            RegionStoreWriter(store, attrs=attrs, n_regions=len(plan.regions), experts=dims) as writer,
+            tqdm(total=len(plan.regions), desc=entry.slide_id, unit="region", leave=False, disable=None) as bar,
+        ):
+            tiles = encode_regions(iter(loader), plan.regions, experts, writer, self.batch_size, self.device, bar)
+            writer.commit()
+        logger.info("slide %s: %d regions, %d tiles encoded -> %s", entry.slide_id, len(plan.regions), tiles, store)
+        return len(plan.regions), tiles
+
+    def _write_interop(self, store: Path, slide_id: str, experts: list[str]) -> None:
+        """CLAM/TRIDENT-style files (`coords` [N, 2], `features` [N, D]) of the valid L0 tiles, from the store."""
+        import h5py
+
+        with h5py.File(store, "r") as handle:
+            origins = handle["coords"][:]
+            valid = handle["valid/L0"][:]
+            extent = float(handle.attrs["region_extent"]) / L0_SIDE
+            rows, cols = np.divmod(np.arange(L0_SIDE * L0_SIDE), L0_SIDE)
+            offsets = np.stack([cols, rows], axis=1) * extent
+            tile_xy = np.rint(origins[:, None, :] + offsets[None]).astype(np.int64)
+            for name in experts:
+                target = self.output_dir / "h5_files" / name / f"{slide_id}.h5"
+                features = handle[f"features/{name}/L0"][:]
+                write_features_h5(target, tile_xy[valid], features[valid], attrs={"expert": name, "slide_id": slide_id})
+
+    def _summarise(self, records: list[dict], rank: int, world: int) -> pd.DataFrame:
+        part = pd.DataFrame(records, columns=SUMMARY_COLUMNS)
+        if world == 1:
+            return _save_summary(part, self.output_dir / "run_summary.csv")
+        part.to_csv(self.output_dir / f".run_summary.rank{rank}.csv", index=False)
+        dist.barrier()
+        if rank != 0:
+            return part
+        parts = [self.output_dir / f".run_summary.rank{r}.csv" for r in range(world)]
+        summary = pd.concat([pd.read_csv(p, keep_default_na=False) for p in parts], ignore_index=True)
+        for path in parts:
+            path.unlink()
+        return _save_summary(summary.sort_values("slide_id", ignore_index=True), self.output_dir / "run_summary.csv")
+
+
+def _rate(record: dict) -> str:
+    tiles, seconds = record.get("tiles"), record.get("seconds")
+    return f"{tiles / seconds:.0f}" if isinstance(tiles, int) and seconds else "-"
+
+
+def _save_summary(summary: pd.DataFrame, path: Path) -> pd.DataFrame:
+    partial = path.with_name(f".{path.name}.partial")
+    summary.to_csv(partial, index=False)
+    os.replace(partial, path)
+    failed = summary[summary["status"] == "failed"]
+    for row in failed.itertuples():
+        logger.error("FAILED %s: %s", row.slide_id, row.error)
+    done = int((summary["status"] == "done").sum())
+    skipped = int(summary["status"].str.startswith("skipped").sum())
+    logger.info("%d slides: %d done, %d skipped, %d failed; see %s", len(summary), done, skipped, len(failed), path)
+    return summary

@@ -1,0 +1,71 @@
+"""Reading regions ahead of the encoders: a map-style dataset over one slide's planned regions.
+
+DataLoader workers each open the slide themselves (a slide handle is not shared across processes) and read
+whole regions once (:func:`pathme.wsi.tiles.read_region_tiles`), so decoding overlaps encoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pathme.wsi.regions import Region
+from pathme.wsi.slide import Slide
+from pathme.wsi.tiles import read_region_tiles
+
+#: rows of a region's tile stack: 256 L0 tiles, then 16 L1 tiles, then the L2 tile
+L0_ROWS, L1_ROWS, L2_ROW = slice(0, 256), slice(256, 272), 272
+TILES_PER_REGION = 273
+
+
+@dataclass(frozen=True)
+class SlideSource:
+    """How to open a slide again in another process."""
+
+    path: Path
+    slide_id: str
+    backend: str
+    mpp: float | None
+
+    def open(self) -> Slide:
+        return Slide.open(self.path, backend=self.backend, mpp=self.mpp, slide_id=self.slide_id)
+
+
+def tile_validity(region: Region) -> np.ndarray:
+    """Validity of the 273 stacked tiles; the L2 tile of an existing region is always valid."""
+    return np.concatenate([region.valid_l0, region.valid_l1, [True]])
+
+
+class RegionDataset(Dataset):
+    """Item ``i``: the index and the stacked uint8 tiles [273, 256, 256, 3] of the slide's i-th planned region."""
+
+    def __init__(self, source: SlideSource, regions: list[Region]) -> None:
+        self.source = source
+        self.regions = regions
+        self._slide: Slide | None = None
+
+    def __len__(self) -> int:
+        return len(self.regions)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
+        if self._slide is None:
+            self._slide = self.source.open()
+        tiles = read_region_tiles(self._slide, self.regions[index])
+        stacked = np.concatenate([tiles.l0, tiles.l1, tiles.l2[None]])
+        return index, torch.from_numpy(stacked)
+
+
+def region_loader(dataset: RegionDataset, num_workers: int, pin_memory: bool) -> DataLoader:
+    """Regions in order, one per item, read by ``num_workers`` processes ahead of the consumer."""
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        prefetch_factor=2 if num_workers > 0 else None,
+    )

@@ -1,0 +1,178 @@
+"""Writing one slide's region store: all or nothing.
+
+The store is built under a temporary name beside its final path and renamed into place only by
+:meth:`RegionStoreWriter.commit`, after every region is written and ``complete`` is set; an exception or a kill
+before that leaves nothing at the final path, so a rerun can never mistake a partial store for a finished one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import cast
+
+import h5py
+import numpy as np
+
+from pathme.store.atomic import AtomicTarget, open_h5
+from pathme.store.attrs import JSON_ATTRS, to_plain, write_attrs
+from pathme.store.checks import attrs_problem, coords_problem, regions_problem
+from pathme.store.errors import StoreError
+from pathme.store.schema import COORDS, FEATURES, SCHEMA_VERSION, VALID, WRITER_ATTRS, DatasetSpec, geometry_attrs
+
+FeatureTriple = Sequence[np.ndarray]  # (L0 [256, D], L1 [16, D], L2 [D])
+
+
+class RegionStoreWriter:
+    """Writes one slide's region store (HDF5) to a temporary name in the same folder and renames it into place
+    only in :meth:`commit`; a failure or kill before commit leaves no file at ``path`` (the next writer of the
+    same path removes the stale temporary file).
+
+    ``attrs`` are the :data:`~pathme.store.schema.REQUIRED_ATTRS` (``experts`` and ``expert_dims`` may be left
+    out: they follow from ``experts``, the expert name -> feature dimension mapping). Use it as a context
+    manager and call :meth:`commit` inside: leaving the block without a commit discards the file.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, attrs: Mapping[str, object], n_regions: int, experts: Mapping[str, int]
+    ):
+        self.path = Path(path)
+        self.n_regions = int(n_regions)
+        if self.n_regions < 0:
+            raise StoreError(f"{self.path}: n_regions must be >= 0, got {self.n_regions}")
+        self.dims = {name: int(dim) for name, dim in experts.items()}
+        self.attrs = self._checked_attrs(attrs)
+        self._coords = np.zeros(COORDS.shape(self.n_regions), dtype=COORDS.dtype)
+        self._written = np.zeros(self.n_regions, dtype=bool)
+        self._target = AtomicTarget(self.path)
+        self._file: h5py.File | None = None
+        try:
+            self._file = open_h5(self._target)
+            write_attrs(self._file, self.attrs)
+            for spec in (COORDS, *VALID.values()):
+                self._create(self._file, spec)
+            for expert, dim in self.dims.items():
+                for spec in FEATURES.values():
+                    self._create(self._file, spec, expert, dim)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _checked_attrs(self, attrs: Mapping[str, object]) -> dict[str, object]:
+        """The caller's attributes plus the writer's, or a StoreError naming what is wrong."""
+        plain = cast(dict[str, object], to_plain(attrs))
+        reserved = sorted(set(plain) & {*WRITER_ATTRS, JSON_ATTRS})
+        if reserved:
+            raise StoreError(f"{self.path}: attribute(s) {', '.join(reserved)} are set by the writer, not the caller")
+        derived = {"experts": list(self.dims), "expert_dims": self.dims}
+        for name, value in derived.items():
+            if plain.setdefault(name, value) != value:
+                raise StoreError(f"{self.path}: attribute '{name}' is {plain[name]!r} but experts gives {value!r}")
+        problem = attrs_problem(plain)
+        if problem:
+            raise StoreError(f"{self.path}: {problem}")
+        self.slide_size = cast(list[int], plain["slide_size"])
+        versions = {"h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version, "numpy": np.__version__}
+        geometry = geometry_attrs(self.slide_size, cast(float, plain["mpp"]))
+        return {**plain, **geometry, "schema_version": SCHEMA_VERSION, "created_with": versions}
+
+    def _create(self, file: h5py.File, spec: DatasetSpec, expert: str = "", dim: int | None = None) -> None:
+        """One region per chunk, each with a Fletcher-32 checksum so flipped bytes fail the read."""
+        shape = spec.shape(self.n_regions, dim)
+        layout = {"chunks": (1, *shape[1:]), "fletcher32": True} if self.n_regions else {}  # no chunks of 0 rows
+        file.create_dataset(spec.path(expert), shape=shape, dtype=spec.dtype, track_times=False, **layout)
+
+    def __enter__(self) -> RegionStoreWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if self._file is None:
+            return
+        self.abort()
+        if exc_type is None:
+            raise StoreError(f"{self.path}: writer closed without commit(); nothing was written")
+
+    def _fail(self, index: int, problem: str) -> StoreError:
+        return StoreError(f"{self.path}: region {index}: {problem}")
+
+    def _array(self, index: int, name: str, value: object, spec: DatasetSpec, dim: int | None = None) -> np.ndarray:
+        """``value`` as the dataset's dtype, after checking its shape (and that flags are already bool)."""
+        array = np.asarray(value)
+        if spec.dtype == bool and array.dtype != bool:
+            raise self._fail(index, f"{name} must be bool, got {array.dtype}")
+        if array.shape != spec.region_shape(dim):
+            raise self._fail(index, f"{name} has shape {array.shape}, expected {spec.region_shape(dim)}")
+        return array.astype(spec.dtype, copy=False)
+
+    def write_region(
+        self,
+        index: int,
+        *,
+        coords: tuple[int, int],
+        valid_l0: np.ndarray,
+        valid_l1: np.ndarray,
+        features: Mapping[str, FeatureTriple],
+    ) -> None:
+        """Write region ``index`` (canonical order); ``features[expert]`` = (L0 [256, D], L1 [16, D], L2 [D])."""
+        if self._file is None:
+            raise StoreError(f"{self.path}: writer already committed or aborted")
+        if not 0 <= index < self.n_regions:
+            raise self._fail(index, f"index outside 0..{self.n_regions - 1}")
+        if self._written[index]:
+            raise self._fail(index, "written twice")
+        position = np.asarray(coords)
+        if position.shape != (2,) or position.dtype.kind not in "iu":
+            raise self._fail(index, f"coords must be two integers (level-0 x, y), got {coords!r}")
+        if set(features) != set(self.dims):
+            raise self._fail(index, f"features given for {sorted(features)}, expected {sorted(self.dims)}")
+        flags = [
+            self._array(index, spec.name, value, spec)
+            for spec, value in zip(VALID.values(), (valid_l0, valid_l1), strict=True)
+        ]
+        arrays = {
+            expert: [
+                self._array(index, spec.path(expert), value, spec, self.dims[expert])
+                for spec, value in zip(FEATURES.values(), features[expert], strict=True)
+            ]
+            for expert in self.dims
+        }
+        batch = {expert: [value[None] for value in values] for expert, values in arrays.items()}
+        found = regions_problem(flags[0][None], flags[1][None], batch)
+        if found:
+            raise self._fail(index, found[1])
+        self._file[COORDS.name][index] = position
+        for spec, flag in zip(VALID.values(), flags, strict=True):
+            self._file[spec.name][index] = flag
+        for expert, values in arrays.items():
+            for spec, value in zip(FEATURES.values(), values, strict=True):
+                self._file[spec.path(expert)][index] = value
+        self._coords[index] = position
+        self._written[index] = True
+
+    def commit(self) -> Path:
+        """Check every region is written, mark the store complete and rename it into place; returns the path."""
+        if self._file is None:
+            raise StoreError(f"{self.path}: writer already committed or aborted")
+        missing = np.flatnonzero(~self._written)
+        if missing.size:
+            raise StoreError(
+                f"{self.path}: {missing.size} of {self.n_regions} regions never written, e.g. {missing[0]}"
+            )
+        problem = coords_problem(self._coords, self.slide_size)
+        if problem:
+            raise StoreError(f"{self.path}: {problem}")
+        write_attrs(self._file, {"complete": True})
+        self._file.close()
+        self._file = None
+        return self._target.publish()
+
+    def abort(self) -> None:
+        """Close and remove the temporary file; nothing appears at ``path``."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._target.discard()
