@@ -41,7 +41,7 @@ def _preview(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Everything that exists so far: sample slide, demo cohort, tissue and grid previews of both."""
+    """Everything that exists so far: sample slide, demo cohort, previews of both, the cohort's region stores."""
     from pathme.data.cohort import make_demo_cohort
     from pathme.data.sample import fetch_sample_slide
     from pathme.viz.preview import preview_manifest
@@ -54,6 +54,20 @@ def _demo(args: argparse.Namespace) -> int:
     status = 0
     for name, manifest in (("sample", sample_manifest), ("cohort", cohort_manifest)):
         status |= _report(preview_manifest(manifest, out / "previews" / name, backend=args.backend))
+    print("\nfeature extraction of the cohort (tiny random-weight experts, the bundle's defaults):")
+    extract = argparse.Namespace(
+        manifest=cohort_manifest,
+        output_dir=out / "features",
+        experts=None,
+        weights=None,
+        batch_size=None,
+        num_workers=None,
+        seed=args.seed,
+        reader_backend=args.backend,
+        interop_h5=False,
+        multi_gpu=False,
+    )
+    status |= _extract(extract)
     print(f"\ndemo outputs in {out.resolve()}")
     return status
 
@@ -145,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     extract.set_defaults(run=_extract)
 
-    demo = commands.add_parser("demo", help="run the whole demo: sample data, demo cohort, previews")
+    demo = commands.add_parser("demo", help="run the whole demo: sample data, demo cohort, previews, features")
     demo.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output)")
     demo.add_argument("--slides", type=int, default=4, help="demo cohort size (default 4)")
     demo.add_argument("--seed", type=int, default=0, help="random seed")

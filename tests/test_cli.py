@@ -84,7 +84,7 @@ def test_make_demo_target_runs_the_demo_command():
     assert ".venv/bin/pathme demo --out demo_output" in result.stdout
 
 
-def test_the_demo_writes_previews_of_the_sample_and_the_cohort(tmp_path, cmu_slide):
+def test_the_demo_writes_previews_and_features_of_the_cohort(tmp_path, cmu_slide):
     out = tmp_path / "demo"
     (out / "data").mkdir(parents=True)
     shutil.copy(cmu_slide, out / "data" / cmu_slide.name)  # the demo reuses a verified copy instead of pip
@@ -94,3 +94,5 @@ def test_the_demo_writes_previews_of_the_sample_and_the_cohort(tmp_path, cmu_sli
     assert len(cohort) == 2 and (cohort["error"] == "").all() and (cohort["regions"] >= 4).all()
     for preview in cohort["preview"]:
         assert Path(preview).is_file()
+    features = pd.read_csv(out / "features" / "run_summary.csv", keep_default_na=False)
+    assert (features["status"] == "done").all() and len(features) == 2

@@ -141,8 +141,9 @@ def test_the_bundle_runs_on_a_demo_cohort(tmp_path, cmu_slide):
     from pathme.data.cohort import make_demo_cohort
 
     manifest = make_demo_cohort(tmp_path / "demo", cmu_slide, n_slides=2, seed=3)
-    summary = CohortExtractor(manifest, tmp_path / "out", EXPERTS, batch_size=128).run()
-    assert (summary["status"] == "done").all()
+    _run_bundle(manifest, tmp_path / "out", "--batch_size", "128")
+    summary = pd.read_csv(tmp_path / "out" / "run_summary.csv", keep_default_na=False)
+    assert (summary["status"] == "done").all() and len(summary) == 2
     for row in summary.itertuples():
         attrs = validate_store(Path(row.store), experts=EXPERTS)
         assert attrs["mpp"] == 0.5 and row.regions >= 4

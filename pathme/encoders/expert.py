@@ -98,4 +98,7 @@ def build_expert(
         model, digest, source = *from_hub(spec), "hub"
     else:
         model, digest, source = *from_file(spec, weights), "file"
-    return Expert(spec, model, source, digest).to(device)
+    expert = Expert(spec, model, source, digest).to(device)
+    if torch.device(device).type == "cuda":  # tiles arrive channels-last (NHWC); keep convolutions in that layout
+        expert.model.to(memory_format=torch.channels_last)
+    return expert
