@@ -34,6 +34,7 @@ SLIDE_SIZE = (9000, 5000)
 def make_attrs(**overrides: object) -> dict[str, object]:
     attrs: dict[str, object] = {
         "slide_id": "s1",
+        "patient_id": "p1",
         "slide_path": Path("/data/s1.svs"),
         "slide_size": SLIDE_SIZE,
         "mpp": 0.5,

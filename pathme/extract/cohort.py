@@ -150,6 +150,7 @@ class CohortExtractor:
         plan = plan_regions(slide, self.tissue)
         attrs = expected | {
             "slide_id": entry.slide_id,
+            "patient_id": entry.patient_id,
             "slide_path": str(entry.path),
             "slide_size": list(slide.size),
             "mpp": slide.mpp,

@@ -72,6 +72,7 @@ TOKEN_COORDS = DatasetSpec("token_coords", (TOKENS_PER_REGION, 2), np.dtype(np.i
 #: attributes the caller supplies: name -> (kind, meaning); kinds are checked by :mod:`pathme.store.checks`
 REQUIRED_ATTRS: dict[str, tuple[str, str]] = {
     "slide_id": ("text", "the manifest's slide id"),
+    "patient_id": ("text", "the manifest's patient id (the slide id where none is given)"),
     "slide_path": ("text", "the slide file the features came from"),
     "slide_size": ("size", "level-0 (width, height) in pixels"),
     "mpp": ("positive number", "level-0 µm per pixel"),

@@ -1,0 +1,193 @@
+"""Regions of validated region stores, read lazily, for PatHME distillation.
+
+Why lazy and per process: a cohort's features do not fit in memory, and an h5py file handle must not cross a
+fork, so each DataLoader worker opens its own handles on first use. Why a patient list: distillation must be
+able to leave out a fold's test patients (METHOD.md section 6).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import h5py
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from pathme.store import validate_store
+from pathme.store.schema import FEATURES, VALID
+
+logger = logging.getLogger(__name__)
+
+
+def read_patients(value: str | os.PathLike[str] | Sequence[str] | None) -> list[str] | None:
+    """The patients to keep: None (all), a list of ids, or a CSV path with a ``patient_id`` column."""
+    if value is None:
+        return None
+    if isinstance(value, str | os.PathLike):
+        path = Path(value)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no patient CSV there")
+        with open(path, newline="") as file:
+            reader = csv.DictReader(file)
+            if "patient_id" not in (reader.fieldnames or []):
+                raise ValueError(f"{path}: no 'patient_id' column (columns: {reader.fieldnames}); add one")
+            ids = [row["patient_id"].strip() for row in reader if (row["patient_id"] or "").strip()]
+        if not ids:
+            raise ValueError(f"{path}: column 'patient_id' lists no patient")
+    else:
+        ids = [str(item) for item in value]
+    return list(dict.fromkeys(ids))
+
+
+class RegionStoreDataset(Dataset):
+    """Lazily reads regions of validated region stores (h5py files opened per worker process, not in __init__).
+
+    Item ``i`` is one region with at least one valid L0 tile: ``l0`` [256, A] and ``l1`` [16, A] (expert A),
+    ``l0_valid`` [256], ``l1_valid`` [16], ``kd`` [256, B] (expert B's L0 features, the KD target) and ``index``
+    (``i``); features of invalid tiles are zeros. ``region_ids[i]`` is (slide_id, region index in its store).
+    """
+
+    def __init__(
+        self,
+        dataset_dir: str | os.PathLike[str],
+        expert_a: str,
+        expert_b: str,
+        patients: Sequence[str] | None = None,
+    ):
+        if isinstance(patients, str):
+            raise TypeError("patients must be a list of ids; use read_patients() for a CSV path")
+        self.dataset_dir = Path(dataset_dir)
+        self.expert_a, self.expert_b = expert_a, expert_b
+        paths = sorted(self.dataset_dir.glob("*.h5"))
+        if not paths:
+            raise FileNotFoundError(f"{self.dataset_dir}: no region stores (*.h5)")
+        stores = [(path, validate_store(path, experts=[expert_a, expert_b])) for path in paths]
+        if patients is not None:
+            stores = self._keep_patients(stores, patients)
+        dims = stores[0][1]["expert_dims"]
+        self.expert_a_dim: int = dims[expert_a]
+        self.expert_b_dim: int = dims[expert_b]
+        self.paths: list[Path] = []
+        self.region_ids: list[tuple[str, int]] = []
+        self._items: list[tuple[int, int]] = []  # (store, region) per item
+        skipped = 0
+        for path, attrs in stores:
+            self._check_dims(path, attrs)
+            with h5py.File(path, "r") as file:
+                has_tissue = file[VALID["L0"].name][()].any(axis=1)
+            store = len(self.paths)
+            self.paths.append(path)
+            regions = has_tissue.nonzero()[0].tolist()
+            self._items += [(store, region) for region in regions]
+            self.region_ids += [(attrs["slide_id"], region) for region in regions]
+            skipped += len(has_tissue) - len(regions)
+        if not self._items:
+            raise ValueError(f"{self.dataset_dir}: the kept stores hold no region with a valid L0 tile")
+        logger.info(
+            "%d regions from %d of %d stores in %s (%d regions without a valid L0 tile skipped)",
+            len(self._items),
+            len(self.paths),
+            len(paths),
+            self.dataset_dir,
+            skipped,
+        )
+        self._files: dict[int, h5py.File] = {}
+        self._pid = os.getpid()
+
+    def _keep_patients(
+        self, stores: list[tuple[Path, dict[str, Any]]], patients: Sequence[str]
+    ) -> list[tuple[Path, dict[str, Any]]]:
+        wanted = set(patients)
+        kept = [(path, attrs) for path, attrs in stores if attrs["patient_id"] in wanted]
+        if not kept:
+            available = sorted({attrs["patient_id"] for _, attrs in stores})
+            raise ValueError(
+                f"{self.dataset_dir}: no store belongs to the {len(wanted)} requested patient(s) "
+                f"(e.g. {sorted(wanted)[:5]}); the stores hold patients {available[:10]}"
+            )
+        absent = wanted - {attrs["patient_id"] for _, attrs in kept}
+        if absent:
+            logger.warning(
+                "%d requested patient(s) have no store in %s, e.g. %s",
+                len(absent),
+                self.dataset_dir,
+                sorted(absent)[:5],
+            )
+        return kept
+
+    def _check_dims(self, path: Path, attrs: dict[str, Any]) -> None:
+        """Every store must give each expert the same dimension (the first store's)."""
+        dims = attrs["expert_dims"]
+        for expert, dim in ((self.expert_a, self.expert_a_dim), (self.expert_b, self.expert_b_dim)):
+            if dims[expert] != dim:
+                raise ValueError(f"{path}: expert '{expert}' has dimension {dims[expert]}, other stores have {dim}")
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without open files (spawned DataLoader workers open their own)."""
+        return {**self.__dict__, "_files": {}}
+
+    def _file(self, store: int) -> h5py.File:
+        if self._pid != os.getpid():  # a forked worker: handles inherited from the parent must not be used
+            self._files, self._pid = {}, os.getpid()
+        if store not in self._files:
+            self._files[store] = h5py.File(self.paths[store], "r")
+        return self._files[store]
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        store, region = self._items[index]
+        file = self._file(store)
+        valid_l0 = torch.from_numpy(file[VALID["L0"].name][region])
+        valid_l1 = torch.from_numpy(file[VALID["L1"].name][region])
+
+        def features(expert: str, level: str, valid: Tensor) -> Tensor:
+            values = torch.from_numpy(file[FEATURES[level].path(expert)][region])
+            return torch.where(valid[:, None], values, torch.zeros((), dtype=values.dtype))
+
+        return {
+            "l0": features(self.expert_a, "L0", valid_l0),
+            "l1": features(self.expert_a, "L1", valid_l1),
+            "l0_valid": valid_l0,
+            "l1_valid": valid_l1,
+            "kd": features(self.expert_b, "L0", valid_l0),
+            "index": torch.tensor(index, dtype=torch.long),
+        }
+
+    def close(self) -> None:
+        """Close this process's open store files."""
+        for file in self._files.values():
+            file.close()
+        self._files = {}
+
+
+class HasRegionIds(Protocol):
+    region_ids: list[tuple[str, int]]
+
+
+def split_holdout(dataset: HasRegionIds, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(training, held-out) item indices, holding out about ``fraction`` of the slides whole, chosen by ``seed``.
+
+    Whole slides, so the validation loss is not measured on neighbours of training regions; with two or more
+    slides and ``fraction > 0`` each side gets at least one slide.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"holdout fraction must lie in [0, 1), got {fraction}")
+    slides = sorted({slide for slide, _ in dataset.region_ids})
+    count = 0
+    if fraction > 0 and len(slides) >= 2:
+        count = min(max(round(fraction * len(slides)), 1), len(slides) - 1)
+    elif fraction > 0:
+        logger.warning("only one slide: nothing held out for validation")
+    held = set(random.Random(seed).sample(slides, count))
+    train = [index for index, (slide, _) in enumerate(dataset.region_ids) if slide not in held]
+    holdout = [index for index, (slide, _) in enumerate(dataset.region_ids) if slide in held]
+    return train, holdout

@@ -1,0 +1,1 @@
+"""Ignite engines: the distillation trainer with its EMA teacher, schedules and handlers."""

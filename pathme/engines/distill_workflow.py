@@ -1,0 +1,279 @@
+"""A whole distillation run from config values: data, network, optimiser, trainer, handlers, resume.
+
+The bundle's ``train.json`` instantiates :class:`DistillationRun` with its config ids and calls ``run()``.
+Checkpoints hold the student, the EMA teacher, the optimiser, the loss centres and the trainer state (iteration,
+epoch, data seed, RNG states); schedules are functions of the iteration, so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, DiskSaver, global_step_from_engine
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.tensorboard import SummaryWriter
+
+from pathme.data.distill import (
+    RegionStoreDataset,
+    ViewConfig,
+    ViewDataset,
+    collate_regions,
+    read_patients,
+    split_holdout,
+)
+from pathme.engines.distill import (
+    DistillationLosses,
+    DistillStudent,
+    LossWeights,
+    build_teacher,
+    create_distill_trainer,
+    teacher_outputs,
+    unwrap,
+)
+from pathme.engines.schedules import Schedules
+from pathme.networks import PatHME, PatHMEConfig
+
+logger = logging.getLogger(__name__)
+
+#: numpy objects inside the trainer's saved RNG states, allowed by ``torch.load(weights_only=True)``
+_CHECKPOINT_SAFE_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint as state dicts, loaded with ``weights_only=True`` (no arbitrary code)."""
+    with torch.serialization.safe_globals(_CHECKPOINT_SAFE_GLOBALS):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@dataclass
+class DistillationRun:
+    """Train a PatHME teacher on region stores; ``batch_size`` is per device, the global batch is batch_size x ranks."""
+
+    dataset_dir: str | Path
+    output_dir: str | Path
+    expert_a: str = "tiny-vit"
+    expert_b: str = "tiny-cnn"
+    patients: str | Path | Sequence[str] | None = None
+    max_iterations: int = 100
+    batch_size: int = 16
+    num_workers: int = 0
+    preset: str = "tiny"
+    network: Mapping[str, object] = field(default_factory=dict)
+    base_lr: float = 0.004
+    min_lr: float = 1e-6
+    warmup_iterations: int = 10
+    weight_decay: tuple[float, float] = (0.04, 0.4)
+    layer_decay: float = 0.9
+    momentum: tuple[float, float] = (0.992, 1.0)
+    teacher_temp: tuple[float, float] = (0.04, 0.07)
+    teacher_temp_warmup: int = 30
+    freeze_last_layer: int | None = None  # iterations; None = the first epoch
+    student_temp: float = 0.1
+    center_momentum: float = 0.9
+    clip_grad: float = 3.0
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    views: ViewConfig = field(default_factory=ViewConfig)
+    holdout_fraction: float = 0.1
+    validate_every: int = 50
+    checkpoint_every: int = 50
+    log_every: int = 10
+    seed: int = 0
+    device: torch.device | str | None = None
+    amp: bool = True
+    resume: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 2:
+            raise ValueError(
+                f"batch_size must be >= 2 per device (KoLeo and iBOT need 2 samples), got {self.batch_size}"
+            )
+        if self.max_iterations < 1:
+            raise ValueError(f"max_iterations must be >= 1, got {self.max_iterations}")
+        if self.preset not in ("tiny", "paper"):
+            raise ValueError(f"preset must be 'tiny' or 'paper', got {self.preset!r}")
+        self.output_dir = Path(self.output_dir)
+        if self.device is None:
+            self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(self.device)
+
+    def network_config(self, in_dim: int) -> PatHMEConfig:
+        base = PatHMEConfig.tiny(in_dim) if self.preset == "tiny" else PatHMEConfig(in_dim=in_dim)
+        return PatHMEConfig(**{**base.__dict__, **dict(self.network)})
+
+    def build(self) -> dict:
+        """Every component of the run (also used by tests and the benchmark)."""
+        torch.manual_seed(self.seed)
+        rank, world = _rank_and_world()
+        regions = RegionStoreDataset(self.dataset_dir, self.expert_a, self.expert_b, read_patients(self.patients))
+        views = ViewDataset(regions, self.views, seed=self.seed)
+        train_ids, holdout_ids = split_holdout(regions, self.holdout_fraction, self.seed)
+        if len(train_ids) < self.batch_size * world:
+            raise ValueError(
+                f"{len(train_ids)} training regions in {self.dataset_dir} are fewer than one global batch "
+                f"({self.batch_size} x {world} ranks); lower batch_size or add slides"
+            )
+        train_set = Subset(views, train_ids)
+        # one permutation per epoch for every world size: rank r takes every world-th index, so a global batch
+        # holds the same regions on one process as on several
+        sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=self.seed, drop_last=True)
+        loader = DataLoader(
+            train_set,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=self.num_workers,
+            collate_fn=collate_regions,
+            pin_memory=self.device.type == "cuda",
+        )
+        holdout = DataLoader(Subset(views, holdout_ids), batch_size=self.batch_size, collate_fn=collate_regions)
+        net = PatHME(self.network_config(regions.expert_a_dim))
+        teacher = build_teacher(net).to(self.device)
+        student: torch.nn.Module = DistillStudent(net, regions.expert_b_dim).to(self.device)
+        groups = net.param_groups(self.weight_decay[0], self.layer_decay, self.base_lr)
+        groups.append({"params": list(student.kd.parameters()), "name": "kd_projector", "lr_scale": 1.0})
+        for group in groups:  # the weight-decay schedule applies to the groups that decay at all
+            group["apply_wd"] = group.get("weight_decay", self.weight_decay[0]) > 0
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.base_lr)
+        losses = DistillationLosses(
+            net.config.num_prototypes, self.loss_weights, self.student_temp, self.center_momentum
+        ).to(self.device)
+        schedules = Schedules(
+            total=self.max_iterations,
+            global_batch=self.batch_size * world,
+            base_lr=self.base_lr,
+            min_lr=self.min_lr,
+            warmup=min(self.warmup_iterations, self.max_iterations),
+            weight_decay=tuple(self.weight_decay),
+            momentum=tuple(self.momentum),
+            teacher_temp=tuple(self.teacher_temp),
+            teacher_temp_warmup=self.teacher_temp_warmup,
+            freeze_last_layer=len(loader) if self.freeze_last_layer is None else self.freeze_last_layer,
+        )
+        if world > 1:
+            student = torch.nn.parallel.DistributedDataParallel(
+                student, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        trainer = create_distill_trainer(
+            student, teacher, losses, optimizer, schedules, self.device, self.clip_grad, self.amp
+        )
+        trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: _set_epoch(engine, views, sampler))
+        return {
+            "regions": regions,
+            "loader": loader,
+            "holdout": holdout,
+            "student": student,
+            "teacher": teacher,
+            "optimizer": optimizer,
+            "losses": losses,
+            "schedules": schedules,
+            "trainer": trainer,
+        }
+
+    def to_save(self, parts: Mapping) -> dict:
+        return {
+            "student": unwrap(parts["student"]),
+            "teacher": parts["teacher"],
+            "optimizer": parts["optimizer"],
+            "losses": parts["losses"],
+            "trainer": parts["trainer"],
+        }
+
+    def run(self) -> dict[str, float]:
+        """Train (or resume) to ``max_iterations``; returns the last step's outputs."""
+        parts = self.build()
+        trainer: Engine = parts["trainer"]
+        rank, _ = _rank_and_world()
+        checkpoints = self.output_dir / "checkpoints"
+        to_save = self.to_save(parts)
+        saver = Checkpoint(
+            to_save,
+            DiskSaver(checkpoints, require_empty=False),
+            filename_prefix="distill",
+            n_saved=2,
+            global_step_transform=global_step_from_engine(trainer),
+        )
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(every=self.checkpoint_every) | Events.COMPLETED, saver)
+        latest = latest_checkpoint(checkpoints) if self.resume else None
+        if latest is not None:
+            Checkpoint.load_objects(to_save, load_checkpoint(latest))
+            logger.info("resumed from %s at iteration %d", latest, trainer.state.iteration)
+        writer = SummaryWriter(self.output_dir / "tensorboard") if rank == 0 else None
+        _attach_logging(trainer, writer, self.log_every)
+        _attach_validation(trainer, parts, writer, self.validate_every, self.device)
+        trainer.run(parts["loader"], max_iters=self.max_iterations, epoch_length=len(parts["loader"]))
+        if writer is not None:
+            writer.close()
+        return dict(trainer.state.output or {})
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The checkpoint with the highest iteration in ``folder``, if any."""
+    found = sorted(folder.glob("distill_checkpoint_*.pt"), key=lambda path: int(path.stem.rsplit("_", 1)[-1]))
+    return found[-1] if found else None
+
+
+def _set_epoch(engine: Engine, views: ViewDataset, sampler: DistributedSampler) -> None:
+    views.set_epoch(engine.state.epoch)
+    sampler.set_epoch(engine.state.epoch)
+
+
+def _attach_logging(trainer: Engine, writer: SummaryWriter | None, every: int) -> None:
+    """Every loss term, lr, wd, momentum and teacher temperature to TensorBoard; a console line now and then."""
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def log(engine: Engine) -> None:
+        output, iteration = engine.state.output, engine.state.iteration
+        if writer is not None:
+            for name, value in output.items():
+                writer.add_scalar(f"train/{name}", value, iteration)
+        if iteration % every == 0 or iteration == 1:
+            logger.info("iteration %d: %s", iteration, ", ".join(f"{k} {v:.4g}" for k, v in output.items()))
+
+
+def _attach_validation(
+    trainer: Engine, parts: Mapping, writer: SummaryWriter | None, every: int, device: torch.device
+) -> None:
+    """The distillation loss on held-out slides' regions (no update of anything), every ``every`` iterations."""
+    if len(parts["holdout"].dataset) < 2:
+        logger.warning("no held-out regions: validation loss is not computed")
+        return
+    validated: set[int] = set()
+
+    @trainer.on(Events.ITERATION_COMPLETED(every=every) | Events.COMPLETED)
+    def validate(engine: Engine) -> None:
+        if engine.state.iteration in validated:  # COMPLETED right after a scheduled validation
+            return
+        validated.add(engine.state.iteration)
+        student, teacher, losses = parts["student"], parts["teacher"], parts["losses"]
+        student.eval()
+        totals: dict[str, float] = {}
+        batches = 0
+        temperature = parts["schedules"].teacher_temperature(engine.state.iteration - 1)
+        with torch.no_grad():
+            for batch in parts["holdout"]:
+                if len(batch["index"]) < 2:
+                    continue
+                batch = {k: v.to(device) for k, v in batch.items()}
+                batch["num_prompts"] = unwrap(student).net.config.num_prompts
+                terms = losses(unwrap(student)(batch), teacher_outputs(teacher, batch), batch, temperature)
+                for name, value in terms.items():
+                    totals[name] = totals.get(name, 0.0) + float(value)
+                batches += 1
+        if batches and writer is not None:
+            for name, value in totals.items():
+                writer.add_scalar(f"validation/{name}", value / batches, engine.state.iteration)
+        if batches:
+            logger.info("validation at iteration %d: total %.4g", engine.state.iteration, totals["total"] / batches)

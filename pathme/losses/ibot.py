@@ -1,0 +1,37 @@
+"""iBOT loss: the DINO cross-entropy on masked patch tokens (student sees them masked, the teacher unmasked).
+
+Only masked tokens are gathered, so unmasked tokens cannot leak into the value or the gradient (not even as
+NaN * 0), and the K-way softmax is computed on the masked tokens alone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from pathme.losses.centering import CenteredCrossEntropy
+
+
+class IBOTLoss(CenteredCrossEntropy):
+    """Masked-token cross-entropy with its own centre (patch tokens are distributed unlike CLS tokens)."""
+
+    def forward(self, student: Tensor, teacher: Tensor, masks: Tensor, teacher_temp: float) -> Tensor:
+        """Mean over the samples with a masked token of the mean cross-entropy over that sample's masked tokens.
+
+        ``student``, ``teacher``: patch logits [B, N, K]; ``masks`` [B, N] bool, True = masked for the student.
+        Returns 0 with a graph to the student when no token is masked.
+        """
+        if masks.shape != student.shape[:2] or teacher.shape != student.shape:
+            raise ValueError(f"shapes differ: student {student.shape}, teacher {teacher.shape}, masks {masks.shape}")
+        masks = masks.bool()
+        ce = self.cross_entropy(self.teacher_probs(teacher[masks], teacher_temp), student[masks])
+        if ce.numel() == 0:
+            return ce.sum()
+        counts = masks.sum(dim=1)
+        weights = (1.0 / counts.clamp(min=1).float()).unsqueeze(1).expand_as(masks)[masks]
+        return (ce * weights).sum() / (counts > 0).sum()
+
+    @torch.no_grad()
+    def update_center(self, teacher: Tensor, masks: Tensor) -> None:
+        """EMA of the mean teacher logits over the masked tokens of every rank (unchanged if none is masked)."""
+        self.update_center_from(teacher[masks.bool()])

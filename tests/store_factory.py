@@ -1,0 +1,52 @@
+"""Small region stores of random features, written by the real writer, for tests of the later stages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pathme.store import RegionStoreWriter
+from pathme.wsi.grid import L0_PARENT, RegionGrid
+
+SLIDE_SIZE = (9000, 5000)
+
+
+def region_arrays(rule: str, rng: np.random.Generator, dims: dict[str, int]) -> dict:
+    """One region's validity and features; invalid tiles hold NaN, which the store allows and readers must hide."""
+    valid_l0 = {"full": np.ones(256, bool), "empty": np.zeros(256, bool), "sparse": rng.random(256) < 0.5}[rule]
+    valid_l1 = np.zeros(16, dtype=bool)
+    np.logical_or.at(valid_l1, L0_PARENT, valid_l0)
+    features = {}
+    for expert, dim in dims.items():
+        l0 = rng.standard_normal((256, dim)).astype(np.float32)
+        l1 = rng.standard_normal((16, dim)).astype(np.float32)
+        l0[~valid_l0], l1[~valid_l1] = np.nan, np.nan
+        features[expert] = [l0, l1, rng.standard_normal(dim).astype(np.float32)]
+    return {"valid_l0": valid_l0, "valid_l1": valid_l1, "features": features}
+
+
+def write_store(folder: Path, slide_id: str, patient_id: str, rules: list[str], dims: dict[str, int]) -> list[dict]:
+    rng = np.random.default_rng(sum(map(ord, slide_id)))
+    regions = [region_arrays(rule, rng, dims) for rule in rules]
+    origins = RegionGrid(*SLIDE_SIZE, 0.5).origins()
+    attrs = {
+        "slide_id": slide_id,
+        "patient_id": patient_id,
+        "slide_path": f"/data/{slide_id}.svs",
+        "slide_size": SLIDE_SIZE,
+        "mpp": 0.5,
+        "mpp_source": "manifest",
+        "reader_backend": "cucim",
+        "slide_digest": "sha256:" + "a" * 64,
+        "config_digest": "sha256:" + "c" * 64,
+        "expert_weights": dict.fromkeys(dims, "random"),
+        "expert_digests": dict.fromkeys(dims, "random"),
+        "package_version": "0.1.0",
+    }
+    path = folder / f"{slide_id}.h5"
+    with RegionStoreWriter(path, attrs=attrs, n_regions=len(regions), experts=dims) as writer:
+        for index, region in enumerate(regions):
+            writer.write_region(index, coords=tuple(int(v) for v in origins[index]), **region)
+        writer.commit()
+    return regions

@@ -1,0 +1,95 @@
+"""The distillation trainer: every term reaches TensorBoard, and a resumed run continues exactly."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from store_factory import write_store
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from pathme.data.distill import ViewConfig
+from pathme.engines.distill_workflow import DistillationRun, latest_checkpoint
+from pathme.engines.schedules import Schedules
+
+DIMS = {"a": 12, "b": 10}
+TERMS = ["dino", "ibot", "koleo", "kd", "hmsa", "total"]
+SCHEDULED = ["lr", "wd", "momentum", "teacher_temp"]
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("stores")
+    for index in range(5):
+        write_store(folder, f"s{index}", f"p{index}", ["full", "sparse", "sparse", "full", "sparse"], DIMS)
+    return folder
+
+
+def _run(stores: Path, output: Path, **overrides) -> DistillationRun:
+    settings = {
+        "expert_a": "a",
+        "expert_b": "b",
+        "max_iterations": 6,
+        "batch_size": 4,
+        "holdout_fraction": 0.2,
+        "validate_every": 3,
+        "checkpoint_every": 3,
+        "log_every": 1,
+        "warmup_iterations": 2,
+        "teacher_temp_warmup": 2,
+        "views": ViewConfig(num_local=4),
+    } | overrides
+    return DistillationRun(stores, output, **settings)
+
+
+def _scalars(folder: Path) -> dict[str, dict[int, float]]:
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+
+
+def test_a_short_run_logs_every_term_and_schedule_to_tensorboard(stores, tmp_path):
+    _run(stores, tmp_path).run()
+    scalars = _scalars(tmp_path / "tensorboard")
+    for name in TERMS + SCHEDULED:
+        assert sorted(scalars[f"train/{name}"]) == [1, 2, 3, 4, 5, 6], name
+        assert np.isfinite(list(scalars[f"train/{name}"].values())).all()
+    assert sorted(scalars["validation/total"]) == [3, 6]
+    assert min(scalars["train/ibot"].values()) > 0 and min(scalars["train/koleo"].values()) != 0
+    assert scalars["train/lr"][1] == 0 and scalars["train/lr"][3] > scalars["train/lr"][6]
+    assert scalars["train/momentum"][6] > scalars["train/momentum"][1]
+
+
+def test_a_resumed_run_continues_exactly(stores, tmp_path):
+    _run(stores, tmp_path / "whole").run()
+    whole = _scalars(tmp_path / "whole" / "tensorboard")
+    checkpoint = tmp_path / "whole" / "checkpoints" / "distill_checkpoint_3.pt"
+    assert checkpoint.is_file() and latest_checkpoint(tmp_path / "whole" / "checkpoints").name.endswith("_6.pt")
+    (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
+    shutil.copy(checkpoint, tmp_path / "resumed" / "checkpoints")  # as if the run had been killed after step 3
+    _run(stores, tmp_path / "resumed").run()
+    resumed = _scalars(tmp_path / "resumed" / "tensorboard")
+    assert sorted(resumed["train/total"]) == [4, 5, 6]
+    for name in TERMS + SCHEDULED:
+        for step in (4, 5, 6):
+            assert resumed[f"train/{name}"][step] == pytest.approx(whole[f"train/{name}"][step], rel=1e-6), name
+
+
+def test_too_few_regions_for_a_batch_is_a_clear_error(stores, tmp_path):
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        _run(stores, tmp_path, batch_size=64).build()
+
+
+def test_schedules_follow_the_method():
+    schedules = Schedules(total=100, global_batch=256, warmup=10, teacher_temp_warmup=30, freeze_last_layer=5)
+    assert schedules.peak_lr == pytest.approx(0.004 * 0.5)
+    assert schedules.lr(0) == 0 and schedules.lr(10) == pytest.approx(0.002)
+    assert schedules.lr(100) == pytest.approx(1e-6)
+    assert schedules.wd(0) == pytest.approx(0.04) and schedules.wd(100) == pytest.approx(0.4)
+    assert schedules.teacher_momentum(0) == pytest.approx(0.992) and schedules.teacher_momentum(100) == pytest.approx(1)
+    assert schedules.teacher_temperature(0) == pytest.approx(0.04)
+    assert schedules.teacher_temperature(15) == pytest.approx(0.055)
+    assert schedules.teacher_temperature(30) == pytest.approx(0.07)
+    assert schedules.last_layer_frozen(4) and not schedules.last_layer_frozen(5)
