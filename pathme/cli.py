@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from pathme import __version__
-from pathme.wsi.slide import BACKENDS
+from pathme.wsi.backends import BACKENDS
 from pathme.wsi.tissue import TissueConfig
 
 logger = logging.getLogger("pathme")
@@ -102,6 +102,37 @@ def _extract(args: argparse.Namespace) -> int:
     return int((summary["status"] == "failed").any())
 
 
+def _distill(args: argparse.Namespace) -> int:
+    """``monai bundle run`` of bundles/pathme_distillation/configs/train.json (+ train_tiny.json with --tiny)."""
+    from pathme.bundles import run_bundle
+
+    overrides = _given(args, "dataset_dir", "output_dir", "patients", "max_iterations", "batch_size", "num_workers")
+    configs = ["train.json"]
+    if args.tiny:
+        configs.append("train_tiny.json")
+    if args.multi_gpu:
+        configs.append("multi_gpu_train.json")
+    run_bundle("pathme_distillation", configs, **overrides)
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    """``monai bundle run`` of bundles/pathme_distillation/configs/inference.json (+ inference_tiny.json)."""
+    from pathme.bundles import run_bundle
+
+    overrides = _given(args, "dataset_dir", "output_dir", "checkpoint", "batch_size")
+    run_bundle("pathme_distillation", ["inference.json"] + (["inference_tiny.json"] if args.tiny else []), **overrides)
+    summary = pd.read_csv(args.output_dir / "embed_summary.csv", keep_default_na=False)
+    print(summary.to_string(index=False))
+    return 0
+
+
+def _given(args: argparse.Namespace, *names: str) -> dict[str, object]:
+    """The config ids the user gave on the command line (paths as strings), so the bundle's defaults stay."""
+    values = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    return {name: str(value) if isinstance(value, Path) else value for name, value in values.items()}
+
+
 def _name_value(item: str) -> tuple[str, str]:
     name, separator, value = item.partition("=")
     if not separator or not name or not value:
@@ -158,6 +189,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--multi-gpu", action="store_true", help="add multi_gpu_inference.json (start the command with torchrun)"
     )
     extract.set_defaults(run=_extract)
+
+    distill = commands.add_parser("distill", help="train the PatHME teacher (runs the pathme_distillation bundle)")
+    distill.add_argument("--dataset-dir", type=Path, required=True, help="folder of region stores (pathme extract)")
+    distill.add_argument("--output-dir", type=Path, required=True, help="checkpoints/ and tensorboard/ go here")
+    distill.add_argument("--patients", help="CSV with a patient_id column: train on these patients only")
+    distill.add_argument("--max-iterations", type=int, help="training steps (default: the bundle's)")
+    distill.add_argument("--batch-size", type=int, help="regions per device and step (>= 2)")
+    distill.add_argument("--num-workers", type=int, help="data-loading processes")
+    distill.add_argument("--tiny", action="store_true", help="the CPU-sized network and tiny experts (train_tiny.json)")
+    distill.add_argument("--multi-gpu", action="store_true", help="add multi_gpu_train.json (start with torchrun)")
+    distill.set_defaults(run=_distill)
+
+    embed = commands.add_parser("embed", help="region tokens of every store from a trained teacher")
+    embed.add_argument("--dataset-dir", type=Path, required=True, help="folder of region stores (pathme extract)")
+    embed.add_argument("--output-dir", type=Path, required=True, help="folder for the token stores")
+    embed.add_argument("--checkpoint", type=Path, required=True, help="distillation checkpoint, or its folder (latest)")
+    embed.add_argument("--batch-size", type=int, help="regions per forward pass")
+    embed.add_argument("--tiny", action="store_true", help="the network was trained with --tiny")
+    embed.set_defaults(run=_embed)
 
     demo = commands.add_parser("demo", help="run the whole demo: sample data, demo cohort, previews, features")
     demo.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output)")

@@ -28,7 +28,7 @@ def test_the_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
 
 
 def test_help_works_for_every_subcommand():
-    for command in ([], ["sample-data"], ["demo-cohort"], ["preview"], ["demo"]):
+    for command in ([], ["sample-data"], ["demo-cohort"], ["preview"], ["extract"], ["distill"], ["embed"], ["demo"]):
         result = subprocess.run(
             [sys.executable, "-m", "pathme.cli", *command, "--help"], capture_output=True, text=True, check=False
         )

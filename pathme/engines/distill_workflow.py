@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint, DiskSaver, global_step_from_engine
+from ignite.handlers import Checkpoint, DiskSaver
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torch.utils.tensorboard import SummaryWriter
 
@@ -203,7 +203,7 @@ class DistillationRun:
             DiskSaver(checkpoints, require_empty=False),
             filename_prefix="distill",
             n_saved=2,
-            global_step_transform=global_step_from_engine(trainer),
+            global_step_transform=lambda engine, _: engine.state.iteration,
         )
         trainer.add_event_handler(Events.ITERATION_COMPLETED(every=self.checkpoint_every) | Events.COMPLETED, saver)
         latest = latest_checkpoint(checkpoints) if self.resume else None

@@ -16,12 +16,12 @@ import numpy as np
 import tifffile
 from monai.data import WSIReader
 
+from pathme.wsi.backends import BACKENDS
 from pathme.wsi.errors import SlideError
 from pathme.wsi.mpp import check_magnification, level0_mpp, stated_magnification
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("cucim", "openslide")
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 

@@ -1,0 +1,3 @@
+"""The slide readers pathme supports, by MONAI WSIReader backend name (importable without MONAI)."""
+
+BACKENDS = ("cucim", "openslide")
