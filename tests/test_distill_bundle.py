@@ -86,3 +86,27 @@ def test_a_mismatched_checkpoint_fails_loudly(trained, tmp_path):
     with pytest.raises(ValueError, match="holds no 'teacher'"):
         EmbedRun(stores, tmp_path, not_a_checkpoint).run()
     assert not list(tmp_path.glob("s*.h5"))  # nothing written from a network that could not be loaded
+
+
+def test_two_torchrun_processes_train_to_the_loss_of_one_with_the_same_global_batch(trained, tmp_path):
+    """Tolerance 1 %: DDP averages the two ranks' gradients of per-rank means, and KoLeo and the pooled KD/HMSA
+    means are taken per device, so two ranks of 2 regions differ slightly from one process of 4."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    stores, _ = trained
+    settings = {"dataset_dir": stores, "max_iterations": 3, "train#workflow#checkpoint_every": 3}
+    _bundle(["train.json", "train_tiny.json"], output_dir=tmp_path / "one", batch_size=4, **settings)
+    files = "[" + ",".join(f"'{CONFIGS / n}'" for n in ("train.json", "train_tiny.json", "multi_gpu_train.json")) + "]"
+    command = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "monai.bundle", "run", "--config_file", files, "--meta_file", str(CONFIGS / "metadata.json")]
+    command += ["--output_dir", str(tmp_path / "two"), "--batch_size", "2"]
+    command += [item for name, value in settings.items() for item in (f"--{name}", str(value))]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    def validation(run: str) -> float:
+        events = EventAccumulator(str(tmp_path / run / "tensorboard"))
+        events.Reload()
+        return {e.step: e.value for e in events.Scalars("validation/total")}[3]
+
+    assert validation("two") == pytest.approx(validation("one"), rel=0.01)
