@@ -1,12 +1,14 @@
 """Benchmark: regions per second and peak memory of a PatHME distillation training step.
 
-Writes region stores of random features with the real expert sizes (expert A 1536 like Prov-GigaPath, expert B
-1024 like UNI; every tile valid), builds the run of :class:`~pathme.engines.distill_workflow.DistillationRun`
+Writes a region store of random features with the real expert sizes (expert A 1536 like Prov-GigaPath, expert
+B 1024 like UNI; every tile valid), builds the run of :class:`~pathme.engines.distill_workflow.DistillationRun`
 for each preset (``tiny``, and ``paper``: D 1024, depth 12, 65536 prototypes) and runs its real Ignite trainer
-for ``--iterations`` steps after one warm-up step. A step is timed from ITERATION_STARTED to ITERATION_COMPLETED
-(student and teacher forward, the five losses, backward, clipping, AdamW, EMA update); loading its batch
-(GET_BATCH_STARTED to GET_BATCH_COMPLETED) is timed apart. Each preset runs in its own spawned process, so the
-peak resident memory (``ru_maxrss``) is that preset's alone; on CUDA ``torch.cuda.max_memory_allocated`` too.
+for ``--iterations`` steps after one warm-up step. A step is timed (wall and process CPU seconds) from
+ITERATION_STARTED to ITERATION_COMPLETED: student and teacher forward, the five losses, backward, clipping,
+AdamW, EMA update; loading its batch (GET_BATCH_STARTED to GET_BATCH_COMPLETED) is timed apart. Figures are
+medians over the timed steps, regions/s = batch / median seconds per step. Each preset runs in its own spawned
+process, so the peak resident memory (``ru_maxrss``) is that preset's alone; on CUDA also
+``torch.cuda.max_memory_allocated``.
 
 Prints a table and writes JSON.
 Usage: ``python scripts/bench_distillation.py [--presets tiny paper] [--batch-size 4] [--iterations 5] [--json F]``
@@ -23,54 +25,38 @@ import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from pathme.data.synthetic_stores import write_store
 from pathme.engines.distill_workflow import DistillationRun
-from pathme.store import RegionStoreWriter
-from pathme.wsi.grid import REGION_PX
 
 EXPERTS = {"prov-gigapath": 1536, "uni": 1024}
+#: (title, key, width) of the printed table's columns
+COLUMNS = (
+    ("preset", "preset", 6),
+    ("params M", "parameters_m", 8),
+    ("batch", "batch_size", 5),
+    ("s/step", "seconds_per_step", 8),
+    ("CPU s/step", "cpu_seconds_per_step", 10),
+    ("regions/s", "regions_per_second", 9),
+    ("load s", "batch_loading_s", 6),
+    ("RSS GiB", "peak_rss_gib", 7),
+    ("CUDA GiB", "cuda_max_allocated_gib", 8),
+)
 
 
-def write_random_store(path: Path, n_regions: int, seed: int) -> None:
-    """One slide's store of ``n_regions`` fully valid regions with random features of every expert."""
-    rng = np.random.default_rng(seed)
-    slide_size = (REGION_PX * n_regions, REGION_PX)  # one row of regions
-    attrs = {
-        "slide_id": path.stem,
-        "patient_id": path.stem,
-        "slide_path": f"/bench/{path.stem}.svs",
-        "slide_size": slide_size,
-        "mpp": 0.5,
-        "mpp_source": "manifest",
-        "reader_backend": "cucim",
-        "slide_digest": "sha256:" + "0" * 64,
-        "config_digest": "sha256:" + "0" * 64,
-        "expert_weights": dict.fromkeys(EXPERTS, "random"),
-        "expert_digests": dict.fromkeys(EXPERTS, "random"),
-        "package_version": "bench",
-    }
-    with RegionStoreWriter(path, attrs=attrs, n_regions=n_regions, experts=EXPERTS) as writer:
-        for index in range(n_regions):
-            features = {
-                name: [rng.standard_normal(shape, dtype=np.float32) for shape in ((256, dim), (16, dim), (dim,))]
-                for name, dim in EXPERTS.items()
-            }
-            valid = {"valid_l0": np.ones(256, dtype=bool), "valid_l1": np.ones(16, dtype=bool)}
-            writer.write_region(index, coords=(index * REGION_PX, 0), features=features, **valid)
-        writer.commit()
-
-
-def attach_timer(trainer: Engine, start: Events, end: Events) -> list[float]:
-    """Seconds between ``start`` and ``end`` of every iteration, appended to the returned list."""
+def attach_timer(
+    trainer: Engine, start: Events, end: Events, clock: Callable[[], float] = time.perf_counter
+) -> list[float]:
+    """Seconds of ``clock`` between ``start`` and ``end`` of every iteration, appended to the returned list."""
     times: list[float] = []
     began = [0.0]
-    trainer.add_event_handler(start, lambda _: began.__setitem__(0, time.perf_counter()))
-    trainer.add_event_handler(end, lambda _: times.append(time.perf_counter() - began[0]))
+    trainer.add_event_handler(start, lambda _: began.__setitem__(0, clock()))
+    trainer.add_event_handler(end, lambda _: times.append(clock() - began[0]))
     return times
 
 
@@ -91,13 +77,14 @@ def bench_preset(preset: str, dataset_dir: Path, batch_size: int, iterations: in
         parts = run.build()
         trainer: Engine = parts["trainer"]
         steps = attach_timer(trainer, Events.ITERATION_STARTED, Events.ITERATION_COMPLETED)
+        cpu = attach_timer(trainer, Events.ITERATION_STARTED, Events.ITERATION_COMPLETED, time.process_time)
         loading = attach_timer(trainer, Events.GET_BATCH_STARTED, Events.GET_BATCH_COMPLETED)
         if run.device.type == "cuda":
             torch.cuda.synchronize()
             trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda _: torch.cuda.synchronize())
         trainer.run(parts["loader"], max_iters=1 + iterations, epoch_length=len(parts["loader"]))
         net = parts["teacher"]
-        seconds = statistics.mean(steps[1:])
+        seconds = statistics.median(steps[1:])  # robust to a step slowed by other work on the machine
         return {
             "preset": preset,
             "device": str(run.device),
@@ -110,7 +97,8 @@ def bench_preset(preset: str, dataset_dir: Path, batch_size: int, iterations: in
             "first_step_s": round(steps[0], 3),
             "seconds_per_step": round(seconds, 3),
             "seconds_per_step_range": [round(min(steps[1:]), 3), round(max(steps[1:]), 3)],
-            "batch_loading_s": round(statistics.mean(loading[1:]), 3),
+            "cpu_seconds_per_step": round(statistics.median(cpu[1:]), 3),
+            "batch_loading_s": round(statistics.median(loading[1:]), 3),
             "regions_per_second": round(batch_size / seconds, 3),
             "final_loss": round(trainer.state.output["total"], 4),
             "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
@@ -131,22 +119,20 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, cuda {torch.cuda.is_available()}",
         "experts": EXPERTS,
+        "load_average_before": os.getloadavg(),
         "presets": [],
     }
-    print(f"{'preset':<7} {'params M':>9} {'batch':>6} {'s/step':>8} {'regions/s':>10} {'load s':>7} {'RSS GiB':>8}")
+    print(" ".join(f"{title:>{width}}" for title, _, width in COLUMNS))
     with tempfile.TemporaryDirectory() as folder:
         regions = args.batch_size * (1 + args.iterations)  # one epoch covers every step
-        write_random_store(Path(folder) / "bench_slide.h5", regions, seed=0)
+        write_store(Path(folder), "bench_slide", "bench_patient", ["full"] * regions, EXPERTS)
         spawn = multiprocessing.get_context("spawn")  # a fresh process per preset: its own peak memory
         for preset in args.presets:
             with spawn.Pool(1) as pool:
                 row = pool.apply(bench_preset, (preset, Path(folder), args.batch_size, args.iterations))
             results["presets"].append(row)
-            print(
-                f"{preset:<7} {row['parameters_m']:>9} {row['batch_size']:>6} {row['seconds_per_step']:>8.3f} "
-                f"{row['regions_per_second']:>10.3f} {row['batch_loading_s']:>7.3f} {row['peak_rss_gib']:>8.2f}"
-                + (f"  cuda {row['cuda_max_allocated_gib']} GiB" if row["cuda_max_allocated_gib"] is not None else "")
-            )
+            print(" ".join(f"{row[key]!s:>{width}}" for _, key, width in COLUMNS))
+    results["load_average_after"] = os.getloadavg()  # other work on the machine slows every step
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

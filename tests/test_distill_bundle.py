@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO
-from store_factory import write_store
 
 from pathme.cli import main
+from pathme.data.synthetic_stores import write_store
 from pathme.engines.embed import EmbedRun
 from pathme.store import validate_store
 

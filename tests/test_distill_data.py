@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from store_factory import write_store
 from torch.utils.data import DataLoader
 
 from pathme.data.distill import (
@@ -20,6 +19,7 @@ from pathme.data.distill import (
     read_patients,
     split_holdout,
 )
+from pathme.data.synthetic_stores import write_store
 from pathme.store import StoreError
 
 DIMS = {"a": 8, "b": 6}

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from store_factory import write_store
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pathme.data.distill import ViewConfig
+from pathme.data.synthetic_stores import write_store
 from pathme.engines.distill_workflow import DistillationRun, latest_checkpoint
 from pathme.engines.schedules import Schedules
 

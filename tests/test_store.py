@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
+from pathme.data.synthetic_stores import SLIDE_SIZE, store_attrs
 from pathme.store import (
     SCHEMA_VERSION,
     RegionStoreWriter,
@@ -28,23 +29,14 @@ from pathme.store import (
 from pathme.wsi.grid import L0_PARENT, RegionGrid
 
 EXPERTS = {"alpha": 8, "beta": 5}
-SLIDE_SIZE = (9000, 5000)
 
 
 def make_attrs(**overrides: object) -> dict[str, object]:
-    attrs: dict[str, object] = {
-        "slide_id": "s1",
-        "patient_id": "p1",
+    attrs = store_attrs("s1", "p1", EXPERTS) | {
         "slide_path": Path("/data/s1.svs"),
-        "slide_size": SLIDE_SIZE,
-        "mpp": 0.5,
         "mpp_source": "metadata:openslide.mpp-x",
-        "reader_backend": "cucim",
-        "slide_digest": "sha256:" + "a" * 64,
-        "config_digest": "sha256:" + "c" * 64,
         "expert_weights": {"alpha": "random", "beta": "/weights/beta.safetensors"},
         "expert_digests": {"alpha": "random", "beta": "sha256:" + "b" * 64},
-        "package_version": "0.1.0",
     }
     return {**attrs, **overrides}
 

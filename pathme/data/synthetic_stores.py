@@ -1,4 +1,5 @@
-"""Small region stores of random features, written by the real writer, for tests of the later stages."""
+"""Small region stores of random features, written by the real writer, for tests and benchmarks of the stages
+after extraction (distillation, tokens, MIL) without slides or encoders."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pathme.store import RegionStoreWriter
-from pathme.wsi.grid import L0_PARENT, RegionGrid
+from pathme.wsi.grid import L0_PARENT, REGION_PX, RegionGrid
 
 SLIDE_SIZE = (9000, 5000)
 
@@ -26,15 +27,15 @@ def region_arrays(rule: str, rng: np.random.Generator, dims: dict[str, int]) -> 
     return {"valid_l0": valid_l0, "valid_l1": valid_l1, "features": features}
 
 
-def write_store(folder: Path, slide_id: str, patient_id: str, rules: list[str], dims: dict[str, int]) -> list[dict]:
-    rng = np.random.default_rng(sum(map(ord, slide_id)))
-    regions = [region_arrays(rule, rng, dims) for rule in rules]
-    origins = RegionGrid(*SLIDE_SIZE, 0.5).origins()
-    attrs = {
+def store_attrs(
+    slide_id: str, patient_id: str, dims: dict[str, int], slide_size: tuple[int, int] = SLIDE_SIZE
+) -> dict[str, object]:
+    """Plausible attributes of a random-feature store (a 0.5 µm/px slide, random-weight experts)."""
+    return {
         "slide_id": slide_id,
         "patient_id": patient_id,
         "slide_path": f"/data/{slide_id}.svs",
-        "slide_size": SLIDE_SIZE,
+        "slide_size": slide_size,
         "mpp": 0.5,
         "mpp_source": "manifest",
         "reader_backend": "cucim",
@@ -44,7 +45,17 @@ def write_store(folder: Path, slide_id: str, patient_id: str, rules: list[str], 
         "expert_digests": dict.fromkeys(dims, "random"),
         "package_version": "0.1.0",
     }
+
+
+def write_store(folder: Path, slide_id: str, patient_id: str, rules: list[str], dims: dict[str, int]) -> list[dict]:
+    """Write ``folder/<slide_id>.h5`` with one region per rule ("full", "sparse" or "empty" validity), the regions
+    side by side on a slide one region high."""
+    rng = np.random.default_rng(sum(map(ord, slide_id)))
+    regions = [region_arrays(rule, rng, dims) for rule in rules]
+    slide_size = (REGION_PX * max(1, len(rules)), REGION_PX)
+    origins = RegionGrid(*slide_size, 0.5).origins()
     path = folder / f"{slide_id}.h5"
+    attrs = store_attrs(slide_id, patient_id, dims, slide_size)
     with RegionStoreWriter(path, attrs=attrs, n_regions=len(regions), experts=dims) as writer:
         for index, region in enumerate(regions):
             writer.write_region(index, coords=tuple(int(v) for v in origins[index]), **region)
