@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pathme.data.synthetic_stores import SLIDE_SIZE, store_attrs
+from pathme.data.synthetic_stores import SLIDE_SIZE, region_arrays, store_attrs
 from pathme.store import (
     SCHEMA_VERSION,
     RegionStoreWriter,
@@ -26,7 +26,7 @@ from pathme.store import (
     validate_store,
     write_features_h5,
 )
-from pathme.wsi.grid import L0_PARENT, RegionGrid
+from pathme.wsi.grid import RegionGrid
 
 EXPERTS = {"alpha": 8, "beta": 5}
 
@@ -45,21 +45,10 @@ def make_regions(n: int = 3, seed: int = 0) -> list[dict]:
     """Regions on the slide's grid with random validity; invalid tiles hold NaN, which the store allows."""
     rng = np.random.default_rng(seed)
     origins = RegionGrid(*SLIDE_SIZE, 0.5).origins()
-    regions = []
-    for index in range(n):
-        valid_l0 = rng.random(256) < 0.6
-        valid_l1 = np.zeros(16, dtype=bool)
-        np.logical_or.at(valid_l1, L0_PARENT, valid_l0)
-        features = {}
-        for expert, dim in EXPERTS.items():
-            l0 = rng.standard_normal((256, dim)).astype(np.float32)
-            l1 = rng.standard_normal((16, dim)).astype(np.float32)
-            l0[~valid_l0] = np.nan
-            l1[~valid_l1] = np.nan
-            features[expert] = [l0, l1, rng.standard_normal(dim).astype(np.float32)]
-        coords = tuple(int(value) for value in origins[index])
-        regions.append({"coords": coords, "valid_l0": valid_l0, "valid_l1": valid_l1, "features": features})
-    return regions
+    return [
+        {"coords": tuple(int(value) for value in origins[index]), **region_arrays("sparse", rng, EXPERTS)}
+        for index in range(n)
+    ]
 
 
 def write_store(path: Path, regions: list[dict] | None = None, **attrs: object) -> Path:
