@@ -8,6 +8,7 @@ epoch, data seed, RNG states); schedules are functions of the iteration, so a re
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint, DiskSaver
+from ignite.handlers import Checkpoint, DiskSaver, ProgressBar
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torch.utils.tensorboard import SummaryWriter
 
@@ -210,8 +211,13 @@ class DistillationRun:
         if latest is not None:
             Checkpoint.load_objects(to_save, load_checkpoint(latest))
             logger.info("resumed from %s at iteration %d", latest, trainer.state.iteration)
+            if trainer.state.iteration >= self.max_iterations:
+                logger.info("already trained to iteration %d >= max_iterations: nothing to do", trainer.state.iteration)
+                return {}
         writer = SummaryWriter(self.output_dir / "tensorboard") if rank == 0 else None
         _attach_logging(trainer, writer, self.log_every)
+        if rank == 0 and sys.stderr.isatty():  # a bar per epoch with the running total loss
+            ProgressBar(persist=False).attach(trainer, output_transform=lambda output: {"total": output["total"]})
         _attach_validation(trainer, parts, writer, self.validate_every, self.device)
         trainer.run(parts["loader"], max_iters=self.max_iterations, epoch_length=len(parts["loader"]))
         if writer is not None:
