@@ -137,7 +137,7 @@ class DistillationLosses(nn.Module):
             ),
             "koleo": sum(self.koleo(cls) for cls in student["cls"]) / len(student["cls"]),
             "kd": student["kd"],
-            "hmsa": hmsa_consistency(teacher["hmsa"], student["hmsa"], _hmsa_valid(batch)),
+            "hmsa": hmsa_consistency(teacher["hmsa"], student["hmsa"], _hmsa_valid(student["hmsa"], batch)),
         }
         terms["total"] = sum(getattr(self.weights, name) * terms[name] for name in LOSS_TERMS)
         return terms
@@ -149,10 +149,10 @@ class DistillationLosses(nn.Module):
         self.ibot_l1.update_center(teacher["patch_logits"][1], batch["mask_l1"])
 
 
-def _hmsa_valid(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+def _hmsa_valid(hmsa: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Validity of the HMSA output rows [prompts, L1 tokens]: prompts always, L1 tokens by their flags."""
     l1_valid = batch["global_l1_valid"]
-    prompts = torch.ones(l1_valid.shape[0], batch["num_prompts"], dtype=torch.bool, device=l1_valid.device)
+    prompts = l1_valid.new_ones(l1_valid.shape[0], hmsa.shape[1] - l1_valid.shape[1])
     return torch.cat([prompts, l1_valid], dim=1)
 
 
@@ -178,7 +178,6 @@ def create_distill_trainer(
             group["lr"] = lr * group.get("lr_scale", 1.0)
             group["weight_decay"] = wd if group["apply_wd"] else 0.0
         batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-        batch["num_prompts"] = net.config.num_prompts
         temperature = schedules.teacher_temperature(iteration)
         student.train()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):

@@ -273,7 +273,6 @@ def _attach_validation(
                 if len(batch["index"]) < 2:
                     continue
                 batch = {k: v.to(device) for k, v in batch.items()}
-                batch["num_prompts"] = unwrap(student).net.config.num_prompts
                 terms = losses(unwrap(student)(batch), teacher_outputs(teacher, batch), batch, temperature)
                 for name, value in terms.items():
                     totals[name] = totals.get(name, 0.0) + float(value)

@@ -27,7 +27,7 @@ from pathme.extract.engine import encode_regions
 from pathme.extract.loader import RegionDataset, SlideSource, region_loader
 from pathme.store import RegionStoreWriter, config_digest, read_store_summary, store_is_done, write_features_h5
 from pathme.wsi.errors import SlideError
-from pathme.wsi.grid import L0_MPP, L0_SIDE, L1_MPP, L2_MPP, REGION_PX, TILE_PX
+from pathme.wsi.grid import L0_MPP, L0_SIDE, L1_MPP, L2_MPP, REGION_PX, TILE_PX, raster_positions
 from pathme.wsi.manifest import ManifestRow, read_manifest
 from pathme.wsi.regions import plan_regions
 from pathme.wsi.tissue import TissueConfig
@@ -182,8 +182,7 @@ class CohortExtractor:
             origins = handle["coords"][:]
             valid = handle["valid/L0"][:]
             extent = float(handle.attrs["region_extent"]) / L0_SIDE
-            rows, cols = np.divmod(np.arange(L0_SIDE * L0_SIDE), L0_SIDE)
-            offsets = np.stack([cols, rows], axis=1) * extent
+            offsets = raster_positions(L0_SIDE, L0_SIDE)[:, ::-1] * extent  # (x, y) of each tile in its region
             tile_xy = np.rint(origins[:, None, :] + offsets[None]).astype(np.int64)
             for name in experts:
                 target = self.output_dir / "h5_files" / name / f"{slide_id}.h5"
