@@ -39,7 +39,7 @@ from pathme.engines.distill import (
     unwrap,
 )
 from pathme.engines.schedules import Schedules
-from pathme.networks import PatHME, PatHMEConfig
+from pathme.networks import PatHME, preset_config
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +110,6 @@ class DistillationRun:
             self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
         self.device = torch.device(self.device)
 
-    def network_config(self, in_dim: int) -> PatHMEConfig:
-        base = PatHMEConfig.tiny(in_dim) if self.preset == "tiny" else PatHMEConfig(in_dim=in_dim)
-        return PatHMEConfig(**{**base.__dict__, **dict(self.network)})
-
     def build(self) -> dict:
         """Every component of the run (also used by tests and the benchmark)."""
         torch.manual_seed(self.seed)
@@ -140,7 +136,7 @@ class DistillationRun:
             pin_memory=self.device.type == "cuda",
         )
         holdout = DataLoader(Subset(views, holdout_ids), batch_size=self.batch_size, collate_fn=collate_regions)
-        net = PatHME(self.network_config(regions.expert_a_dim))
+        net = PatHME(preset_config(self.preset, regions.expert_a_dim, self.network))
         teacher = build_teacher(net).to(self.device)
         student: torch.nn.Module = DistillStudent(net, regions.expert_b_dim).to(self.device)
         groups = net.param_groups(self.weight_decay[0], self.layer_decay, self.base_lr)

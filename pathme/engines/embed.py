@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from pathme.engines.distill_workflow import latest_checkpoint, load_checkpoint
-from pathme.networks import PatHME, PatHMEConfig
+from pathme.networks import PatHME, PatHMEConfig, preset_config
 from pathme.store import file_digest, store_is_done, validate_store
 from pathme.store.tokens import write_token_store
 from pathme.wsi.grid import L1_SIDE, raster_positions
@@ -87,7 +87,7 @@ class EmbedRun:
                 continue
             attrs = validate_store(store, experts=[self.expert_a])
             if teacher is None:
-                config = self._config(attrs["expert_dims"][self.expert_a])
+                config = preset_config(self.preset, attrs["expert_dims"][self.expert_a], self.network)
                 teacher = load_teacher(self.checkpoint, config).to(self.device)
             tokens, coords = self._embed(teacher, store, float(attrs["region_extent"]))
             write_token_store(store, target, tokens, coords, expected | {"teacher_checkpoint": str(self.checkpoint)})
@@ -95,10 +95,6 @@ class EmbedRun:
         summary = pd.DataFrame(records)
         summary.to_csv(self.output_dir / "embed_summary.csv", index=False)
         return summary
-
-    def _config(self, in_dim: int) -> PatHMEConfig:
-        base = PatHMEConfig.tiny(in_dim) if self.preset == "tiny" else PatHMEConfig(in_dim=in_dim)
-        return PatHMEConfig(**{**base.__dict__, **dict(self.network)})
 
     @torch.inference_mode()
     def _embed(self, teacher: PatHME, store: Path, region_extent: float) -> tuple[np.ndarray, np.ndarray]:

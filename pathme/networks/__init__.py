@@ -1,7 +1,7 @@
 """PatHME network: token projector, shared ViT with scale prompts, HMSA and the DINO head."""
 
-from pathme.networks.config import PatHMEConfig
+from pathme.networks.config import PatHMEConfig, preset_config
 from pathme.networks.heads import DINOHead
 from pathme.networks.pathme_net import PatHME
 
-__all__ = ["DINOHead", "PatHME", "PatHMEConfig"]
+__all__ = ["DINOHead", "PatHME", "PatHMEConfig", "preset_config"]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -48,3 +49,12 @@ class PatHMEConfig:
             head_bottleneck=32,
             num_prototypes=512,
         )
+
+
+def preset_config(preset: str, in_dim: int, overrides: Mapping[str, object] | None = None) -> PatHMEConfig:
+    """The ``tiny`` or ``paper`` network for inputs of ``in_dim``, with fields replaced by ``overrides``; training and
+    inference build it the same way, so a teacher loads strictly into the network it was trained as."""
+    if preset not in ("tiny", "paper"):
+        raise ValueError(f"preset must be 'tiny' or 'paper', got {preset!r}")
+    base = PatHMEConfig.tiny(in_dim) if preset == "tiny" else PatHMEConfig(in_dim=in_dim)
+    return replace(base, **dict(overrides or {}))
