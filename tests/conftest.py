@@ -64,3 +64,26 @@ def make_slide(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return make
+
+
+DEMO_SLIDES = 24  # enough patients (20) for k-fold MIL with both classes in every fold
+DEMO_EXPERTS = ["tiny-vit", "tiny-cnn"]
+
+
+@pytest.fixture(scope="session")
+def demo_cohort(cmu_slide: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A demo cohort from real H&E pixels (slides, manifest.csv, labels.csv, planted.csv); returns its folder."""
+    from pathme.data.cohort import make_demo_cohort
+
+    return make_demo_cohort(tmp_path_factory.mktemp("demo") / "cohort", cmu_slide, n_slides=DEMO_SLIDES).parent
+
+
+@pytest.fixture(scope="session")
+def demo_features(demo_cohort: Path) -> Path:
+    """The demo cohort's region stores, extracted with the tiny random-weight experts."""
+    from pathme.extract import CohortExtractor
+
+    output = demo_cohort.parent / "features"
+    summary = CohortExtractor(demo_cohort / "manifest.csv", output, DEMO_EXPERTS, batch_size=64).run()
+    assert (summary["status"] == "done").all(), summary
+    return output

@@ -68,6 +68,24 @@ def test_dataset_reads_stored_features_and_validity(stores: tuple[Path, dict], d
             assert not values[~valid].any()  # NaN in the store, zeros out
 
 
+def test_feature_statistics_cover_the_valid_expert_a_tiles_of_the_given_items(
+    stores: tuple[Path, dict], dataset: RegionStoreDataset
+) -> None:
+    _, written = stores
+    items = [0, 2, 5]
+    values = []
+    for index in items:
+        slide, region = dataset.region_ids[index]
+        stored = written[slide][region]
+        for level, valid in ((0, stored["valid_l0"]), (1, stored["valid_l1"])):
+            values.append(stored["features"]["a"][level][valid])
+    values = np.concatenate(values).astype(np.float64)  # NaN of invalid tiles excluded
+    mean, std = dataset.feature_statistics(items)
+    assert mean.shape == std.shape == (8,) and torch.isfinite(mean).all()
+    np.testing.assert_allclose(mean.numpy(), values.mean(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(std.numpy(), values.std(axis=0), rtol=1e-5, atol=1e-6)
+
+
 def test_patients_filter_keeps_exactly_those_stores(stores: tuple[Path, dict]) -> None:
     folder, _ = stores
     kept = RegionStoreDataset(folder, "a", "b", patients=["p3", "p1", "unknown"])

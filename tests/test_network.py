@@ -416,3 +416,29 @@ def test_same_seed_same_network_and_outputs() -> None:
     a.eval()
     assert torch.equal(teacher.region_tokens(**data), a.region_tokens(**data))
     assert set(teacher.state_dict()) == set(a.state_dict())
+
+
+# 9. Input standardisation and the CLS at initialisation ----------------------------------------------------------
+
+
+def test_input_statistics_standardise_the_tokens() -> None:
+    data = region()
+    mean, std = torch.linspace(-2, 2, IN_DIM), torch.linspace(0.5, 3, IN_DIM)
+    plain, standardised = build(), build()
+    standardised.set_input_statistics(mean, std)
+    shifted = {**data, "l0_feats": data["l0_feats"] * std + mean, "l1_feats": data["l1_feats"] * std + mean}
+    for expected, got in zip(encode_both(plain, data), encode_both(standardised, shifted), strict=True):
+        torch.testing.assert_close(got["cls"], expected["cls"], rtol=1e-4, atol=1e-4)
+    assert "input_mean" in standardised.state_dict() and "input_std" in standardised.state_dict()
+    with pytest.raises(ValueError, match="positive"):
+        standardised.set_input_statistics(mean, torch.zeros(IN_DIM))
+
+
+def test_cls_outputs_differ_between_regions_at_initialisation() -> None:
+    """With LayerScale near zero (the paper's 1e-5) a large CLS token made every region's CLS output the same at
+    initialisation (cosine 1.000), which left DINO's centring nothing to keep and collapsed it to uniform."""
+    model = build(layerscale_init=1e-5)
+    data = region(batch=2)
+    data["l0_feats"] = data["l0_feats"] + torch.tensor([1.0, -1.0])[:, None, None]  # two different tissues
+    cls = torch.nn.functional.normalize(encode_both(model, data)[0]["cls"], dim=-1)
+    assert float(cls[0] @ cls[1]) < 0.97  # 1.000 before the fix

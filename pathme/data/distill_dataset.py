@@ -162,6 +162,31 @@ class RegionStoreDataset(Dataset):
             "index": torch.tensor(index, dtype=torch.long),
         }
 
+    def feature_statistics(self, indices: Sequence[int], min_std: float = 1e-3) -> tuple[Tensor, Tensor]:
+        """Mean and std [A] of expert A's features over the valid L0 and L1 tiles of items ``indices``.
+
+        Why: the network standardises its input tokens with them (:meth:`PatHME.set_input_statistics`); taken from
+        the training items only, so held-out slides do not leak into training. ``min_std`` keeps constant
+        dimensions (dead ReLU units) finite.
+        """
+        if not indices:
+            raise ValueError("feature statistics need at least one item")
+        total = torch.zeros(self.expert_a_dim, dtype=torch.float64)
+        squares = torch.zeros_like(total)
+        count = 0
+        for index in indices:  # region by region: a whole slide's features need not fit in memory
+            store, region = self._items[index]
+            file = self._file(store)
+            for level in ("L0", "L1"):
+                valid = torch.from_numpy(file[VALID[level].name][region])
+                values = torch.from_numpy(file[FEATURES[level].path(self.expert_a)][region])[valid].double()
+                total += values.sum(dim=0)
+                squares += values.square().sum(dim=0)
+                count += values.shape[0]
+        mean = total / count
+        std = (squares / count - mean.square()).clamp(min=0).sqrt().clamp(min=min_std)
+        return mean.float(), std.float()
+
     def close(self) -> None:
         """Close this process's open store files."""
         for file in self._files.values():

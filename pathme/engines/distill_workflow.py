@@ -137,6 +137,7 @@ class DistillationRun:
         )
         holdout = DataLoader(Subset(views, holdout_ids), batch_size=self.batch_size, collate_fn=collate_regions)
         net = PatHME(preset_config(self.preset, regions.expert_a_dim, self.network))
+        net.set_input_statistics(*regions.feature_statistics(train_ids))
         teacher = build_teacher(net).to(self.device)
         student: torch.nn.Module = DistillStudent(net, regions.expert_b_dim).to(self.device)
         groups = net.param_groups(self.weight_decay[0], self.layer_decay, self.base_lr)

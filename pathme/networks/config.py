@@ -45,6 +45,7 @@ class PatHMEConfig:
             hmsa_global_layers=2,
             hmsa_heads=2,
             drop_path=0.0,
+            layerscale_init=0.1,  # two blocks: DINOv2's 1e-5 would leave the residual stream (and CLS) inert
             head_hidden=128,
             head_bottleneck=32,
             num_prototypes=512,

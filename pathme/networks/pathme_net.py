@@ -32,7 +32,14 @@ class PatHME(nn.Module):
         dim = config.embed_dim
         self.projector = nn.Sequential(nn.Linear(config.in_dim, dim), nn.GELU())
         self.pos_embed = GridPositionEmbedding(dim)
-        self.cls_token = nn.Parameter(trunc_normal_(torch.empty(1, 1, dim), std=0.02))
+        # tiny (as in DINOv2): with LayerScale near zero a larger CLS token would dominate the residual stream and
+        # give every region the same CLS output at initialisation, so DINO's centring would leave nothing to learn
+        self.cls_token = nn.Parameter(nn.init.normal_(torch.empty(1, 1, dim), std=1e-6))
+        # expert features share a large common direction (mean tile cosine ~0.9); standardising them with the
+        # training cohort's statistics lets the differences between regions reach the CLS. Buffers, so the teacher
+        # and every checkpoint carry the statistics it was trained with.
+        self.register_buffer("input_mean", torch.zeros(config.in_dim))
+        self.register_buffer("input_std", torch.ones(config.in_dim))
         self.mask_token = nn.Parameter(torch.zeros(dim))
         self.prompts = nn.ParameterList(
             nn.Parameter(trunc_normal_(torch.empty(config.num_prompts, dim), std=0.02)) for _ in range(config.depth)
@@ -47,6 +54,16 @@ class PatHME(nn.Module):
             module.apply(init_linear)
         self.head = DINOHead(dim, config.num_prototypes, config.head_hidden, config.head_bottleneck)
 
+    @torch.no_grad()
+    def set_input_statistics(self, mean: Tensor, std: Tensor) -> None:
+        """Per-dimension mean and std [in_dim] of the expert features, for standardising the input tokens."""
+        if mean.shape != self.input_mean.shape or std.shape != self.input_std.shape:
+            raise ValueError(f"statistics must have shape {tuple(self.input_mean.shape)}")
+        if not bool((std > 0).all()):
+            raise ValueError("every feature std must be positive")
+        self.input_mean.copy_(mean)
+        self.input_std.copy_(std)
+
     def encode(
         self, tokens: Tensor, positions: Tensor, valid: Tensor, scale: str, mask: Tensor | None = None
     ) -> dict[str, Tensor]:
@@ -60,7 +77,8 @@ class PatHME(nn.Module):
             raise ValueError(f"scale must be one of {sorted(SCALE_SIDES)}, got {scale!r}")
         batch = tokens.shape[0]
         keep = valid[..., None]
-        x = self.projector(torch.where(keep, tokens, 0))
+        standardized = (tokens - self.input_mean.to(tokens.dtype)) / self.input_std.to(tokens.dtype)
+        x = self.projector(torch.where(keep, standardized, 0))
         if mask is not None:
             x = torch.where(mask[..., None], self.mask_token.to(x.dtype), x)
         x = x + self.pos_embed(positions, valid, scale)
