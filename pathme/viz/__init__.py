@@ -1,1 +1,1 @@
-"""Previews and heatmaps."""
+"""Previews and heatmaps (import the submodules: they load the slide readers)."""
