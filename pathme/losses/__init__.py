@@ -9,5 +9,24 @@ from pathme.losses.expert_kd import ExpertKDLoss
 from pathme.losses.hmsa import hmsa_consistency
 from pathme.losses.ibot import IBOTLoss
 from pathme.losses.koleo import KoLeoLoss
+from pathme.losses.survival import (
+    assign_bins,
+    cox_partial_likelihood,
+    discrete_time_nll,
+    risk_from_logits,
+    survival_bins,
+)
 
-__all__ = ["DINOLoss", "ExpertKDLoss", "IBOTLoss", "KoLeoLoss", "cross_scale_pairs", "hmsa_consistency"]
+__all__ = [
+    "DINOLoss",
+    "ExpertKDLoss",
+    "IBOTLoss",
+    "KoLeoLoss",
+    "assign_bins",
+    "cox_partial_likelihood",
+    "cross_scale_pairs",
+    "discrete_time_nll",
+    "hmsa_consistency",
+    "risk_from_logits",
+    "survival_bins",
+]

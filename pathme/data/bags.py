@@ -1,0 +1,276 @@
+"""Slide and patient bags for attention MIL (METHOD.md section 5): the valid tokens of a store with their places.
+
+A bag holds only what stands for tissue: invalid tiles (NaN in the store) never enter, so a model needs no NaN
+handling. Every token keeps the level-0 box it covers, so attention maps back onto the slide. Stores are opened
+only while a bag is read, never held open, so datasets pickle into DataLoader workers.
+
+Feature sources:
+
+* ``"pathme"``: the PatHME region tokens: the 10 scale prompts of every region with tissue, then its valid L1
+  tokens (invalid ones are dropped);
+* ``"pathme-mean"``: one token per region with tissue, the mean of its valid PatHME tokens (prompts included);
+* any other name: an expert's L0 (20x) features, valid by ``valid/L0``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pathme.store import StoreError, read_store_summary, validate_store
+from pathme.store.schema import COORDS, FEATURES, N_PROMPTS, TOKEN_COORDS, TOKENS, VALID
+from pathme.store.validate import BLOCK_BYTES
+from pathme.wsi.grid import L0_SIDE, L1_SIDE, raster_positions
+
+PATHME, PATHME_MEAN = "pathme", "pathme-mean"
+REGION_KIND, TILE_KIND = 0, 1
+
+StorePath = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class SlideBag:
+    """The valid tokens of one slide, each with the level-0 box it covers."""
+
+    slide_id: str
+    patient_id: str
+    slide_path: str
+    features: np.ndarray  # [N, D] float32, finite
+    coords: np.ndarray  # [N, 2] int64 level-0 (x, y) top-left of what each token covers
+    sizes: np.ndarray  # [N] float64 level-0 side of what each token covers
+    kinds: np.ndarray  # [N] int8: REGION_KIND (prompt or region mean) or TILE_KIND
+
+
+def _sources(has_tokens: bool, experts: Iterable[str]) -> list[str]:
+    """PatHME sources first, then experts sorted (one order, whichever attribute listed them)."""
+    return ([PATHME, PATHME_MEAN] if has_tokens else []) + sorted(experts)
+
+
+def available_sources(path: StorePath) -> list[str]:
+    """The feature sources a store can give: the PatHME ones when it holds tokens, then every expert."""
+    summary = read_store_summary(path)
+    return _sources(summary["has_tokens"], summary["experts"])
+
+
+def _require_source(path: StorePath, file: h5py.File, attrs: Mapping[str, Any], source: str) -> None:
+    """A clear error when ``source`` is not in the store, naming what is there instead."""
+    sources = _sources(TOKENS.name in file, attrs["experts"])
+    if source in sources:
+        return
+    missing = f"dataset '{TOKENS.name}'" if source in (PATHME, PATHME_MEAN) else f"expert '{source}'"
+    raise ValueError(
+        f"{path}: feature source '{source}' is not in this store ({missing} missing); "
+        f"it has: {', '.join(sources) or 'none'}"
+    )
+
+
+def _keep(file: h5py.File, source: str) -> np.ndarray:
+    """[R, T] which tokens of each region enter the bag (before any per-region pooling)."""
+    if source not in (PATHME, PATHME_MEAN):
+        return file[VALID["L0"].name][()]
+    valid_l1 = file[VALID["L1"].name][()]
+    tissue = valid_l1.any(axis=1, keepdims=True)
+    return np.concatenate([np.repeat(tissue, N_PROMPTS, axis=1), valid_l1], axis=1)
+
+
+def _count(keep: np.ndarray, source: str) -> int:
+    return int(keep.any(axis=1).sum() if source == PATHME_MEAN else keep.sum())
+
+
+def _select(data: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    return data[keep]
+
+
+def _region_means(data: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Mean of the kept tokens of every region that keeps any; NaN of dropped tokens never enters the sum."""
+    rows = keep.any(axis=1)
+    summed = np.where(keep[..., None], data, 0).sum(axis=1, dtype=np.float64)[rows]
+    return (summed / keep[rows].sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _gather(
+    dataset: h5py.Dataset, keep: np.ndarray, reduce: Callable[[np.ndarray, np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """``reduce`` over blocks of regions: memory stays bounded however large the slide's features are."""
+    region_bytes = dataset.dtype.itemsize * math.prod(dataset.shape[1:])
+    step = max(1, BLOCK_BYTES // max(1, region_bytes))
+    parts = [
+        reduce(dataset[start : start + step], keep[start : start + step])
+        for start in range(0, len(keep), step)
+        if keep[start : start + step].any()
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, dataset.shape[-1]), np.float32)
+
+
+def _pathme_tokens(file: h5py.File, keep: np.ndarray, extent: float) -> tuple[np.ndarray, ...]:
+    kinds = np.repeat(np.array([REGION_KIND, TILE_KIND], np.int8), [N_PROMPTS, L1_SIDE * L1_SIDE])
+    kinds = np.broadcast_to(kinds, keep.shape)[keep]
+    sizes = np.where(kinds == REGION_KIND, extent, extent / L1_SIDE)
+    return _gather(file[TOKENS.name], keep, _select), file[TOKEN_COORDS.name][()][keep], sizes, kinds
+
+
+def _mean_tokens(file: h5py.File, keep: np.ndarray, extent: float) -> tuple[np.ndarray, ...]:
+    coords = file[COORDS.name][()][keep.any(axis=1)]
+    return _gather(file[TOKENS.name], keep, _region_means), coords, np.full(len(coords), extent), _kinds(coords)
+
+
+def _expert_tokens(file: h5py.File, keep: np.ndarray, extent: float, expert: str) -> tuple[np.ndarray, ...]:
+    offsets = raster_positions(L0_SIDE, L0_SIDE)[:, ::-1] * (extent / L0_SIDE)  # (x, y) of each tile
+    coords = np.rint(file[COORDS.name][()][:, None, :] + offsets[None]).astype(np.int64)[keep]
+    features = _gather(file[FEATURES["L0"].path(expert)], keep, _select)
+    return features, coords, np.full(len(coords), extent / L0_SIDE), _kinds(coords, TILE_KIND)
+
+
+def _kinds(coords: np.ndarray, kind: int = REGION_KIND) -> np.ndarray:
+    return np.full(len(coords), kind, np.int8)
+
+
+def _load_bag(path: StorePath, attrs: Mapping[str, Any], source: str) -> SlideBag:
+    """The bag of a store already validated (``attrs`` from :func:`validate_store`)."""
+    with h5py.File(path, "r") as file:
+        _require_source(path, file, attrs, source)
+        keep, extent = _keep(file, source), float(attrs["region_extent"])
+        if source == PATHME:
+            features, coords, sizes, kinds = _pathme_tokens(file, keep, extent)
+        elif source == PATHME_MEAN:
+            features, coords, sizes, kinds = _mean_tokens(file, keep, extent)
+        else:
+            features, coords, sizes, kinds = _expert_tokens(file, keep, extent, source)
+    if not np.isfinite(features).all():  # cheap, and the one promise every model relies on
+        raise StoreError(f"{path}: non-finite '{source}' features in valid tiles")
+    return SlideBag(
+        slide_id=str(attrs["slide_id"]),
+        patient_id=str(attrs["patient_id"]),
+        slide_path=str(attrs["slide_path"]),
+        features=np.ascontiguousarray(features, dtype=np.float32),
+        coords=coords.astype(np.int64),
+        sizes=sizes.astype(np.float64),
+        kinds=kinds.astype(np.int8),
+    )
+
+
+def read_slide_bag(path: StorePath, feature_source: str) -> SlideBag:
+    """The bag of one store, validated first (StoreError when broken, ValueError when the source is absent)."""
+    return _load_bag(path, validate_store(path), feature_source)
+
+
+class BagIndex:
+    """Every store of a folder, read lazily: which slides belong to which patient."""
+
+    def __init__(self, features_dir: StorePath, feature_source: str) -> None:
+        self.features_dir, self.feature_source = Path(features_dir), feature_source
+        paths = sorted(self.features_dir.glob("*.h5"))
+        if not paths:
+            raise FileNotFoundError(f"no stores (*.h5) in {self.features_dir}")
+        self._stores: dict[str, tuple[Path, dict[str, Any]]] = {}
+        for path in paths:
+            attrs = validate_store(path)
+            with h5py.File(path, "r") as file:
+                _require_source(path, file, attrs, feature_source)
+            slide_id = str(attrs["slide_id"])
+            if slide_id in self._stores:
+                raise ValueError(f"slide '{slide_id}' is in two stores: {self._stores[slide_id][0]} and {path}")
+            self._stores[slide_id] = (path, attrs)
+        self.slide_patients: dict[str, str] = {
+            slide: str(attrs["patient_id"]) for slide, (_, attrs) in self._stores.items()
+        }
+
+    def patient_slides(self, patient_id: str) -> list[str]:
+        """The patient's slide ids, sorted (the order of its bag)."""
+        slides = sorted(slide for slide, patient in self.slide_patients.items() if patient == patient_id)
+        if not slides:
+            raise KeyError(f"patient '{patient_id}' has no store in {self.features_dir}")
+        return slides
+
+    def token_counts(self) -> dict[str, int]:
+        """Patient id -> valid tokens over its slides; only validity flags are read, so labels are checked cheaply."""
+        counts = dict.fromkeys(self.slide_patients.values(), 0)
+        for slide, (path, _) in self._stores.items():
+            with h5py.File(path, "r") as file:
+                counts[self.slide_patients[slide]] += _count(_keep(file, self.feature_source), self.feature_source)
+        return counts
+
+    def patient_bag(self, patient_id: str) -> list[SlideBag]:
+        """The bags of the patient's slides, in slide id order."""
+        return [_load_bag(*self._stores[slide], self.feature_source) for slide in self.patient_slides(patient_id)]
+
+
+def _target_tensor(value: float | int) -> torch.Tensor:
+    integer = isinstance(value, bool | int | np.integer | np.bool_)
+    return torch.tensor(value, dtype=torch.long if integer else torch.float32)
+
+
+def _patient_item(patient_id: str, bags: Sequence[SlideBag]) -> dict[str, Any]:
+    """The union of a patient's slide bags, each token tagged with the index of its slide."""
+    return {
+        "features": torch.from_numpy(np.concatenate([bag.features for bag in bags])),
+        "patient_id": patient_id,
+        "slide_index": torch.cat([torch.full((len(bag.features),), i, dtype=torch.long) for i, bag in enumerate(bags)]),
+        "slide_ids": [bag.slide_id for bag in bags],
+        "coords": torch.from_numpy(np.concatenate([bag.coords for bag in bags])),
+        "sizes": torch.from_numpy(np.concatenate([bag.sizes for bag in bags])),
+        "kinds": torch.from_numpy(np.concatenate([bag.kinds for bag in bags])),
+    }
+
+
+class BagDataset(Dataset):
+    """One item per patient: the union of its slides' bags (concatenated in slide_id order)."""
+
+    def __init__(
+        self,
+        index: BagIndex,
+        patients: Sequence[str],
+        targets: Mapping[str, dict[str, float | int]] | None = None,
+        cache: bool = True,
+    ) -> None:
+        known = set(index.slide_patients.values())
+        unknown = [patient for patient in patients if patient not in known]
+        if unknown:
+            raise ValueError(f"patient(s) without a store in {index.features_dir}: {', '.join(unknown[:10])}")
+        unlabelled = [patient for patient in patients if targets is not None and patient not in targets]
+        if unlabelled:
+            raise ValueError(f"patient(s) without targets: {', '.join(unlabelled[:10])}")
+        self.index, self.patients, self.targets, self.cache = index, list(patients), targets, cache
+        self._items: dict[str, dict[str, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self.patients)
+
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        patient = self.patients[position]
+        item = self._items.get(patient)
+        if item is None:
+            item = _patient_item(patient, self.index.patient_bag(patient))
+            if self.cache:
+                self._items[patient] = item
+        targets = self.targets[patient] if self.targets is not None else {}
+        return item | {key: _target_tensor(value) for key, value in targets.items()}
+
+
+def collate_bags(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Bags of different sizes as one batch: features zero-padded to [B, Nmax, D] with ``mask`` True on real
+    tokens, 0-d targets stacked, and per-bag metadata as lists."""
+    lengths = [len(item["features"]) for item in items]
+    first = items[0]["features"]
+    features = first.new_zeros((len(items), max(lengths), first.shape[-1]))
+    mask = torch.zeros(features.shape[:2], dtype=torch.bool)
+    for row, (item, length) in enumerate(zip(items, lengths, strict=True)):
+        features[row, :length] = item["features"]
+        mask[row, :length] = True
+    batch: dict[str, Any] = {"features": features, "mask": mask}
+    for key in items[0]:
+        if key == "features":
+            continue
+        values = [item[key] for item in items]
+        stack = isinstance(values[0], torch.Tensor) and values[0].ndim == 0
+        batch[key] = torch.stack(values) if stack else values
+    return batch

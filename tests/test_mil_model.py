@@ -1,0 +1,237 @@
+"""Attention MIL and the survival losses: padding and permutation invariance, tracing, hand-computed losses."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from pathme.losses import (
+    assign_bins,
+    cox_partial_likelihood,
+    discrete_time_nll,
+    risk_from_logits,
+    survival_bins,
+)
+from pathme.networks import ABMIL
+
+DIM = 12
+
+
+def sig(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def model(gated: bool = True, outputs: int = 3) -> ABMIL:
+    torch.manual_seed(0)
+    return ABMIL(DIM, outputs, hidden=16, attention_dim=8, gated=gated).eval()
+
+
+def padded(bags: list[torch.Tensor], fill: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bags [N_i, D] into [B, Nmax, D] filled with ``fill`` beyond each bag, and the mask of real tokens."""
+    longest = max(len(bag) for bag in bags)
+    features = torch.full((len(bags), longest, DIM), fill)
+    mask = torch.zeros(len(bags), longest, dtype=torch.bool)
+    for row, bag in enumerate(bags):
+        features[row, : len(bag)], mask[row, : len(bag)] = bag, True
+    return features, mask
+
+
+# --- ABMIL ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_attention_sums_to_one_over_real_tokens_and_is_zero_on_padding(gated: bool) -> None:
+    features, mask = padded([torch.randn(7, DIM), torch.randn(3, DIM)])
+    out = model(gated)(features, mask)
+    assert out["logits"].shape == (2, 3) and out["embedding"].shape == (2, 16) and out["attention"].shape == (2, 7)
+    torch.testing.assert_close(out["attention"].sum(dim=1), torch.ones(2))
+    assert (out["attention"][~mask] == 0).all() and (out["attention"][mask] > 0).all()
+
+
+@pytest.mark.parametrize("gated", [True, False])
+@pytest.mark.parametrize("fill", [1e30, float("inf"), float("nan")])
+def test_padding_values_do_not_change_the_output(gated: bool, fill: float) -> None:
+    bags = [torch.randn(7, DIM), torch.randn(3, DIM)]
+    net = model(gated)
+    clean, dirty = net(*padded(bags)), net(*padded(bags, fill))
+    for key in ("logits", "attention", "embedding"):
+        assert torch.equal(clean[key], dirty[key])
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_a_bag_alone_equals_the_same_bag_padded_in_a_batch(gated: bool) -> None:
+    short, long = torch.randn(4, DIM), torch.randn(9, DIM)
+    net = model(gated)
+    alone = net(short)  # [N, D] is a batch of one
+    batch = net(*padded([long, short]))
+    torch.testing.assert_close(batch["logits"][1:], alone["logits"])
+    torch.testing.assert_close(batch["attention"][1, :4], alone["attention"][0])
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_permuting_tokens_permutes_attention_and_keeps_logits(gated: bool) -> None:
+    bag, order = torch.randn(10, DIM), torch.randperm(10)
+    net = model(gated)
+    plain, permuted = net(bag[None]), net(bag[order][None])
+    torch.testing.assert_close(permuted["attention"][0], plain["attention"][0, order])
+    torch.testing.assert_close(permuted["logits"], plain["logits"])
+
+
+def test_gated_and_plain_differ_in_parameters() -> None:
+    gated, plain = model(True), model(False)
+    assert sum(p.numel() for p in gated.parameters()) > sum(p.numel() for p in plain.parameters())
+
+
+def test_dropout_is_active_only_in_training() -> None:
+    net, bag = model(), torch.randn(20, DIM)
+    torch.testing.assert_close(net(bag)["logits"], net(bag)["logits"])
+    net.train()
+    assert not torch.equal(net(bag)["logits"], net(bag)["logits"])
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch's deprecation notice for trace and script
+def test_trace_and_script_give_the_same_outputs() -> None:
+    net = model()
+    example = padded([torch.randn(6, DIM)])
+    traced = torch.jit.trace(net, example, strict=False)
+    scripted = torch.jit.script(net)
+    other = padded([torch.randn(9, DIM), torch.randn(2, DIM)])  # another bag count and length
+    for inputs in (example, other):
+        expected = net(*inputs)
+        for compiled in (traced, scripted):
+            got = compiled(*inputs)
+            for key in expected:
+                torch.testing.assert_close(got[key], expected[key])
+
+
+@pytest.fixture
+def single_thread() -> Iterator[None]:
+    """Tiny models train faster on one thread, and many threads contend badly on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_learns_a_toy_multiple_instance_task() -> None:
+    """A bag is positive when any token carries a marker: attention must find the one token that matters."""
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(64, 10, DIM, generator=generator)
+    labels = torch.arange(64) % 2
+    features[labels == 1, 0, 0] += 4.0
+    torch.manual_seed(0)
+    net = ABMIL(DIM, 2, hidden=16, attention_dim=8, dropout=0.0)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss = torch.nn.functional.cross_entropy(net(features)["logits"], labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    net.eval()
+    assert (net(features)["logits"].argmax(dim=1) == labels).float().mean() > 0.95
+    assert net(features)["attention"][labels == 1].argmax(dim=1).eq(0).float().mean() > 0.9
+
+
+# --- survival bins ----------------------------------------------------------------------------------------------
+
+
+def test_survival_bins_are_quantiles_of_event_times() -> None:
+    time = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0.5, 100])
+    event = np.array([1] * 10 + [0, 0])  # censored times do not move the edges
+    edges = survival_bins(time, event, 2)
+    np.testing.assert_array_equal(edges, [0.0, 5.5, np.inf])
+    bins = assign_bins(np.array([0.0, 0.5, 5.4, 5.5, 100.0]), edges)
+    np.testing.assert_array_equal(bins, [0, 0, 0, 1, 1])
+    assert bins.dtype == np.int64
+
+
+def test_survival_bins_refuse_too_few_distinct_edges() -> None:
+    with pytest.raises(ValueError, match="distinct edges"):
+        survival_bins(np.array([3.0, 3.0, 3.0, 3.0]), np.ones(4), 3)
+    with pytest.raises(ValueError, match="no uncensored"):
+        survival_bins(np.array([1.0, 2.0]), np.zeros(2), 2)
+    with pytest.raises(ValueError, match="outside the bins"):
+        assign_bins(np.array([-1.0]), np.array([0.0, 1.0, np.inf]))
+
+
+# --- discrete-time NLL ------------------------------------------------------------------------------------------
+
+LOGITS = [[0.0, 1.0, -1.0], [2.0, -0.5, 0.3], [-1.0, 0.0, 0.5]]
+BINS, EVENT = [1, 0, 2], [1.0, 0.0, 1.0]
+# by hand: uncensored -log S_{y-1} - log h_y, censored -log S_y, S_k = prod_{j<=k} (1 - h_j)
+UNCENSORED_0 = -math.log(1 - sig(0.0)) - math.log(sig(1.0))
+CENSORED_1 = -math.log(1 - sig(2.0))
+UNCENSORED_2 = -math.log(1 - sig(-1.0)) - math.log(1 - sig(0.0)) - math.log(sig(0.5))
+
+
+def nll(logits: list[list[float]], bins: list[int], event: list[float], alpha: float = 0.0) -> float:
+    return discrete_time_nll(torch.tensor(logits), torch.tensor(bins), torch.tensor(event), alpha=alpha).item()
+
+
+def test_discrete_time_nll_by_hand() -> None:
+    expected = (UNCENSORED_0 + CENSORED_1 + UNCENSORED_2) / 3
+    assert nll(LOGITS, BINS, EVENT) == pytest.approx(expected, rel=1e-6)
+
+
+def test_discrete_time_nll_alpha_weights_the_uncensored_part() -> None:
+    # (1 - alpha) * (all terms) + alpha * (uncensored terms), alpha = 0.4
+    expected = (0.6 * (UNCENSORED_0 + CENSORED_1 + UNCENSORED_2) + 0.4 * (UNCENSORED_0 + UNCENSORED_2)) / 3
+    assert nll(LOGITS, BINS, EVENT, alpha=0.4) == pytest.approx(expected, rel=1e-6)
+
+
+def test_censored_sample_ignores_later_bins_and_event_rewards_its_bin() -> None:
+    base = [[0.2, -0.3, 0.1, 0.4]]
+    later = [[0.2, -0.3, 0.1, 5.0]]  # only the hazard after bin 1 changes
+    assert nll(later, [1], [0.0]) == pytest.approx(nll(base, [1], [0.0]), rel=1e-6)
+    earlier = [[0.2, 2.0, 0.1, 0.4]]  # higher hazard in bin 1: dying there is likelier, surviving it less so
+    assert nll(earlier, [1], [0.0]) > nll(base, [1], [0.0])
+    assert nll(earlier, [1], [1.0]) < nll(base, [1], [1.0])
+
+
+def test_discrete_time_nll_is_finite_for_saturated_logits() -> None:
+    logits = torch.tensor([[100.0, -100.0, 50.0], [-100.0, -100.0, -100.0]], requires_grad=True)
+    loss = discrete_time_nll(logits, torch.tensor([2, 0]), torch.tensor([1.0, 1.0]))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+
+
+def test_risk_from_logits_by_hand() -> None:
+    # hazards 0.5 and sig(1): S = [0.5, 0.5 * (1 - sig(1))]
+    expected = -(0.5 + 0.5 * (1 - sig(1.0)))
+    risk = risk_from_logits(torch.tensor([[0.0, 1.0], [2.0, 2.0]]))
+    assert risk[0].item() == pytest.approx(expected, rel=1e-6)
+    assert risk[1] > risk[0]  # higher hazards, worse prognosis
+
+
+# --- Cox --------------------------------------------------------------------------------------------------------
+
+
+def test_cox_partial_likelihood_by_hand_with_ties() -> None:
+    risk = torch.tensor([0.5, -0.2, 1.0, 0.1])
+    time = torch.tensor([2.0, 5.0, 1.0, 5.0])
+    event = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    # risk sets (Breslow): t=2 -> {0, 1, 3}; t=1 -> everyone; t=5 -> {1, 3} (the tie shares its set)
+    log_set_0 = math.log(math.exp(0.5) + math.exp(-0.2) + math.exp(0.1))
+    log_set_2 = math.log(math.exp(0.5) + math.exp(-0.2) + math.exp(1.0) + math.exp(0.1))
+    log_set_3 = math.log(math.exp(-0.2) + math.exp(0.1))
+    expected = -((0.5 - log_set_0) + (1.0 - log_set_2) + (0.1 - log_set_3)) / 3
+    assert cox_partial_likelihood(risk, time, event).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_cox_lower_risk_for_the_longer_survivor_lowers_the_loss() -> None:
+    time, event = torch.tensor([1.0, 3.0, 4.0]), torch.tensor([1.0, 1.0, 0.0])
+    ordered = cox_partial_likelihood(torch.tensor([1.0, 0.0, -1.0]), time, event)
+    reversed_ = cox_partial_likelihood(torch.tensor([-1.0, 0.0, 1.0]), time, event)
+    assert ordered < reversed_
+
+
+def test_cox_without_events_is_a_zero_that_keeps_the_graph() -> None:
+    risk = torch.tensor([0.3, -0.1], requires_grad=True)
+    loss = cox_partial_likelihood(risk, torch.tensor([1.0, 2.0]), torch.zeros(2))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(risk.grad, torch.zeros(2))
