@@ -127,6 +127,25 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mil(args: argparse.Namespace) -> int:
+    """``monai bundle run`` of bundles/pathme_mil/configs/train.json (or evaluate.json / inference.json)."""
+    from pathme.bundles import run_bundle
+
+    ids = ["features_dir", "output_dir", "labels", "seed", "device"]
+    if args.mode == "train":
+        ids += ["task", "feature_source", "num_folds", "lr", "max_epochs", "survival_loss"]
+    else:
+        ids += ["models_dir"]
+    overrides = _given(args, *ids)
+    if args.no_heatmaps:
+        overrides["heatmaps"] = False
+    if args.mode != "train" and "seed" in overrides:
+        overrides.pop("seed")
+    config = {"train": "train.json", "evaluate": "evaluate.json", "predict": "inference.json"}[args.mode]
+    run_bundle("pathme_mil", config, **overrides)
+    return 0
+
+
 def _given(args: argparse.Namespace, *names: str) -> dict[str, object]:
     """The config ids the user gave on the command line (paths as strings), so the bundle's defaults stay."""
     values = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
@@ -209,6 +228,25 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--tiny", action="store_true", help="the network was trained with --tiny")
     embed.set_defaults(run=_embed)
 
+    mil = commands.add_parser(
+        "mil", help="attention MIL: cross-validated training, evaluation or prediction (runs the pathme_mil bundle)"
+    )
+    mil.add_argument("mode", nargs="?", choices=["train", "evaluate", "predict"], default="train", help="default train")
+    mil.add_argument("--features-dir", type=Path, required=True, help="token stores (pathme embed) or region stores")
+    mil.add_argument("--output-dir", type=Path, required=True, help="where folds, models, metrics and heatmaps go")
+    mil.add_argument("--labels", type=Path, help="labels CSV (patient_id or slide_id, the task column[s], fold[s])")
+    mil.add_argument("--task", help="the class column of the labels, or 'survival' (time, event)")
+    mil.add_argument("--feature-source", help="'pathme' (default), 'pathme-mean' or an expert name (raw features)")
+    mil.add_argument("--num-folds", type=int, help="folds generated when the labels have none (default 5)")
+    mil.add_argument("--models-dir", type=Path, help="evaluate/predict: the training run's output folder")
+    mil.add_argument("--lr", type=float, help="learning rate (default 2e-4)")
+    mil.add_argument("--max-epochs", type=int, help="epochs per fold (default 30)")
+    mil.add_argument("--survival-loss", choices=["nll", "cox"], help="survival objective (default nll)")
+    mil.add_argument("--seed", type=int, help="random seed (default 0)")
+    mil.add_argument("--device", help="e.g. cpu or cuda:0 (default: cuda when present)")
+    mil.add_argument("--no-heatmaps", action="store_true", help="skip the attention heatmaps")
+    mil.set_defaults(run=_mil)
+
     demo = commands.add_parser("demo", help="run the whole demo: sample data, demo cohort, previews, features")
     demo.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output)")
     demo.add_argument("--slides", type=int, default=4, help="demo cohort size (default 4)")
@@ -225,11 +263,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.run(args)
-    except (ValueError, OSError) as error:  # bad input: one clear line, no traceback (-v shows it)
-        if args.verbose:
+    except (ValueError, OSError, RuntimeError) as error:  # bad input: one clear line, no traceback (-v shows it)
+        cause = _input_error(error)
+        if args.verbose or cause is None:
             raise
-        logger.error("%s", error)
+        logger.error("%s", cause)
         return 2
+
+
+def _input_error(error: BaseException | None) -> BaseException | None:
+    """The ValueError or OSError behind ``error``, also when MONAI's config parser wrapped it in a RuntimeError."""
+    while error is not None and not isinstance(error, ValueError | OSError):
+        error = error.__cause__ or error.__context__
+    return error
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ BUNDLES = sorted(path for path in (REPO / "bundles").iterdir() if (path / "confi
 
 
 def test_every_bundle_is_listed():
-    assert [bundle.name for bundle in BUNDLES] == ["pathme_distillation", "pathme_feature_extraction"]
+    assert [bundle.name for bundle in BUNDLES] == ["pathme_distillation", "pathme_feature_extraction", "pathme_mil"]
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda path: path.name)

@@ -199,6 +199,15 @@ class BagIndex:
                 counts[self.slide_patients[slide]] += _count(_keep(file, self.feature_source), self.feature_source)
         return counts
 
+    def slide_path(self, slide_id: str) -> str:
+        """Where the slide image was when its features were extracted (for heatmaps)."""
+        return str(self._stores[slide_id][1]["slide_path"])
+
+    def feature_dim(self) -> int:
+        """Dimension of this feature source's tokens, from the first store."""
+        path, attrs = next(iter(self._stores.values()))
+        return _load_bag(path, attrs, self.feature_source).features.shape[1]
+
     def patient_bag(self, patient_id: str) -> list[SlideBag]:
         """The bags of the patient's slides, in slide id order."""
         return [_load_bag(*self._stores[slide], self.feature_source) for slide in self.patient_slides(patient_id)]

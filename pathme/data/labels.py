@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pathme.store.atomic import AtomicTarget
+from pathme.store.atomic import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -464,10 +464,4 @@ def folds_to_frame(folds: list[Fold]) -> pd.DataFrame:
 
 def write_folds(folds: list[Fold], path: str | Path) -> Path:
     """Write :func:`folds_to_frame` as CSV atomically (a locked temporary file renamed into place)."""
-    target = AtomicTarget(path)
-    try:
-        folds_to_frame(folds).to_csv(target.temp)
-    except BaseException:
-        target.discard()
-        raise
-    return target.publish()
+    return write_atomic(path, folds_to_frame(folds).to_csv)

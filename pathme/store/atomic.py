@@ -11,7 +11,7 @@ import fcntl
 import glob
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -100,3 +100,14 @@ def atomic_h5(path: str | os.PathLike[str]) -> Iterator[h5py.File]:
         target.discard()
         raise
     target.publish()
+
+
+def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
+    """Run ``write`` on a temporary sibling of ``path`` and rename it into place: readers never see half a file."""
+    target = AtomicTarget(path)
+    try:
+        write(target.temp)
+    except BaseException:
+        target.discard()
+        raise
+    return target.publish()

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from pathme.store.atomic import AtomicTarget
+from pathme.store.atomic import write_atomic
 from pathme.wsi.reading import read_thumbnail
 from pathme.wsi.slide import Slide
 
@@ -153,17 +152,6 @@ def heatmap_geojson(coords, sizes, scores, slide_id: str, name: str = "attention
     return {"type": "FeatureCollection", "features": features}
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Run ``write`` on a temporary sibling of ``path`` and rename it into place, so readers never see half a file."""
-    target = AtomicTarget(path)
-    try:
-        write(target.temp)
-    except BaseException:
-        target.discard()
-        raise
-    return target.publish()
-
-
 def _overlay(slide: Slide, grid: np.ndarray, cell: float, thumbnail_mpp: float) -> np.ndarray:
     """The heatmap on the slide thumbnail, with grid cells placed at their level-0 positions.
 
@@ -199,14 +187,16 @@ def write_slide_heatmap(
     slide = Slide.open(slide_path, backend=backend, slide_id=slide_id)
     grid = attention_grid(coords, sizes, scores, slide.size, cell)
     overlay = Image.fromarray(_overlay(slide, grid, cell, thumbnail_mpp))
+    png = write_atomic(Path(out_dir) / f"{slide_id}_attention.png", lambda path: overlay.save(path, format="PNG"))
+    return {"png": png, "geojson": write_heatmap_geojson(out_dir, slide_id, coords, sizes, scores)}
+
+
+def write_heatmap_geojson(out_dir: str | Path, slide_id: str, coords, sizes, scores) -> Path:
+    """Write ``<slide_id>_attention.geojson`` into ``out_dir`` atomically (also when the slide image is gone)."""
     collection = heatmap_geojson(coords, sizes, scores, slide_id)
-    out_dir = Path(out_dir)
-    return {
-        "png": _write_atomic(out_dir / f"{slide_id}_attention.png", lambda path: overlay.save(path, format="PNG")),
-        "geojson": _write_atomic(
-            out_dir / f"{slide_id}_attention.geojson", lambda path: path.write_text(json.dumps(collection))
-        ),
-    }
+    return write_atomic(
+        Path(out_dir) / f"{slide_id}_attention.geojson", lambda path: path.write_text(json.dumps(collection))
+    )
 
 
 def top_tiles(coords, sizes, scores, k: int) -> np.ndarray:

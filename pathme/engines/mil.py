@@ -1,0 +1,265 @@
+"""Attention-MIL training and evaluation as Ignite engines (METHOD.md section 5).
+
+One fold: train on its training patients, keep the weights with the lowest validation loss (early stopping),
+predict its test patients. The task decides the head: classes with cross-entropy on logits, or survival with the
+discrete-time NLL over time bins (or Cox). A fold's model file holds everything needed to predict again.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from ignite.engine import Engine, Events
+from ignite.handlers import EarlyStopping
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+
+from pathme.data.bags import BagDataset, collate_bags
+from pathme.losses import cox_partial_likelihood, discrete_time_nll, risk_from_logits
+from pathme.metrics import classification_metrics, survival_metrics
+from pathme.networks import ABMIL
+
+logger = logging.getLogger(__name__)
+
+SURVIVAL_LOSSES = ("nll", "cox")
+
+
+@dataclass(frozen=True)
+class MILModelConfig:
+    """Sizes of the attention-MIL network, saved with its weights so a fold model is rebuilt exactly."""
+
+    in_dim: int
+    num_outputs: int
+    hidden: int = 256
+    attention_dim: int = 128
+    dropout: float = 0.25
+    gated: bool = True
+
+    def build(self) -> ABMIL:
+        return ABMIL(self.in_dim, self.num_outputs, self.hidden, self.attention_dim, self.dropout, self.gated)
+
+
+@dataclass(frozen=True)
+class MILTask:
+    """What is predicted: ``classes`` for classification, or survival with ``bin_edges`` (NLL) or Cox."""
+
+    name: str
+    classes: tuple[str, ...] = ()
+    survival_loss: str = "nll"
+    bin_edges: tuple[float, ...] = ()
+
+    @property
+    def is_survival(self) -> bool:
+        return not self.classes
+
+    @property
+    def num_outputs(self) -> int:
+        if not self.is_survival:
+            return len(self.classes)
+        return 1 if self.survival_loss == "cox" else len(self.bin_edges) - 1
+
+    def loss(self, logits: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        if not self.is_survival:
+            return F.cross_entropy(logits, batch["target"].to(logits.device))
+        time, event = batch["time"].to(logits.device), batch["event"].to(logits.device)
+        if self.survival_loss == "cox":
+            return cox_partial_likelihood(logits[:, 0], time, event)
+        return discrete_time_nll(logits, batch["bin"].to(logits.device), event)
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class probabilities [B, C], or risk [B] (higher = worse prognosis)."""
+        if not self.is_survival:
+            return logits.softmax(dim=-1)
+        return logits[:, 0] if self.survival_loss == "cox" else risk_from_logits(logits)
+
+    def metrics(self, predictions: Mapping[str, np.ndarray]) -> dict[str, float]:
+        if self.is_survival:
+            return survival_metrics(predictions["time"], predictions["event"], predictions["risk"])
+        return classification_metrics(predictions["target"], predictions["probs"])
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimisation of one fold."""
+
+    max_epochs: int = 30
+    min_epochs: int = 10  # early stopping only from here: small validation sets give noisy early losses
+    patience: int = 8
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    batch_size: int = 1
+
+
+def make_loader(dataset: BagDataset, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_bags, generator=generator)
+
+
+def create_mil_trainer(model: ABMIL, task: MILTask, optimizer: torch.optim.Optimizer, device: torch.device) -> Engine:
+    """One optimiser step per batch of bags; ``state.output`` is the batch loss."""
+
+    def step(_engine: Engine, batch: Mapping[str, Any]) -> float:
+        model.train()
+        out = model(batch["features"].to(device), batch["mask"].to(device))
+        loss = task.loss(out["logits"], batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    return Engine(step)
+
+
+def create_mil_evaluator(model: ABMIL, task: MILTask, device: torch.device) -> Engine:
+    """Runs the model without gradients and collects, in ``state.predictions``, one row per patient: scores,
+    targets and attention (with the token coordinates it maps to)."""
+
+    @torch.no_grad()
+    def step(engine: Engine, batch: Mapping[str, Any]) -> None:
+        model.eval()
+        out = model(batch["features"].to(device), batch["mask"].to(device))
+        logits, scores = out["logits"].float().cpu(), task.scores(out["logits"]).float().cpu()
+        if _has_targets(batch, task):
+            engine.state.losses.append((float(task.loss(out["logits"], batch)), len(logits)))
+        for row, patient in enumerate(batch["patient_id"]):
+            length = int(batch["mask"][row].sum())
+            record = {
+                "patient_id": patient,
+                "logits": logits[row].numpy(),
+                "attention": out["attention"][row, :length].cpu().numpy(),
+                "slide_ids": batch["slide_ids"][row],
+                "slide_index": batch["slide_index"][row].numpy(),
+                "coords": batch["coords"][row].numpy(),
+                "sizes": batch["sizes"][row].numpy(),
+            }
+            record["risk" if task.is_survival else "probs"] = scores[row].numpy()
+            for key in ("target", "time", "event"):
+                if key in batch:
+                    record[key] = batch[key][row].item()
+            engine.state.predictions.append(record)
+
+    engine = Engine(step)
+
+    @engine.on(Events.STARTED)
+    def reset(engine: Engine) -> None:
+        engine.state.predictions, engine.state.losses = [], []
+
+    @engine.on(Events.COMPLETED)
+    def summarise(engine: Engine) -> None:
+        if engine.state.losses:  # predictions of patients without targets have no loss and no metrics
+            total = sum(n for _, n in engine.state.losses)
+            engine.state.metrics["loss"] = sum(loss * n for loss, n in engine.state.losses) / total
+            engine.state.metrics.update(task.metrics(stack_predictions(engine.state.predictions, task)))
+
+    return engine
+
+
+def _has_targets(batch: Mapping[str, Any], task: MILTask) -> bool:
+    return ("event" in batch) if task.is_survival else ("target" in batch)
+
+
+def stack_predictions(records: Sequence[Mapping[str, Any]], task: MILTask) -> dict[str, np.ndarray]:
+    """Per-patient records as arrays: probs [P, C] or risk [P], and the targets the records carry."""
+    columns: dict[str, np.ndarray] = {}
+    if not records:
+        return columns
+    score = "risk" if task.is_survival else "probs"
+    columns[score] = np.stack([np.asarray(r[score]) for r in records])
+    for key in ("target", "time", "event"):
+        if key in records[0]:
+            columns[key] = np.array([r[key] for r in records])
+    return columns
+
+
+def train_fold(
+    model_config: MILModelConfig,
+    task: MILTask,
+    train: BagDataset,
+    val: BagDataset,
+    settings: TrainSettings,
+    device: torch.device,
+    seed: int,
+    writer: SummaryWriter | None = None,
+) -> tuple[ABMIL, dict[str, float]]:
+    """Train with early stopping on the validation loss; returns the best model (eval mode) and its epoch/loss."""
+    if task.is_survival and task.survival_loss == "cox" and settings.batch_size < 2:
+        raise ValueError("the Cox loss compares patients within a batch: set batch_size >= 2")
+    torch.manual_seed(seed)
+    model = model_config.build().to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    trainer = create_mil_trainer(model, task, optimizer, device)
+    evaluator = create_mil_evaluator(model, task, device)
+    val_loader = make_loader(val, settings.batch_size, shuffle=False, seed=seed)
+    best: dict[str, Any] = {"loss": float("inf"), "epoch": 0, "state": copy.deepcopy(model.state_dict())}
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def validate(engine: Engine) -> None:
+        evaluator.run(val_loader)
+        metrics, epoch = evaluator.state.metrics, engine.state.epoch
+        if writer is not None:
+            writer.add_scalar("train/loss", float(np.mean(engine.state.epoch_losses)), epoch)
+            for name, value in metrics.items():
+                writer.add_scalar(f"val/{name}", value, epoch)
+        engine.state.epoch_losses = []
+        if metrics["loss"] < best["loss"]:
+            best.update(loss=metrics["loss"], epoch=epoch, state=copy.deepcopy(model.state_dict()))
+
+    @trainer.on(Events.EPOCH_STARTED)
+    def start_epoch(engine: Engine) -> None:
+        engine.state.epoch_losses = []
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def keep_loss(engine: Engine) -> None:
+        engine.state.epoch_losses.append(engine.state.output)
+
+    stopper = EarlyStopping(settings.patience, lambda engine: -engine.state.metrics["loss"], trainer)
+
+    @evaluator.on(Events.COMPLETED)
+    def maybe_stop(engine: Engine) -> None:
+        if trainer.state.epoch >= settings.min_epochs:
+            stopper(engine)
+
+    trainer.run(make_loader(train, settings.batch_size, shuffle=True, seed=seed), max_epochs=settings.max_epochs)
+    model.load_state_dict(best["state"])
+    return model.eval(), {"best_epoch": best["epoch"], "val_loss": best["loss"]}
+
+
+def predict(model: ABMIL, task: MILTask, dataset: BagDataset, device: torch.device) -> list[dict[str, Any]]:
+    """Per-patient prediction records (see :func:`create_mil_evaluator`)."""
+    evaluator = create_mil_evaluator(model, task, device)
+    evaluator.run(make_loader(dataset, 1, shuffle=False, seed=0))
+    return evaluator.state.predictions
+
+
+def save_fold_model(path: Path, model: ABMIL, config: MILModelConfig, task: MILTask, feature_source: str) -> Path:
+    """Weights with the network config, the task and the feature source: all a later prediction needs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "state_dict": model.state_dict(),
+        "model_config": asdict(config),
+        "task": {**asdict(task), "classes": list(task.classes), "bin_edges": list(task.bin_edges)},
+        "feature_source": feature_source,
+    }
+    temp = path.with_name(path.name + ".tmp")
+    torch.save(payload, temp)
+    temp.replace(path)
+    return path
+
+
+def load_fold_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[ABMIL, MILTask, str]:
+    """(model in eval mode, task, feature source) of a saved fold model; strict: a mismatch fails loudly."""
+    payload = torch.load(path, map_location=device, weights_only=True)
+    config = MILModelConfig(**payload["model_config"])
+    spec = payload["task"]
+    task = MILTask(spec["name"], tuple(spec["classes"]), spec["survival_loss"], tuple(spec["bin_edges"]))
+    model = config.build().to(device)
+    model.load_state_dict(payload["state_dict"], strict=True)
+    return model.eval(), task, payload["feature_source"]

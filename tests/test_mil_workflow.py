@@ -1,0 +1,145 @@
+"""Cross-validated attention MIL on the demo cohort: it learns the planted signal, attends to it, stays
+reproducible, and refuses bad labels before training."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pathme.cli import main
+from pathme.data.labels import LabelError
+from pathme.engines.mil import TrainSettings
+from pathme.engines.mil_workflow import MILPredict, MILRun
+
+FAST = TrainSettings(lr=1e-3)  # the demo cohort is small: a higher rate than the bundle default (2e-4)
+TOP_K = {"pathme": 4, "tiny-vit": 64}  # a planted block is 2 x 2 5x tiles = 8 x 8 20x tiles
+MIN_TOP_IN_PLANTED = 0.5  # and at least 4x chance (the planted block's share of the slide's tiles, ~0.11)
+
+
+def _run(features: Path, labels: Path, output: Path, source: str, **overrides) -> MILRun:
+    settings = {"feature_source": source, "num_folds": 5, "settings": FAST} | overrides
+    return MILRun(features, labels, "label", output, **settings)
+
+
+def _top_fraction_in_planted(heatmaps: Path, planted: pd.DataFrame, k: int) -> tuple[float, float]:
+    """Over slides with a planted block: the share of the k most attended tiles inside it, and that share for
+    tiles drawn at random (chance)."""
+    inside, chance = [], []
+    for row in planted.itertuples():
+        features = json.loads((heatmaps / f"{row.slide_id}_attention.geojson").read_text())["features"]
+        tiles = []
+        for feature in features:
+            ring = np.array(feature["geometry"]["coordinates"][0])
+            x0, y0 = ring.min(axis=0)
+            size = ring[:, 0].max() - x0
+            tiles.append((size, x0, y0, feature["properties"]["measurements"]["attention"]))
+        smallest = min(t[0] for t in tiles)
+        tiles = [t for t in tiles if t[0] == smallest]
+        hit = [row.x <= x < row.x + row.width and row.y <= y < row.y + row.height for _, x, y, _ in tiles]
+        order = np.argsort([-t[3] for t in tiles], kind="stable")[:k]
+        inside.append(np.mean([hit[i] for i in order]))
+        chance.append(np.mean(hit))
+    return float(np.mean(inside)), float(np.mean(chance))
+
+
+@pytest.mark.parametrize("source", ["pathme", "tiny-vit"])
+def test_cross_validation_learns_the_planted_signal_and_attends_to_it(
+    source: str, demo_cohort: Path, demo_features: Path, demo_tokens: Path, tmp_path: Path
+) -> None:
+    features = demo_tokens if source == "pathme" else demo_features
+    summary = _run(features, demo_cohort / "labels.csv", tmp_path, source).run().set_index("metric")
+    assert summary.loc["auroc", "mean"] >= 0.9
+    folds = pd.read_csv(tmp_path / "folds.csv", index_col="patient_id")
+    assert ((folds == "test").sum(axis=1) == 1).all()  # every patient in exactly one test fold
+    results = pd.read_csv(tmp_path / "results.csv")
+    assert list(results["fold"]) == [0, 1, 2, 3, 4] and (tmp_path / "fold_4" / "model.pt").is_file()
+    slides = pd.read_csv(demo_cohort / "manifest.csv")["slide_id"]
+    for slide in slides:
+        assert (tmp_path / "heatmaps" / f"{slide}_attention.png").is_file()
+    planted = pd.read_csv(demo_cohort / "planted.csv")
+    inside, chance = _top_fraction_in_planted(tmp_path / "heatmaps", planted, TOP_K[source])
+    auroc = summary.loc["auroc", "mean"]
+    print(f"{source}: auroc {auroc:.3f}, top-{TOP_K[source]} in planted {inside:.3f}, chance {chance:.3f}")
+    assert inside >= MIN_TOP_IN_PLANTED and inside >= 4 * chance, (inside, chance)
+
+
+def test_shuffled_labels_leave_nothing_to_learn(demo_cohort: Path, demo_features: Path, tmp_path: Path) -> None:
+    labels = pd.read_csv(demo_cohort / "labels.csv")
+    labels["label"] = np.random.default_rng(0).permutation(labels["label"].to_numpy())
+    labels.to_csv(tmp_path / "shuffled.csv", index=False)
+    summary = _run(demo_features, tmp_path / "shuffled.csv", tmp_path / "out", "tiny-vit", heatmaps=False).run()
+    assert summary.set_index("metric").loc["auroc", "mean"] <= 0.75
+
+
+def test_same_seed_same_folds_and_metrics(demo_cohort: Path, demo_tokens: Path, tmp_path: Path) -> None:
+    settings = TrainSettings(max_epochs=3, min_epochs=3)
+    outputs = [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
+    for output, seed in zip(outputs, [0, 0, 1], strict=True):
+        _run(
+            demo_tokens, demo_cohort / "labels.csv", output, "pathme", seed=seed, settings=settings, heatmaps=False
+        ).run()
+    read = {name: [pd.read_csv(o / name) for o in outputs] for name in ("folds.csv", "results.csv")}
+    for frames in read.values():
+        pd.testing.assert_frame_equal(frames[0], frames[1])
+    assert not read["folds.csv"][0].equals(read["folds.csv"][2])
+
+
+def test_survival_cross_validation_writes_c_index(demo_cohort: Path, demo_tokens: Path, tmp_path: Path) -> None:
+    run = MILRun(demo_tokens, demo_cohort / "labels.csv", "survival", tmp_path, settings=FAST, heatmaps=False)
+    summary = run.run().set_index("metric")
+    assert list(summary.index) == ["c_index"] and 0.0 <= summary.loc["c_index", "mean"] <= 1.0
+    predictions = pd.read_csv(tmp_path / "predictions.csv")
+    assert {"risk", "time", "event", "fold"} <= set(predictions.columns)
+
+
+def test_bad_labels_fail_before_any_training(demo_cohort: Path, demo_features: Path, tmp_path: Path) -> None:
+    labels = pd.read_csv(demo_cohort / "labels.csv")
+    labels.loc[0, "label"] = None
+    labels.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(LabelError, match="bad.csv"):
+        _run(demo_features, tmp_path / "bad.csv", tmp_path / "out", "tiny-vit").run()
+    assert not (tmp_path / "out").exists()
+    assert (
+        main(
+            [
+                "mil",
+                "--features-dir",
+                str(demo_features),
+                "--labels",
+                str(tmp_path / "bad.csv"),
+                "--task",
+                "label",
+                "--feature-source",
+                "tiny-vit",
+                "--output-dir",
+                str(tmp_path / "cli"),
+            ]
+        )
+        == 2
+    )
+
+
+def test_bundle_commands_train_then_predict_new_slides(demo_cohort: Path, demo_tokens: Path, tmp_path: Path) -> None:
+    bundle = Path(__file__).resolve().parents[1] / "bundles" / "pathme_mil" / "configs"
+    train = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "train.json")]
+    args = ["--features_dir", str(demo_tokens), "--labels", str(demo_cohort / "labels.csv"), "--task", "label"]
+    done = subprocess.run(
+        [*train, *args, "--output_dir", str(tmp_path / "cv"), "--max_epochs", "3"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "auroc" in done.stdout and list((tmp_path / "cv" / "heatmaps").glob("*.geojson"))
+    command = ["mil", "--features-dir", str(demo_tokens), "--labels", str(demo_cohort / "labels.csv")]
+    assert main([*command, "--task", "label", "--output-dir", str(tmp_path / "cli"), "--max-epochs", "3"]) == 0
+    for name in ("folds.csv", "results.csv", "predictions.csv"):  # the command wraps the bundle: same outputs
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "cli" / name), pd.read_csv(tmp_path / "cv" / name))
+    predicted = MILPredict(demo_tokens, tmp_path / "cv", tmp_path / "new").run()
+    assert len(predicted) == len(pd.read_csv(demo_cohort / "labels.csv"))
+    assert (tmp_path / "new" / "predictions.csv").is_file() and list((tmp_path / "new" / "heatmaps").glob("*.png"))
