@@ -15,8 +15,11 @@ from pathme.data.cohort import (
     assign_patients,
     draw_labels,
     draw_survival,
+    harvest_tiles,
     make_demo_cohort,
     plan_slides,
+    tumour_stains,
+    tumour_tiles,
 )
 from pathme.wsi.slide import Slide
 
@@ -95,7 +98,8 @@ def test_planted_blocks_are_inside_and_aligned_to_the_l1_grid(cohort: Path) -> N
     planted = _rows(cohort.parent / "planted.csv")
     assert planted
     for row in planted:
-        v = {key: int(value) for key, value in row.items() if key != "slide_id"}
+        v = {key: int(value) for key, value in row.items() if key not in ("slide_id", "grade")}
+        assert 0.0 <= float(row["grade"]) <= 1.0
         assert v["region_x"] % REGION == 0 and v["region_y"] % REGION == 0
         assert v["l0_row0"] % 4 == 0 and v["l0_col0"] % 4 == 0  # L1 tiles are 4 x 4 L0 tiles
         assert v["l0_row0"] + v["l0_rows"] <= 16 and v["l0_col0"] + v["l0_cols"] <= 16
@@ -139,23 +143,33 @@ def test_positive_patients_have_planted_slides_and_negatives_none(cohort: Path) 
     assert planted_patients == {patient for patient, label in labels.items() if label == 1}
 
 
-def test_labels_balance_and_survival_depends_on_label() -> None:
+def test_labels_balance_and_survival_depends_on_label_and_grade() -> None:
     rng = np.random.default_rng(0)
     labels = draw_labels(2000, rng)
-    times, events = draw_survival(labels, rng)
+    grades = np.where(labels == 1, rng.uniform(0, 1, size=2000), 0.0)
+    times, events = draw_survival(labels, grades, rng)
     assert labels.sum() == 1000
     assert times[labels == 1].mean() < 0.5 * times[labels == 0].mean()
-    assert 0.7 <= events.mean() <= 0.85
+    positive = (labels == 1) & (events == 1)
+    assert np.corrcoef(grades[positive], np.log(times[positive]))[0, 1] < -0.8  # higher grade, shorter survival
+    assert 0.6 <= events.mean() <= 0.9
     assert (times > 0).all()
+
+
+def test_a_higher_grade_plants_a_darker_texture(cmu_slide: Path) -> None:
+    stains = tumour_stains(harvest_tiles(cmu_slide))
+    hematoxylin = [rgb2hed(tumour_tiles(stains, grade))[..., 0].mean() for grade in (0.0, 0.5, 1.0)]
+    assert hematoxylin[0] < hematoxylin[1] < hematoxylin[2]
 
 
 def test_every_fourth_patient_has_two_slides_with_the_pattern_in_at_least_one() -> None:
     patients = assign_patients(9)
     assert patients == [0, 1, 2, 3, 3, 4, 5, 6, 7]
-    plan = plan_slides(patients, np.ones(8, dtype=np.int64), np.random.default_rng(0))
+    plan = plan_slides(patients, np.ones(8, dtype=np.int64), np.full(8, 0.5), np.random.default_rng(0))
     assert plan[3].planted and plan[3].patient_id == plan[4].patient_id == "P003"
     assert [s.flavour for s in plan[:2]] == ["svs", "tiff"]
-    assert not any(s.planted for s in plan_slides(patients, np.zeros(8, dtype=np.int64), np.random.default_rng(0)))
+    negatives = plan_slides(patients, np.zeros(8, dtype=np.int64), np.zeros(8), np.random.default_rng(0))
+    assert not any(s.planted for s in negatives) and plan[3].grade == 0.5
 
 
 def test_inputs_are_validated(cmu_slide: Path, tmp_path: Path) -> None:

@@ -3,8 +3,10 @@
 Why: the pipeline (regions -> features -> distillation -> MIL) needs slides whose labels are learnable and whose
 signal sits at a known place. Tissue is a mosaic of real tiles from the CMU-1 sample slide; "positive" slides
 carry one planted tumour-like block (dense, hematoxylin-heavy texture made from the same real pixels) aligned to
-the L1 grid, and their patients have shorter survival. Everything comes from one seeded numpy Generator, so the
-same seed gives byte-identical files.
+the L1 grid, and their patients have shorter survival. Each positive patient has a tumour grade in [0, 1]: the
+planted texture is darker (more hematoxylin) and survival shorter the higher the grade, so survival carries a
+continuous signal that a model can read from the pixels, not only the class. Everything comes from one seeded
+numpy Generator, so the same seed gives byte-identical files.
 """
 
 from __future__ import annotations
@@ -38,10 +40,12 @@ SOURCE_STRIDE = 128
 SOURCE_MPP_TOLERANCE = 0.05  # relative: source pixels are pasted at 0.5 µm/px without resampling
 TISSUE_MIN_FRACTION = 0.8
 TISSUE_MIN_SATURATION = 0.15
-MEAN_MONTHS = {0: 48.0, 1: 12.0}  # exponential survival: positives have 4x the hazard
-CENSOR_MEAN_MONTHS = 96.0
+BASE_MONTHS = 60.0  # median survival of a negative patient
+LOG_HAZARD = (1.0, 2.0)  # log time shortened by 1 + 2 x grade for positives (grade 0 -> e^-1, grade 1 -> e^-3)
+TIME_NOISE = 0.3  # sd of the log-normal noise of event times
+CENSOR_MONTHS = (24.0, 120.0)  # uniform censoring window
 TWO_SLIDE_EVERY = 4  # every 4th patient has two slides
-TUMOUR_H_GAIN = 2.2  # optical density gains (hematoxylin, eosin) of the planted texture
+TUMOUR_H_GAIN = (1.6, 1.2)  # hematoxylin optical-density gain of the planted texture: 1.6 + 1.2 x grade
 TUMOUR_E_GAIN = 0.4
 PLANTED_COLUMNS = [
     "slide_id",
@@ -55,6 +59,7 @@ PLANTED_COLUMNS = [
     "y",
     "width",
     "height",
+    "grade",
 ]
 
 
@@ -67,6 +72,7 @@ class PlannedSlide:
     filename: str
     flavour: str
     planted: bool
+    grade: float  # tumour grade of the patient (0 for negatives)
 
 
 def make_demo_cohort(out_dir: Path, source: Path, n_slides: int = 8, seed: int = 0) -> Path:
@@ -80,13 +86,15 @@ def make_demo_cohort(out_dir: Path, source: Path, n_slides: int = 8, seed: int =
     (out_dir / "slides").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     tiles = harvest_tiles(source)
-    tumour = _tumour_tiles(tiles)
+    stains = tumour_stains(tiles)
     patients = assign_patients(n_slides)
     labels = draw_labels(patients[-1] + 1, rng)
-    times, events = draw_survival(labels, rng)
-    plan = plan_slides(patients, labels, rng)
+    grades = np.where(labels == 1, rng.uniform(0.0, 1.0, size=len(labels)), 0.0)
+    times, events = draw_survival(labels, grades, rng)
+    plan = plan_slides(patients, labels, grades, rng)
     planted_rows = []
     for slide in tqdm(plan, desc="demo slides", unit="slide", disable=not sys.stderr.isatty()):
+        tumour = tumour_tiles(stains, slide.grade) if slide.planted else stains[:0]
         planted_rows += _write_slide(out_dir / "slides" / slide.filename, slide, tiles, tumour, rng)
     _write_csv(out_dir / "planted.csv", PLANTED_COLUMNS, planted_rows)
     label_rows = [[_patient_id(i), int(labels[i]), f"{times[i]:.2f}", int(events[i])] for i in range(len(labels))]
@@ -145,14 +153,18 @@ def draw_labels(n_patients: int, rng: np.random.Generator) -> np.ndarray:
     return labels
 
 
-def draw_survival(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Exponential event times (months) by label, with independent exponential censoring: (time, event)."""
-    event_times = rng.exponential(np.where(labels == 1, MEAN_MONTHS[1], MEAN_MONTHS[0]))
-    censor_times = rng.exponential(CENSOR_MEAN_MONTHS, size=len(labels))
+def draw_survival(labels: np.ndarray, grades: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Log-normal event times (months), shorter for positives and the more the higher their grade, with
+    independent uniform censoring: (time, event)."""
+    shortening = np.where(labels == 1, LOG_HAZARD[0] + LOG_HAZARD[1] * grades, 0.0)
+    event_times = BASE_MONTHS * np.exp(-shortening + TIME_NOISE * rng.standard_normal(len(labels)))
+    censor_times = rng.uniform(*CENSOR_MONTHS, size=len(labels))
     return np.minimum(event_times, censor_times), (event_times <= censor_times).astype(np.int64)
 
 
-def plan_slides(patients: list[int], labels: np.ndarray, rng: np.random.Generator) -> list[PlannedSlide]:
+def plan_slides(
+    patients: list[int], labels: np.ndarray, grades: np.ndarray, rng: np.random.Generator
+) -> list[PlannedSlide]:
     """Ids, formats (even: SVS, odd: TIFF) and the planted flag: a positive patient's first slide always has it,
     a second slide has it by a coin flip."""
     plan = []
@@ -161,7 +173,8 @@ def plan_slides(patients: list[int], labels: np.ndarray, rng: np.random.Generato
         flavour = "svs" if index % 2 == 0 else "tiff"
         planted = bool(labels[patient] == 1 and (first or rng.random() < 0.5))
         slide_id = f"demo_{index:03d}"
-        plan.append(PlannedSlide(slide_id, _patient_id(patient), f"{slide_id}.{flavour}", flavour, planted))
+        grade = float(grades[patient])
+        plan.append(PlannedSlide(slide_id, _patient_id(patient), f"{slide_id}.{flavour}", flavour, planted, grade))
     return plan
 
 
@@ -180,7 +193,7 @@ def _write_slide(
         x, y = focus
         side = BLOCK_TILES * TILE
         image[y : y + side, x : x + side] = _mosaic(lut[np.arange(3), tumour], side // tumour.shape[1], rng)
-        rows.append(_planted_row(slide.slide_id, x, y))
+        rows.append(_planted_row(slide.slide_id, x, y, slide.grade))
     partial = path.with_name(f".{path.name}.partial")
     magnification = MAGNIFICATION if slide.flavour == "svs" else None
     write_pyramid(partial, image, MPP, slide.flavour, DOWNSAMPLES, magnification, compression="jpeg")
@@ -263,16 +276,20 @@ def _paste_cells(
         image[y : y + h, x : x + w] = _oriented(pool[pick], codes[row, col])[:h, :w]
 
 
-def _tumour_tiles(tiles: np.ndarray) -> np.ndarray:
-    """Tumour-like tiles: the nuclei-richer half of the source tiles at half size (twice the nuclei per area),
-    with hematoxylin boosted and eosin faded, so the block stands out in colour and texture."""
+def tumour_stains(tiles: np.ndarray) -> np.ndarray:
+    """Stain densities (HED) of the nuclei-richer half of the source tiles at half size (twice the nuclei per
+    area): the raw material of the planted texture."""
     half = TILE // 2
     stains = rgb2hed(np.stack([downsample_area(tile, (half, half)) for tile in tiles]))
     hematoxylin = stains[..., 0].mean(axis=(1, 2))
-    stains = stains[hematoxylin >= np.median(hematoxylin)]
-    stains[..., 0] *= TUMOUR_H_GAIN
-    stains[..., 1] *= TUMOUR_E_GAIN
-    return np.round(np.clip(hed2rgb(stains), 0, 1) * 255).astype(np.uint8)
+    return stains[hematoxylin >= np.median(hematoxylin)]
+
+
+def tumour_tiles(stains: np.ndarray, grade: float) -> np.ndarray:
+    """Tumour-like tiles of a grade: hematoxylin boosted (more the higher the grade) and eosin faded, so the
+    block stands out in colour and texture."""
+    graded = stains * np.array([TUMOUR_H_GAIN[0] + TUMOUR_H_GAIN[1] * grade, TUMOUR_E_GAIN, 1.0])
+    return np.round(np.clip(hed2rgb(graded), 0, 1) * 255).astype(np.uint8)
 
 
 def _mosaic(tiles: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -286,11 +303,11 @@ def _mosaic(tiles: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarr
     return np.concatenate(rows, axis=0)
 
 
-def _planted_row(slide_id: str, x: int, y: int) -> list:
+def _planted_row(slide_id: str, x: int, y: int, grade: float) -> list:
     region_x, region_y = x // REGION * REGION, y // REGION * REGION
     row0, col0 = (y - region_y) // TILE, (x - region_x) // TILE
     side = BLOCK_TILES * TILE
-    return [slide_id, region_x, region_y, row0, col0, BLOCK_TILES, BLOCK_TILES, x, y, side, side]
+    return [slide_id, region_x, region_y, row0, col0, BLOCK_TILES, BLOCK_TILES, x, y, side, side, f"{grade:.3f}"]
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
