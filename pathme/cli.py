@@ -14,7 +14,6 @@ from pathme.wsi.backends import BACKENDS
 from pathme.wsi.tissue import TissueConfig
 
 logger = logging.getLogger("pathme")
-SAMPLE_MANIFEST_HEADER = "slide_id,path,patient_id\n"
 
 
 def _sample_data(args: argparse.Namespace) -> int:
@@ -41,35 +40,11 @@ def _preview(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Everything that exists so far: sample slide, demo cohort, previews of both, the cohort's region stores."""
-    from pathme.data.cohort import make_demo_cohort
-    from pathme.data.sample import fetch_sample_slide
-    from pathme.viz.preview import preview_manifest
+    """The whole pipeline on a demo cohort (pathme.demo), ending with the metrics table."""
+    from pathme.demo import DemoSettings, run_demo
 
-    out: Path = args.out
-    sample = fetch_sample_slide(out / "data")
-    sample_manifest = out / "data" / "sample_manifest.csv"
-    sample_manifest.write_text(f"{SAMPLE_MANIFEST_HEADER}cmu_small_region,{sample.name},cmu\n")
-    cohort_manifest = make_demo_cohort(out / "cohort", sample, n_slides=args.slides, seed=args.seed)
-    status = 0
-    for name, manifest in (("sample", sample_manifest), ("cohort", cohort_manifest)):
-        status |= _report(preview_manifest(manifest, out / "previews" / name, backend=args.backend))
-    print("\nfeature extraction of the cohort (tiny random-weight experts, the bundle's defaults):")
-    extract = argparse.Namespace(
-        manifest=cohort_manifest,
-        output_dir=out / "features",
-        experts=None,
-        weights=None,
-        batch_size=None,
-        num_workers=None,
-        seed=args.seed,
-        reader_backend=args.backend,
-        interop_h5=False,
-        multi_gpu=False,
-    )
-    status |= _extract(extract)
-    print(f"\ndemo outputs in {out.resolve()}")
-    return status
+    run_demo(args.out, DemoSettings(args.slides, args.seed, args.backend, args.distill_iterations, args.folds))
+    return 0
 
 
 def _report(summary: pd.DataFrame) -> int:
@@ -247,9 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     mil.add_argument("--no-heatmaps", action="store_true", help="skip the attention heatmaps")
     mil.set_defaults(run=_mil)
 
-    demo = commands.add_parser("demo", help="run the whole demo: sample data, demo cohort, previews, features")
+    demo = commands.add_parser(
+        "demo", help="the whole pipeline on a demo cohort: features, distillation, tokens, MIL, heatmaps, metrics"
+    )
     demo.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output)")
-    demo.add_argument("--slides", type=int, default=4, help="demo cohort size (default 4)")
+    demo.add_argument("--slides", type=int, default=40, help="demo cohort size (default 40)")
+    demo.add_argument("--distill-iterations", type=int, default=100, help="tiny distillation steps (default 100)")
+    demo.add_argument("--folds", type=int, default=5, help="cross-validation folds of the MIL runs (default 5)")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.add_argument("--backend", choices=BACKENDS, default="cucim", help="slide reader (default cucim)")
     demo.set_defaults(run=_demo)

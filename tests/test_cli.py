@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -28,7 +27,17 @@ def test_the_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
 
 
 def test_help_works_for_every_subcommand():
-    for command in ([], ["sample-data"], ["demo-cohort"], ["preview"], ["extract"], ["distill"], ["embed"], ["demo"]):
+    for command in (
+        [],
+        ["sample-data"],
+        ["demo-cohort"],
+        ["preview"],
+        ["extract"],
+        ["distill"],
+        ["embed"],
+        ["mil"],
+        ["demo"],
+    ):
         result = subprocess.run(
             [sys.executable, "-m", "pathme.cli", *command, "--help"], capture_output=True, text=True, check=False
         )
@@ -84,15 +93,22 @@ def test_make_demo_target_runs_the_demo_command():
     assert ".venv/bin/pathme demo --out demo_output" in result.stdout
 
 
-def test_the_demo_writes_previews_and_features_of_the_cohort(tmp_path, cmu_slide):
+def test_the_demo_runs_the_whole_pipeline_and_prints_the_metrics_table(tmp_path, cmu_slide):
     out = tmp_path / "demo"
     (out / "data").mkdir(parents=True)
     shutil.copy(cmu_slide, out / "data" / cmu_slide.name)  # the demo reuses a verified copy instead of pip
-    assert main(["demo", "--out", str(out), "--slides", "2"]) == 0
-    assert (out / "previews" / "sample" / "cmu_small_region_preview.png").is_file()
-    cohort = pd.read_csv(out / "previews" / "cohort" / "preview_summary.csv", keep_default_na=False)
-    assert len(cohort) == 2 and (cohort["error"] == "").all() and (cohort["regions"] >= 4).all()
-    for preview in cohort["preview"]:
-        assert Path(preview).is_file()
-    features = pd.read_csv(out / "features" / "run_summary.csv", keep_default_na=False)
-    assert (features["status"] == "done").all() and len(features) == 2
+    command = ["demo", "--out", str(out), "--slides", "12", "--folds", "3", "--distill-iterations", "10"]
+    done = subprocess.run([sys.executable, "-m", "pathme.cli", *command], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = done.stdout
+    for text in ("auroc", "c_index", "pathme", "tiny-vit", "heatmaps", "tensorboard --logdir"):
+        assert text in printed, text
+    previews = pd.read_csv(out / "previews" / "preview_summary.csv", keep_default_na=False)
+    assert len(previews) == 12 and (previews["error"] == "").all()
+    for folder in ("features", "distill_features"):
+        assert (pd.read_csv(out / folder / "run_summary.csv")["status"] == "done").all()
+    assert len(list((out / "tokens").glob("*.h5"))) == 12
+    metrics = pd.read_csv(out / "mil" / "metrics.csv")
+    assert set(metrics["task"]) == {"label", "survival"} and set(metrics["features"]) == {"pathme", "tiny-vit"}
+    for run in ("label_pathme", "survival_tiny-vit"):
+        assert list((out / "mil" / run / "heatmaps").glob("*.png"))

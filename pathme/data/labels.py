@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from pathme.store.atomic import write_atomic
+from pathme.tables import read_text_csv
 
 logger = logging.getLogger(__name__)
 
@@ -84,12 +85,7 @@ def _rows(frame: pd.DataFrame, id_column: str) -> str:
 
 def _read(path: Path) -> pd.DataFrame:
     """The CSV as stripped strings, with the file's row order as index."""
-    if not path.is_file():
-        raise LabelError(f"labels {path}: file not found; give the path of the labels CSV")
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise LabelError(f"labels {path}: not a readable CSV ({error})") from error
+    raw = read_text_csv(path, "labels", LabelError, "give the path of the labels CSV")
     raw.columns = [str(column).strip() for column in raw.columns]
     if raw.empty:
         raise LabelError(f"labels {path}: no rows; add one row per patient")

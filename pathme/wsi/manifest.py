@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
+from pathme.tables import read_text_csv
 
 REQUIRED = ("slide_id", "path")
 SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -44,12 +44,7 @@ def _mpp(value: object, where: str) -> float | None:
 def read_manifest(path: str | Path) -> list[ManifestRow]:
     """Read and validate a manifest CSV; every problem is reported with the file and its row number."""
     path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"manifest not found: {path}")
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise ManifestError(f"manifest {path}: not a readable CSV ({error})") from error
+    table = read_text_csv(path, "manifest", ManifestError, "give the path of the slide manifest CSV")
     missing = [column for column in REQUIRED if column not in table.columns]
     if missing:
         raise ManifestError(

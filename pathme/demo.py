@@ -1,0 +1,128 @@
+"""The whole pipeline on a demo cohort, through the same bundles a user runs (``make demo``, ``pathme demo``).
+
+Stages: the real H&E sample slide; a labelled demo cohort from its pixels and, with another seed, a second
+cohort for distillation (so no patient evaluated by MIL is seen by the teacher, METHOD.md section 6); previews;
+features of both cohorts with the tiny experts; tiny distillation; region tokens of the evaluated cohort;
+cross-validated MIL (classification and survival) on PatHME tokens and on the raw-feature baseline. It ends
+with the metrics table and where the heatmaps and TensorBoard logs are.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from pathme.bundles import run_bundle
+from pathme.data.cohort import make_demo_cohort
+from pathme.data.sample import fetch_sample_slide
+from pathme.viz.preview import preview_manifest
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_MANIFEST_HEADER = "slide_id,path,patient_id\n"
+BASELINE_EXPERT = "tiny-vit"  # expert A of the tiny distillation: the raw features PatHME starts from
+DISTILL_SLIDES = 8
+TASKS = ("label", "survival")
+MIL_LR = 1e-3  # a small cohort: a higher rate than the bundle's 2e-4
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    slides: int = 40
+    seed: int = 0
+    backend: str = "cucim"
+    distill_iterations: int = 100
+    folds: int = 5
+
+
+def _stage(number: int, text: str) -> None:
+    logger.info("[%d/7] %s", number, text)
+    print(f"\n[{number}/7] {text}", flush=True)
+
+
+def prepare_cohorts(out: Path, settings: DemoSettings) -> tuple[Path, Path]:
+    """Sample slide, evaluated cohort and distillation cohort; returns their manifests."""
+    _stage(1, "sample slide and demo cohorts (real H&E pixels)")
+    sample = fetch_sample_slide(out / "data")
+    (out / "data" / "sample_manifest.csv").write_text(f"{SAMPLE_MANIFEST_HEADER}cmu_small_region,{sample.name},cmu\n")
+    cohort = make_demo_cohort(out / "cohort", sample, n_slides=settings.slides, seed=settings.seed)
+    distill = make_demo_cohort(out / "distill_cohort", sample, n_slides=DISTILL_SLIDES, seed=settings.seed + 1)
+    return cohort, distill
+
+
+def extract_features(out: Path, cohort: Path, distill: Path, settings: DemoSettings) -> None:
+    _stage(2, "previews of the cohort's tissue and region grid")
+    preview_manifest(cohort, out / "previews", backend=settings.backend)
+    _stage(3, "feature extraction with the tiny experts (pathme_feature_extraction)")
+    for manifest, folder in ((cohort, "features"), (distill, "distill_features")):
+        config = {"manifest": str(manifest), "output_dir": str(out / folder), "reader_backend": settings.backend}
+        run_bundle("pathme_feature_extraction", "inference.json", seed=settings.seed, **config)
+
+
+def distill_and_embed(out: Path, settings: DemoSettings) -> None:
+    _stage(4, "tiny PatHME distillation on the second cohort (pathme_distillation)")
+    run_bundle(
+        "pathme_distillation",
+        ["train.json", "train_tiny.json"],
+        dataset_dir=str(out / "distill_features"),
+        output_dir=str(out / "distillation"),
+        max_iterations=settings.distill_iterations,
+    )
+    _stage(5, "region tokens of the evaluated cohort from the teacher")
+    run_bundle(
+        "pathme_distillation",
+        ["inference.json", "inference_tiny.json"],
+        dataset_dir=str(out / "features"),
+        output_dir=str(out / "tokens"),
+        checkpoint=str(out / "distillation" / "checkpoints"),
+    )
+
+
+def mil_runs(out: Path, settings: DemoSettings) -> pd.DataFrame:
+    """Cross-validated MIL for each task on PatHME tokens and on the raw baseline; one row per metric."""
+    _stage(6, "cross-validated attention MIL: classification and survival, PatHME tokens vs raw features")
+    rows = []
+    for task in TASKS:
+        for source, features in (("pathme", "tokens"), (BASELINE_EXPERT, "features")):
+            output = out / "mil" / f"{task}_{source}"
+            run_bundle(
+                "pathme_mil",
+                "train.json",
+                features_dir=str(out / features),
+                labels=str(out / "cohort" / "labels.csv"),
+                task=task,
+                feature_source=source,
+                output_dir=str(output),
+                lr=MIL_LR,
+                num_folds=settings.folds,
+                seed=settings.seed,
+            )
+            summary = pd.read_csv(output / "summary.csv")
+            rows += [{"task": task, "features": source, **row} for row in summary.to_dict("records")]
+    return pd.DataFrame(rows)
+
+
+def metrics_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Metric rows, one column per feature source, cells 'mean +- sd'."""
+    results = results.assign(value=[f"{m:.3f} +- {s:.3f}" for m, s in zip(results["mean"], results["sd"], strict=True)])
+    return results.pivot(index=["task", "metric"], columns="features", values="value")
+
+
+def run_demo(out: Path, settings: DemoSettings) -> pd.DataFrame:
+    """Every stage in order; prints and returns the metrics table."""
+    out = Path(out)
+    cohort, distill = prepare_cohorts(out, settings)
+    extract_features(out, cohort, distill, settings)
+    distill_and_embed(out, settings)
+    results = mil_runs(out, settings)
+    results.to_csv(out / "mil" / "metrics.csv", index=False)
+    table = metrics_table(results)
+    _stage(7, "results")
+    print(f"\nmean +- sd over folds (test patients), {settings.slides} demo slides:\n")
+    print(table.to_string())
+    print(f"\nheatmaps (PNG over the thumbnail, GeoJSON for QuPath): {out.resolve()}/mil/<task>_<features>/heatmaps/")
+    print(f"TensorBoard: tensorboard --logdir {out.resolve()}  (distillation/tensorboard, mil/*/tensorboard)")
+    return table
