@@ -22,7 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from pathme.data.bags import BagDataset, BagIndex
-from pathme.data.labels import Labels, check_folds, load_labels, make_folds, write_folds
+from pathme.data.labels import Labels, load_labels, make_folds, write_folds
 from pathme.engines.mil import (
     MILModelConfig,
     MILTask,
@@ -138,10 +138,8 @@ class MILRun:
         """Everything checked before training: stores, labels, folds and the task's head."""
         index = BagIndex(self.features_dir, self.feature_source)
         labels = load_labels(self.labels, self.task, index.token_counts(), index.slide_patients, seed=self.seed)
-        folds = labels.folds
-        if folds is None:
-            folds = make_folds(labels, self.num_folds, self.seed)
-        check_folds(labels, folds)
+        # both paths check the folds (no shared patient, every class in every split) before returning them
+        folds = labels.folds if labels.folds is not None else make_folds(labels, self.num_folds, self.seed)
         edges: tuple[float, ...] = ()
         if labels.is_survival and self.survival_loss == "nll":
             edges = tuple(
