@@ -145,6 +145,7 @@ def test_a_patient_bag_is_the_union_of_its_slides(
 ) -> None:
     index = BagIndex(tmp_path / "tokens", source)
     assert index.slide_patients == {"s1": "p1", "s2": "p1", "s3": "p2"}
+    assert index.feature_dim() == DIMS.get(source, TOKEN_DIM)
     assert index.patient_slides("p1") == ["s1", "s2"]
     bags = {slide: read_slide_bag(tmp_path / "tokens" / f"{slide}.h5", source) for slide in stores}
     assert index.token_counts() == {

@@ -204,9 +204,11 @@ class BagIndex:
         return str(self._stores[slide_id][1]["slide_path"])
 
     def feature_dim(self) -> int:
-        """Dimension of this feature source's tokens, from the first store."""
-        path, attrs = next(iter(self._stores.values()))
-        return _load_bag(path, attrs, self.feature_source).features.shape[1]
+        """Dimension of this feature source's tokens, from the first store's shapes (no features read)."""
+        path, _ = next(iter(self._stores.values()))
+        name = TOKENS.name if self.feature_source in (PATHME, PATHME_MEAN) else FEATURES["L0"].path(self.feature_source)
+        with h5py.File(path, "r") as file:
+            return int(file[name].shape[-1])
 
     def patient_bag(self, patient_id: str) -> list[SlideBag]:
         """The bags of the patient's slides, in slide id order."""
