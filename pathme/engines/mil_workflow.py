@@ -233,11 +233,12 @@ class MILPredict:
         per_model = [predict(model, task, dataset, device) for model, _, _ in loaded]
         records = _ensemble(per_model, task)
         output.mkdir(parents=True, exist_ok=True)
-        _write_csv(pd.DataFrame(prediction_rows(records, task)), output / "predictions.csv")
+        predictions = pd.DataFrame(prediction_rows(records, task))
+        _write_csv(predictions, output / "predictions.csv")
         if self.heatmaps:
             write_heatmaps(records, index, output / "heatmaps", self.thumbnail_mpp)
         if targets is None:
-            return pd.DataFrame(prediction_rows(records, task))
+            return predictions
         rows = [{"model": f"fold_{k}", **task.metrics(stack_predictions(r, task))} for k, r in enumerate(per_model)]
         rows.append({"model": "ensemble", **task.metrics(stack_predictions(records, task))})
         metrics = pd.DataFrame(rows)
