@@ -1,6 +1,11 @@
 """PatHME: hierarchical multi-expert knowledge distillation for whole-slide images."""
 
+import warnings
 from importlib.metadata import PackageNotFoundError, version
+
+# with the deploy extra installed, `import monai` imports Holoscan, which warns about the stack size its own
+# application threads need; only the MONAI Deploy app runs those threads (pathme.deploy.app)
+warnings.filterwarnings("ignore", message="Current stack size", category=RuntimeWarning, module="holoscan")
 
 try:
     __version__ = version("pathme")

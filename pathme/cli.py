@@ -43,7 +43,8 @@ def _demo(args: argparse.Namespace) -> int:
     """The whole pipeline on a demo cohort (pathme.demo), ending with the metrics table."""
     from pathme.demo import DemoSettings, run_demo
 
-    run_demo(args.out, DemoSettings(args.slides, args.seed, args.backend, args.distill_iterations, args.folds))
+    names = ("slides", "seed", "backend", "distill_iterations", "distill_slides", "folds")
+    run_demo(args.out, DemoSettings(**{name: getattr(args, name) for name in names}))
     return 0
 
 
@@ -198,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     embed = commands.add_parser("embed", help="region tokens of every store from a trained teacher")
     embed.add_argument("--dataset-dir", type=Path, required=True, help="folder of region stores (pathme extract)")
     embed.add_argument("--output-dir", type=Path, required=True, help="folder for the token stores")
-    embed.add_argument("--checkpoint", type=Path, required=True, help="distillation checkpoint, or its folder (latest)")
+    embed.add_argument(
+        "--checkpoint", type=Path, required=True, help="teacher.pt of a finished run, or a checkpoint (folder: latest)"
+    )
     embed.add_argument("--batch-size", type=int, help="regions per forward pass")
     embed.add_argument("--tiny", action="store_true", help="the network was trained with --tiny")
     embed.set_defaults(run=_embed)
@@ -228,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output)")
     demo.add_argument("--slides", type=int, default=40, help="demo cohort size (default 40)")
     demo.add_argument("--distill-iterations", type=int, default=100, help="tiny distillation steps (default 100)")
+    demo.add_argument("--distill-slides", type=int, default=8, help="slides of the distillation cohort (default 8)")
     demo.add_argument("--folds", type=int, default=5, help="cross-validation folds of the MIL runs (default 5)")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.add_argument("--backend", choices=BACKENDS, default="cucim", help="slide reader (default cucim)")

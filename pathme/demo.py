@@ -24,7 +24,6 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_MANIFEST_HEADER = "slide_id,path,patient_id\n"
 BASELINE_EXPERT = "tiny-vit"  # expert A of the tiny distillation: the raw features PatHME starts from
-DISTILL_SLIDES = 8
 TASKS = ("label", "survival")
 MIL_LR = 1e-3  # a small cohort: a higher rate than the bundle's 2e-4
 
@@ -35,6 +34,7 @@ class DemoSettings:
     seed: int = 0
     backend: str = "cucim"
     distill_iterations: int = 100
+    distill_slides: int = 8  # the second cohort, distillation only
     folds: int = 5
 
 
@@ -49,7 +49,7 @@ def prepare_cohorts(out: Path, settings: DemoSettings) -> tuple[Path, Path]:
     sample = fetch_sample_slide(out / "data")
     (out / "data" / "sample_manifest.csv").write_text(f"{SAMPLE_MANIFEST_HEADER}cmu_small_region,{sample.name},cmu\n")
     cohort = make_demo_cohort(out / "cohort", sample, n_slides=settings.slides, seed=settings.seed)
-    distill = make_demo_cohort(out / "distill_cohort", sample, n_slides=DISTILL_SLIDES, seed=settings.seed + 1)
+    distill = make_demo_cohort(out / "distill_cohort", sample, n_slides=settings.distill_slides, seed=settings.seed + 1)
     return cohort, distill
 
 
@@ -77,7 +77,7 @@ def distill_and_embed(out: Path, settings: DemoSettings) -> None:
         ["inference.json", "inference_tiny.json"],
         dataset_dir=str(out / "features"),
         output_dir=str(out / "tokens"),
-        checkpoint=str(out / "distillation" / "checkpoints"),
+        checkpoint=str(out / "distillation" / "teacher.pt"),
     )
 
 

@@ -90,19 +90,26 @@ def demo_features(demo_cohort: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo_tokens(cmu_slide: Path, demo_features: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """PatHME token stores of the demo cohort, from a tiny teacher distilled on *other* slides (a second cohort,
+def demo_teacher(cmu_slide: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ``teacher.pt`` of a tiny teacher distilled on *other* slides than the demo cohort (a second cohort,
     seed 1), so no patient evaluated by MIL was seen in distillation."""
     from pathme.data.cohort import make_demo_cohort
     from pathme.engines.distill_workflow import DistillationRun
-    from pathme.engines.embed import EmbedRun
     from pathme.extract import CohortExtractor
 
     root = tmp_path_factory.mktemp("pretraining")
     manifest = make_demo_cohort(root / "cohort", cmu_slide, n_slides=8, seed=1)
     CohortExtractor(manifest, root / "features", DEMO_EXPERTS, batch_size=64).run()
     DistillationRun(root / "features", root / "distill", max_iterations=60, batch_size=8).run()
+    return root / "distill" / "teacher.pt"
+
+
+@pytest.fixture(scope="session")
+def demo_tokens(demo_teacher: Path, demo_features: Path) -> Path:
+    """PatHME token stores of the demo cohort from the demo teacher."""
+    from pathme.engines.embed import EmbedRun
+
     output = demo_features.parent / "tokens"
-    summary = EmbedRun(demo_features, output, root / "distill" / "checkpoints").run()
+    summary = EmbedRun(demo_features, output, demo_teacher).run()
     assert (summary["status"] == "done").all(), summary
     return output

@@ -14,6 +14,7 @@ from conftest import REPO
 
 from pathme.cli import main
 from pathme.data.synthetic_stores import write_store
+from pathme.engines.distill_workflow import latest_checkpoint, load_checkpoint
 from pathme.engines.embed import EmbedRun
 from pathme.store import validate_store
 
@@ -50,6 +51,22 @@ def test_the_tiny_bundle_trains_and_checkpoints(trained):
     assert any((output / "tensorboard").iterdir())
 
 
+def test_the_run_writes_its_teacher_alone_in_a_file_plain_torch_load_reads(trained, tmp_path):
+    """``teacher.pt`` loads with ``weights_only=True`` (as MONAI's ``ckpt_export`` loads), holds the last
+    checkpoint's teacher, and embeds exactly as the checkpoints folder does."""
+    stores, output = trained
+    teacher = torch.load(output / "teacher.pt", map_location="cpu", weights_only=True)
+    last = load_checkpoint(latest_checkpoint(output / "checkpoints"))
+    assert teacher["iteration"] == 4 and teacher["teacher"].keys() == last["teacher"].keys()
+    assert all(torch.equal(teacher["teacher"][key], last["teacher"][key]) for key in last["teacher"])
+    from_file = EmbedRun(stores, tmp_path / "file", output / "teacher.pt").run()
+    from_folder = EmbedRun(stores, tmp_path / "folder", output / "checkpoints").run()
+    assert (from_file["status"] == "done").all() and (from_folder["status"] == "done").all()
+    for store in sorted(stores.glob("*.h5")):
+        with h5py.File(tmp_path / "file" / store.name, "r") as a, h5py.File(tmp_path / "folder" / store.name, "r") as b:
+            np.testing.assert_array_equal(a["tokens"][:], b["tokens"][:])
+
+
 def test_inference_writes_tokens_whose_coordinates_match_the_regions(trained, tmp_path):
     stores, output = trained
     checkpoints = output / "checkpoints"
@@ -69,11 +86,31 @@ def test_inference_writes_tokens_whose_coordinates_match_the_regions(trained, tm
         assert not tokens[:, 10:][~valid_l1].any()  # missing 5x tiles give zero tokens, flagged by valid/L1
 
 
-def test_the_pathme_command_wraps_the_inference_bundle(trained, tmp_path):
+def test_the_pathme_commands_give_what_the_bundle_commands_give(trained, tmp_path):
+    """``pathme distill --tiny`` trains the teacher ``monai bundle run`` trains with the same ids, and ``pathme
+    embed --tiny`` writes the same tokens as the inference bundle."""
     stores, output = trained
-    command = ["embed", "--tiny", "--dataset-dir", str(stores), "--output-dir", str(tmp_path)]
-    assert main([*command, "--checkpoint", str(output / "checkpoints")]) == 0
-    assert len(list(tmp_path.glob("s*.h5"))) == 4
+    pathme = [str(Path(sys.executable).parent / "pathme")]
+    train = ["distill", "--tiny", "--dataset-dir", str(stores), "--output-dir", str(tmp_path / "distill")]
+    done = subprocess.run([*pathme, *train, "--max-iterations", "4", "--batch-size", "4"], capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    ours = torch.load(tmp_path / "distill" / "teacher.pt", weights_only=True)["teacher"]
+    bundle = torch.load(output / "teacher.pt", weights_only=True)["teacher"]
+    assert ours.keys() == bundle.keys()
+    for key in bundle:  # the same steps; float sums may round differently between two processes (~1e-9 seen)
+        torch.testing.assert_close(ours[key], bundle[key], rtol=0, atol=1e-6)
+    embed = ["embed", "--tiny", "--dataset-dir", str(stores), "--output-dir", str(tmp_path / "cli")]
+    assert main([*embed, "--checkpoint", str(output / "teacher.pt")]) == 0
+    _bundle(
+        ["inference.json", "inference_tiny.json"],
+        dataset_dir=stores,
+        output_dir=tmp_path / "bundle",
+        checkpoint=output / "teacher.pt",
+    )
+    for store in sorted(stores.glob("*.h5")):
+        with h5py.File(tmp_path / "cli" / store.name, "r") as a, h5py.File(tmp_path / "bundle" / store.name, "r") as b:
+            np.testing.assert_array_equal(a["tokens"][:], b["tokens"][:])
+            np.testing.assert_array_equal(a["token_coords"][:], b["token_coords"][:])
 
 
 def test_a_mismatched_checkpoint_fails_loudly(trained, tmp_path):

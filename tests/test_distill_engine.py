@@ -83,6 +83,9 @@ def test_a_finished_run_is_not_trained_again(stores, tmp_path):
     before = sorted((tmp_path / "checkpoints").iterdir())
     assert _run(stores, tmp_path, max_iterations=3).run() == {}
     assert sorted((tmp_path / "checkpoints").iterdir()) == before
+    (tmp_path / "teacher.pt").unlink()  # a run stopped after its last checkpoint, before writing the teacher file
+    assert _run(stores, tmp_path, max_iterations=3).run() == {}
+    assert (tmp_path / "teacher.pt").is_file() and sorted((tmp_path / "checkpoints").iterdir()) == before
 
 
 def test_too_few_regions_for_a_batch_is_a_clear_error(stores, tmp_path):

@@ -235,3 +235,15 @@ def test_cox_without_events_is_a_zero_that_keeps_the_graph() -> None:
     loss = cox_partial_likelihood(risk, torch.tensor([1.0, 2.0]), torch.zeros(2))
     loss.backward()
     assert loss.item() == 0.0 and torch.equal(risk.grad, torch.zeros(2))
+
+
+def test_a_survival_fold_model_saves_and_loads_with_its_bin_edges(tmp_path) -> None:
+    """Bin edges come from numpy quantiles; the saved model must still load with ``weights_only=True``."""
+    from pathme.engines.mil import MILModelConfig, MILTask, load_fold_model, save_fold_model
+
+    edges = tuple(survival_bins(np.array([5.0, 9.0, 20.0, 31.0, 40.0]), np.array([1, 1, 0, 1, 1]), 2))
+    task = MILTask("survival", (), "nll", edges)
+    config = MILModelConfig(in_dim=8, num_outputs=task.num_outputs)
+    path = save_fold_model(tmp_path / "fold_0" / "model.pt", config.build(), config, task, "pathme")
+    model, loaded, source = load_fold_model(path)
+    assert loaded == task and source == "pathme" and model.classifier.out_features == 2

@@ -3,6 +3,7 @@
 The bundle's ``train.json`` instantiates :class:`DistillationRun` with its config ids and calls ``run()``.
 Checkpoints hold the student, the EMA teacher, the optimiser, the loss centres and the trainer state (iteration,
 epoch, data seed, RNG states); schedules are functions of the iteration, so a resumed run continues exactly.
+A finished run also writes ``teacher.pt``, the teacher alone: what embedding, ``ckpt_export`` and deployment need.
 """
 
 from __future__ import annotations
@@ -40,8 +41,11 @@ from pathme.engines.distill import (
 )
 from pathme.engines.schedules import Schedules
 from pathme.networks import PatHME, preset_config
+from pathme.store.atomic import write_atomic
 
 logger = logging.getLogger(__name__)
+
+TEACHER_FILE = "teacher.pt"
 
 #: numpy objects inside the trainer's saved RNG states, allowed by ``torch.load(weights_only=True)``
 _CHECKPOINT_SAFE_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
@@ -210,6 +214,8 @@ class DistillationRun:
             logger.info("resumed from %s at iteration %d", latest, trainer.state.iteration)
             if trainer.state.iteration >= self.max_iterations:
                 logger.info("already trained to iteration %d >= max_iterations: nothing to do", trainer.state.iteration)
+                if rank == 0 and not (self.output_dir / TEACHER_FILE).is_file():  # stopped before writing it
+                    save_teacher(parts["teacher"], self.output_dir / TEACHER_FILE, trainer.state.iteration)
                 return {}
         writer = SummaryWriter(self.output_dir / "tensorboard") if rank == 0 else None
         _attach_logging(trainer, writer, self.log_every)
@@ -217,9 +223,19 @@ class DistillationRun:
             ProgressBar(persist=False).attach(trainer, output_transform=lambda output: {"total": output["total"]})
         _attach_validation(trainer, parts, writer, self.validate_every, self.device)
         trainer.run(parts["loader"], max_iters=self.max_iterations, epoch_length=len(parts["loader"]))
+        if rank == 0:
+            save_teacher(parts["teacher"], self.output_dir / TEACHER_FILE, trainer.state.iteration)
         if writer is not None:
             writer.close()
         return dict(trainer.state.output or {})
+
+
+def save_teacher(teacher: torch.nn.Module, path: Path, iteration: int) -> Path:
+    """``{"teacher": state dict, "iteration"}``, atomically: plain tensors that ``torch.load(weights_only=True)``
+    reads, unlike the full checkpoints whose trainer state holds NumPy RNG states (MONAI's ``ckpt_export`` loads
+    that way and refuses them)."""
+    state = {"teacher": teacher.state_dict(), "iteration": iteration}
+    return write_atomic(path, lambda temp: torch.save(state, temp))
 
 
 def latest_checkpoint(folder: Path) -> Path | None:

@@ -245,7 +245,7 @@ def save_fold_model(path: Path, model: ABMIL, config: MILModelConfig, task: MILT
     payload = {
         "state_dict": model.state_dict(),
         "model_config": asdict(config),
-        "task": {**asdict(task), "classes": list(task.classes), "bin_edges": list(task.bin_edges)},
+        "task": {**asdict(task), "classes": list(task.classes), "bin_edges": [float(e) for e in task.bin_edges]},
         "feature_source": feature_source,
     }
     temp = path.with_name(path.name + ".tmp")

@@ -78,7 +78,7 @@ def prediction_rows(records: Sequence[dict[str, Any]], task: MILTask, **extra: o
 
 
 def write_heatmaps(
-    records: Sequence[dict[str, Any]], index: BagIndex, out_dir: Path, thumbnail_mpp: float
+    records: Sequence[dict[str, Any]], index: BagIndex, out_dir: Path, thumbnail_mpp: float, backend: str = "cucim"
 ) -> list[Path]:
     """Attention of every slide of every record over its thumbnail (PNG) and as GeoJSON; slides whose image is
     gone get no PNG (their GeoJSON is still written from the store's coordinates)."""
@@ -89,7 +89,9 @@ def write_heatmaps(
             args = (slide_id, record["coords"][rows], record["sizes"][rows], record["attention"][rows])
             slide_path = Path(index.slide_path(slide_id))
             if slide_path.is_file():
-                written += write_slide_heatmap(slide_path, out_dir, *args, thumbnail_mpp=thumbnail_mpp).values()
+                written += write_slide_heatmap(
+                    slide_path, out_dir, *args, thumbnail_mpp=thumbnail_mpp, backend=backend
+                ).values()
             else:
                 logger.warning("slide %s: image %s not found, heatmap PNG skipped", slide_id, slide_path)
                 written.append(write_heatmap_geojson(out_dir, *args))
@@ -126,6 +128,7 @@ class MILRun:
     num_bins: int = 4
     heatmaps: bool = True
     thumbnail_mpp: float = 16.0
+    reader_backend: str = "cucim"  # reads the thumbnails of the heatmaps
     device: torch.device | str | None = None
 
     def __post_init__(self) -> None:
@@ -180,7 +183,7 @@ class MILRun:
             results.append({"fold": fold.index, "patients": len(fold.test), **best, **metrics})
             predictions += prediction_rows(records, task, fold=fold.index)
             if self.heatmaps:
-                write_heatmaps(records, index, self.output_dir / "heatmaps", self.thumbnail_mpp)
+                write_heatmaps(records, index, self.output_dir / "heatmaps", self.thumbnail_mpp, self.reader_backend)
             logger.info("fold %d: %s", fold.index, ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
         table = pd.DataFrame(results)
         _write_csv(table, self.output_dir / "results.csv")
@@ -211,6 +214,7 @@ class MILPredict:
     labels: str | Path | None = None
     heatmaps: bool = True
     thumbnail_mpp: float = 16.0
+    reader_backend: str = "cucim"  # reads the thumbnails of the heatmaps
     device: torch.device | str | None = None
 
     def run(self) -> pd.DataFrame:
@@ -236,7 +240,7 @@ class MILPredict:
         predictions = pd.DataFrame(prediction_rows(records, task))
         _write_csv(predictions, output / "predictions.csv")
         if self.heatmaps:
-            write_heatmaps(records, index, output / "heatmaps", self.thumbnail_mpp)
+            write_heatmaps(records, index, output / "heatmaps", self.thumbnail_mpp, self.reader_backend)
         if targets is None:
             return predictions
         rows = [{"model": f"fold_{k}", **task.metrics(stack_predictions(r, task))} for k, r in enumerate(per_model)]

@@ -54,7 +54,7 @@ class ABMIL(nn.Module):
         self.attention = attention(hidden, attention_dim, dropout)
         self.classifier = nn.Linear(hidden, num_outputs)
 
-    def forward(self, features: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
+    def attend(self, features: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
         """features [B, N, in_dim] (or [N, in_dim] -> treated as B=1), mask [B, N] True = real token.
 
         Returns "logits" [B, num_outputs] (raw), "attention" [B, N] (softmax over real tokens, exactly 0 on
@@ -72,3 +72,5 @@ class ABMIL(nn.Module):
         attention = torch.softmax(scores, dim=1)
         embedding = torch.bmm(attention.unsqueeze(1), h).squeeze(1)
         return {"logits": self.classifier(embedding), "attention": attention, "embedding": embedding}
+
+    forward = attend  # a named method too, so a subclass with another forward (networks.channel_first) reuses it

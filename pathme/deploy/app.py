@@ -1,0 +1,113 @@
+"""PatHME as a MONAI Deploy application.
+
+    python -m pathme.deploy.app -i <slide or folder of slides> -o <output folder> -m <model folder>
+
+Operators: slide loader -> feature extraction -> PatHME tokens -> MIL -> report writer. Each passes one
+:class:`~pathme.deploy.pipeline.Case` downstream and runs one step of :mod:`pathme.deploy.pipeline`, so the
+application computes exactly what the bundles compute. Intermediate stores go to ``<output>/work`` (or
+``--workdir``); a rerun reuses the valid ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from monai.deploy.conditions import CountCondition
+from monai.deploy.core import Application, Fragment, Operator, OperatorSpec
+
+from pathme.deploy.pipeline import (
+    AppModels,
+    Case,
+    compute_tokens,
+    extract_features,
+    find_slides,
+    predict,
+    write_reports,
+)
+
+
+class SlideLoaderOperator(Operator):
+    """Finds the slides of the input path and starts the case."""
+
+    def __init__(self, fragment: Fragment, *args, input_path: Path, work: Path, **kwargs) -> None:
+        self.input_path, self.work = input_path, work
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.output("case")
+
+    def compute(self, op_input, op_output, context) -> None:
+        op_output.emit(Case(find_slides(self.input_path), self.work), "case")
+
+
+class _StepOperator(Operator):
+    """Receives the case, runs one pipeline step with the models, emits the case."""
+
+    step: Callable[[Case, AppModels], Case]
+
+    def __init__(self, fragment: Fragment, *args, models: AppModels, **kwargs) -> None:
+        self.models = models
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("case")
+        spec.output("case")
+
+    def compute(self, op_input, op_output, context) -> None:
+        op_output.emit(type(self).step(op_input.receive("case"), self.models), "case")
+
+
+class FeatureExtractionOperator(_StepOperator):
+    """Region stores of every expert (bundle pathme_feature_extraction)."""
+
+    step = staticmethod(extract_features)
+
+
+class TokenOperator(_StepOperator):
+    """PatHME region tokens from the distilled teacher (bundle pathme_distillation, inference)."""
+
+    step = staticmethod(compute_tokens)
+
+
+class MILOperator(_StepOperator):
+    """Every task's fold-model ensemble with attention heatmaps (bundle pathme_mil, inference)."""
+
+    step = staticmethod(predict)
+
+
+class ReportWriterOperator(Operator):
+    """``<output>/<slide id>/report.json`` with the heatmaps beside it."""
+
+    def __init__(self, fragment: Fragment, *args, models: AppModels, output_dir: Path, **kwargs) -> None:
+        self.models, self.output_dir = models, output_dir
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("case")
+
+    def compute(self, op_input, op_output, context) -> None:
+        write_reports(op_input.receive("case"), self.models, self.output_dir)
+
+
+class PatHMEApp(Application):
+    """Slides in; per slide a JSON report (predictions, risk, model versions) and attention heatmaps out."""
+
+    def compose(self) -> None:
+        context = Application.init_app_context(self.argv)
+        models = AppModels.load(context.model_path)
+        output = Path(context.output_path)
+        work = Path(context.workdir) if context.workdir else output / "work"
+        loader = SlideLoaderOperator(
+            self, CountCondition(self, 1), input_path=Path(context.input_path), work=work, name="slide_loader"
+        )
+        extractor = FeatureExtractionOperator(self, models=models, name="feature_extraction")
+        tokens = TokenOperator(self, models=models, name="pathme_tokens")
+        mil = MILOperator(self, models=models, name="mil")
+        writer = ReportWriterOperator(self, models=models, output_dir=output, name="report_writer")
+        for upstream, downstream in ((loader, extractor), (extractor, tokens), (tokens, mil), (mil, writer)):
+            self.add_flow(upstream, downstream, {("case", "case")})
+
+
+if __name__ == "__main__":
+    PatHMEApp().run()

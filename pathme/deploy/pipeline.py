@@ -1,0 +1,255 @@
+"""The steps of the PatHME MONAI Deploy application, free of the SDK so they run and are tested anywhere.
+
+Each step runs the bundle config it names with the same ids as ``monai bundle run``: a slide goes through exactly
+the code of the cohort pipeline (extraction, teacher tokens, the saved MIL fold models), so the application's
+prediction for a slide equals the one the bundles give.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import h5py
+import pandas as pd
+
+from pathme import __version__
+from pathme.bundles import bundle_dir, run_bundle
+from pathme.engines.distill_workflow import TEACHER_FILE
+from pathme.engines.mil import load_fold_model
+from pathme.engines.mil_workflow import fold_models
+from pathme.store.atomic import write_atomic
+from pathme.store.attrs import read_attrs
+from pathme.store.digests import file_digest
+
+logger = logging.getLogger(__name__)
+
+APP_CONFIG = "pathme_app.json"
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".svslide")
+BUNDLES = ("pathme_feature_extraction", "pathme_distillation", "pathme_mil")
+
+
+@dataclass(frozen=True)
+class AppModels:
+    """The model folder: ``pathme_app.json`` (the experts and their weights, expert A, the PatHME preset), the
+    ``teacher.pt`` a finished distillation run writes, and one MIL cross-validation output per task in
+    ``mil/<task>/`` (its ``fold_<k>/model.pt``)."""
+
+    root: Path
+    experts: tuple[str, ...]
+    expert_a: str
+    preset: str = "paper"
+    weights: dict[str, str] = field(default_factory=dict)
+    network: dict[str, Any] = field(default_factory=dict)
+    # cuCIM reads crash (SIGSEGV in read_region) inside Holoscan operator threads once an earlier operator has
+    # read with cuCIM (cucim-cu13 26.10, holoscan-cu13 4.6, CPU); OpenSlide reads are safe there
+    reader_backend: str = "openslide"
+    batch_size: int = 64
+
+    @classmethod
+    def load(cls, root: str | Path) -> AppModels:
+        root = Path(root)
+        config = root / APP_CONFIG
+        if not config.is_file():
+            raise FileNotFoundError(
+                f"{root}: no {APP_CONFIG}; the model folder holds {APP_CONFIG}, {TEACHER_FILE} and mil/<task>/ "
+                "(see the README section 'MONAI Deploy')"
+            )
+        values = json.loads(config.read_text())
+        allowed = {f.name for f in fields(cls)} - {"root"}
+        if unknown := sorted(set(values) - allowed):
+            raise ValueError(f"{config}: unknown keys {unknown}; allowed: {sorted(allowed)}")
+        models = cls(root=root, **{**values, "experts": tuple(values.get("experts", ()))})
+        if models.expert_a not in models.experts:
+            raise ValueError(f"{config}: expert_a {models.expert_a!r} is not one of experts {list(models.experts)}")
+        if not models.teacher.is_file():
+            raise FileNotFoundError(f"{root}: no {TEACHER_FILE} (the file a finished distillation run writes)")
+        if not models.mil_runs:
+            raise FileNotFoundError(f"{root}: no MIL run with fold models in {root / 'mil'}/<task>/fold_<k>/model.pt")
+        return models
+
+    @property
+    def teacher(self) -> Path:
+        return self.root / TEACHER_FILE
+
+    @property
+    def mil_runs(self) -> dict[str, Path]:
+        """Task name -> the folder of its fold models."""
+        folder = self.root / "mil"
+        runs = sorted(p for p in folder.iterdir() if any(p.glob("fold_*/model.pt"))) if folder.is_dir() else []
+        return {run.name: run for run in runs}
+
+
+@dataclass(frozen=True)
+class Case:
+    """What flows from operator to operator: the slides, then step by step their stores and predictions."""
+
+    slides: tuple[Path, ...]
+    work: Path
+    features: Path | None = None
+    tokens: Path | None = None
+    failed: dict[str, str] = field(default_factory=dict)  # slide id -> why it has no prediction
+    predictions: dict[str, pd.DataFrame] = field(default_factory=dict)  # task -> one row per slide
+
+    @property
+    def ids(self) -> list[str]:
+        return [slide_id(path) for path in self.slides]
+
+
+def slide_id(path: Path) -> str:
+    return path.stem
+
+
+def find_slides(input_path: str | Path) -> tuple[Path, ...]:
+    """One slide file, or every slide file of a folder (by suffix), sorted; none is an error."""
+    path = Path(input_path)
+    if path.is_file():
+        return (path.resolve(),)
+    found = sorted(p.resolve() for p in path.iterdir() if p.suffix.lower() in SLIDE_SUFFIXES) if path.is_dir() else []
+    if not found:
+        raise FileNotFoundError(f"no slide in {path} (looked for {', '.join(SLIDE_SUFFIXES)})")
+    ids = [slide_id(p) for p in found]
+    if len(set(ids)) < len(ids):
+        raise ValueError(f"{path}: slides share a file name stem, so their reports would collide: {ids}")
+    return tuple(found)
+
+
+def extract_features(case: Case, models: AppModels) -> Case:
+    """Region stores of every slide (bundle pathme_feature_extraction, inference.json); a slide that fails is
+    recorded with its error and goes no further."""
+    manifest = case.work / "manifest.csv"
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"slide_id": slide_id(p), "path": str(p), "patient_id": slide_id(p)} for p in case.slides]
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    features = case.work / "features"
+    run_bundle(
+        "pathme_feature_extraction",
+        "inference.json",
+        manifest=str(manifest),
+        output_dir=str(features),
+        experts=list(models.experts),
+        weights=dict(models.weights),
+        reader_backend=models.reader_backend,
+        batch_size=models.batch_size,
+    )
+    summary = pd.read_csv(features / "run_summary.csv", keep_default_na=False, dtype=str)
+    failed = {row.slide_id: row.error or row.status for row in summary.itertuples() if row.status == "failed"}
+    return replace(case, features=features, failed={**case.failed, **failed})
+
+
+def compute_tokens(case: Case, models: AppModels) -> Case:
+    """PatHME region tokens from the teacher (bundle pathme_distillation, inference.json)."""
+    if not _has_stores(case.features):
+        return case
+    tokens = case.work / "tokens"
+    run_bundle(
+        "pathme_distillation",
+        "inference.json",
+        dataset_dir=str(case.features),
+        output_dir=str(tokens),
+        checkpoint=str(models.teacher),
+        expert_a=models.expert_a,
+        preset=models.preset,
+        network=dict(models.network),
+    )
+    return replace(case, tokens=tokens)
+
+
+def predict(case: Case, models: AppModels) -> Case:
+    """Every MIL task's ensemble of fold models with heatmaps (bundle pathme_mil, inference.json)."""
+    predictions = {}
+    for task, run in models.mil_runs.items():
+        source = load_fold_model(fold_models(run)[0])[2]
+        features = case.tokens if source.startswith("pathme") else case.features
+        if not _has_stores(features):
+            continue
+        output = case.work / "mil" / task
+        run_bundle(
+            "pathme_mil",
+            "inference.json",
+            features_dir=str(features),
+            models_dir=str(run),
+            output_dir=str(output),
+            reader_backend=models.reader_backend,
+        )
+        predictions[task] = pd.read_csv(output / "predictions.csv", dtype={"patient_id": str, "predicted": str})
+    return replace(case, predictions=predictions)
+
+
+def write_reports(case: Case, models: AppModels, output_dir: str | Path) -> list[Path]:
+    """``<output>/<slide id>/report.json`` for every slide, with its heatmaps (PNG, QuPath GeoJSON) beside it."""
+    versions = model_versions(case, models)
+    created = datetime.now(UTC).isoformat(timespec="seconds")
+    written = []
+    for path in case.slides:
+        sid = slide_id(path)
+        folder = Path(output_dir) / sid
+        folder.mkdir(parents=True, exist_ok=True)
+        report: dict[str, Any] = {"slide_id": sid, "slide": str(path), "created": created}
+        if sid in case.failed:
+            report |= {"status": "failed", "error": case.failed[sid]}
+        else:
+            report |= {"status": "done", "predictions": _slide_predictions(case, sid, folder)}
+        report |= {"intended_use": "Research only; not for clinical diagnosis", "models": versions}
+        target = folder / "report.json"
+        written.append(write_atomic(target, lambda p, r=report: p.write_text(json.dumps(r, indent=2) + "\n")))
+    return written
+
+
+def model_versions(case: Case, models: AppModels) -> dict[str, Any]:
+    """Versions and digests of everything that made the predictions, read from the stores and model files."""
+    versions: dict[str, Any] = {"pathme": __version__, "bundles": {}}
+    for name in BUNDLES:
+        versions["bundles"][name] = json.loads((bundle_dir(name) / "configs" / "metadata.json").read_text())["version"]
+    if _has_stores(case.features):
+        attrs = _first_store_attrs(case.features)
+        sources, digests = attrs["expert_weights"], attrs["expert_digests"]
+        versions["experts"] = {name: {"weights": sources[name], "digest": digests[name]} for name in models.experts}
+    if _has_stores(case.tokens):
+        attrs = _first_store_attrs(case.tokens)
+        versions["teacher"] = {"checkpoint": attrs["teacher_checkpoint"], "digest": attrs["teacher_digest"]}
+    versions["mil"] = {}
+    for task, run in models.mil_runs.items():
+        files = fold_models(run)
+        source = load_fold_model(files[0])[2]
+        versions["mil"][task] = {
+            "feature_source": source,
+            "fold_models": {f.parent.name: file_digest(f) for f in files},
+        }
+    return versions
+
+
+def _slide_predictions(case: Case, sid: str, folder: Path) -> dict[str, Any]:
+    """Each task's row of this slide (one slide is one patient here) and its heatmaps copied next to the report."""
+    result = {}
+    for task, table in case.predictions.items():
+        row = table[table["patient_id"] == sid]
+        if row.empty:
+            continue
+        values = row.iloc[0]
+        if "risk" in values:
+            entry: dict[str, Any] = {"type": "survival", "risk": float(values["risk"]), "higher_risk": "shorter time"}
+        else:
+            probs = {col.removeprefix("prob_"): float(values[col]) for col in table.columns if col.startswith("prob_")}
+            entry = {"type": "classification", "prediction": str(values["predicted"]), "probabilities": probs}
+        for suffix in ("png", "geojson"):
+            heatmap = case.work / "mil" / task / "heatmaps" / f"{sid}_attention.{suffix}"
+            if heatmap.is_file():
+                shutil.copyfile(heatmap, folder / f"{task}_attention.{suffix}")
+                entry[f"heatmap_{suffix}"] = f"{task}_attention.{suffix}"
+        result[task] = entry
+    return result
+
+
+def _has_stores(folder: Path | None) -> bool:
+    return folder is not None and any(folder.glob("*.h5"))
+
+
+def _first_store_attrs(folder: Path) -> dict[str, Any]:
+    with h5py.File(sorted(folder.glob("*.h5"))[0], "r") as file:
+        return read_attrs(file)

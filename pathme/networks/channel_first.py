@@ -1,0 +1,62 @@
+"""Channel-first, tensor-in/tensor-out views of the pathme networks, for MONAI's bundle and deploy tools.
+
+MONAI's ``verify_net_in_out``, ``ckpt_export`` and MONAI Deploy inference feed one channel-first tensor
+[B, C, *spatial] and read one tensor whose dim 1 holds the output channels. Our networks take token sequences
+[B, N, D] with masks and return dicts, so each view here keeps the network's parameters unchanged (a training
+checkpoint loads into it as it is) and only changes the calling convention.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from pathme.encoders import build_expert
+from pathme.networks.abmil import ABMIL
+from pathme.networks.pathme_net import PatHME
+from pathme.wsi.grid import L1_SIDE
+
+
+class MILLogits(ABMIL):
+    """One bag per call: features [B, D, N] (every token real) -> logits [B, num_outputs].
+
+    Loads a fold model's ``state_dict`` unchanged; scriptable, so ``ckpt_export`` writes TorchScript with a
+    free bag length N.
+    """
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.attend(features.transpose(1, 2), None)["logits"]
+
+
+class RegionEncoder(PatHME):
+    """Whole regions [B, D, 16 + 256] -> region tokens [B, E, P + 16], as the token stores hold them.
+
+    Input columns: the 16 5x tile features of the region, then its 256 20x tile features, both in raster order
+    (expert A, D = its dimension); a non-finite feature marks a tile without tissue. Output columns: the P scale
+    prompts, then the 16 5x tokens. Loads a distillation checkpoint's ``teacher`` unchanged. TorchScript:
+    trace only (``ckpt_export --use_trace True``): the ViT blocks keep Python control flow over scales and
+    optional masks that ``torch.jit.script`` cannot compile.
+    """
+
+    def forward(self, regions: Tensor) -> Tensor:
+        tiles = regions.transpose(1, 2)
+        valid = torch.isfinite(tiles).all(dim=-1)
+        tiles = torch.where(valid[..., None], tiles, 0.0)
+        l1, l0 = tiles[:, : L1_SIDE**2], tiles[:, L1_SIDE**2 :]
+        return self.region_tokens(l0, valid[:, L1_SIDE**2 :], l1, valid[:, : L1_SIDE**2]).transpose(1, 2)
+
+
+class TileEncoder(nn.Module):
+    """RGB tiles [B, 3, H, W] with values 0-255 (any float or integer type) -> expert features [B, dim].
+
+    The extractor feeds the expert uint8 channels-last tiles; this view rounds to uint8 and permutes, so the
+    expert's own resize and normalisation run exactly as in extraction.
+    """
+
+    def __init__(self, expert: str, weights: str | None = None, seed: int = 0) -> None:
+        super().__init__()
+        self.expert = build_expert(expert, weights, seed=seed)
+
+    def forward(self, images: Tensor) -> Tensor:
+        tiles = images.round().clamp(0, 255).to(torch.uint8) if images.is_floating_point() else images
+        return self.expert(tiles.to(torch.uint8).permute(0, 2, 3, 1).contiguous())

@@ -1,0 +1,159 @@
+"""The MONAI Deploy application: its operators' steps outside the SDK, and the application itself on the CMU slide.
+
+Steps and the application drive the bundles, so they run in a subprocess (MONAI's logging.conf and pytest's
+captured streams do not mix).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import DEMO_EXPERTS
+from PIL import Image
+
+from pathme.deploy.pipeline import APP_CONFIG, AppModels, find_slides
+from pathme.engines.mil import TrainSettings
+from pathme.engines.mil_workflow import MILPredict, MILRun
+from pathme.store.digests import file_digest
+
+FAST = TrainSettings(max_epochs=6, min_epochs=3, patience=3, lr=1e-3)
+RUNS = {"label": ("label", "pathme"), "survival": ("survival", "pathme"), "label_raw": ("label", "tiny-vit")}
+
+STEPS = """
+import sys
+from pathlib import Path
+from pathme.deploy import pipeline
+models = pipeline.AppModels.load(sys.argv[2])
+case = pipeline.Case(pipeline.find_slides(sys.argv[1]), Path(sys.argv[3]) / "work")
+for step in (pipeline.extract_features, pipeline.compute_tokens, pipeline.predict):
+    case = step(case, models)
+pipeline.write_reports(case, models, sys.argv[3])
+"""
+
+
+@pytest.fixture(scope="module")
+def app_models(demo_cohort: Path, demo_features: Path, demo_tokens: Path, demo_teacher: Path, tmp_path_factory) -> Path:
+    """A model folder as a user assembles it: the app config, the teacher's checkpoints and three MIL runs
+    (classification and survival on PatHME tokens, classification on raw tiny-vit features)."""
+    root = tmp_path_factory.mktemp("app_models")
+    config = {"experts": DEMO_EXPERTS, "expert_a": "tiny-vit", "preset": "tiny"}
+    (root / APP_CONFIG).write_text(json.dumps(config))
+    shutil.copy(demo_teacher, root / "teacher.pt")
+    for name, (task, source) in RUNS.items():
+        features = demo_tokens if source == "pathme" else demo_features
+        labels = demo_cohort / "labels.csv"
+        MILRun(features, labels, task, root / "mil" / name, source, num_folds=2, settings=FAST, heatmaps=False).run()
+    return root
+
+
+def run_steps(slides: Path, models: Path, output: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", STEPS, str(slides), str(models), str(output)], capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+
+
+def single_slide_patients(demo_cohort: Path) -> pd.DataFrame:
+    manifest = pd.read_csv(demo_cohort / "manifest.csv", dtype=str)
+    labels = pd.read_csv(demo_cohort / "labels.csv", dtype={"patient_id": str, "label": str})
+    single = manifest.groupby("patient_id").filter(lambda group: len(group) == 1)
+    return single.merge(labels, on="patient_id")
+
+
+@pytest.fixture(scope="module")
+def steps_output(demo_cohort: Path, app_models: Path, tmp_path_factory) -> tuple[Path, pd.DataFrame]:
+    """The operators' steps outside the SDK on one folder: the slide of a positive single-slide patient and a file
+    that is no slide."""
+    chosen = single_slide_patients(demo_cohort).query("label == '1'").head(1)
+    root = tmp_path_factory.mktemp("steps")
+    (root / "in").mkdir()
+    for path in chosen["path"]:
+        shutil.copy(demo_cohort / path, root / "in")
+    (root / "in" / "broken.svs").write_bytes(b"not a slide at all" * 100)
+    run_steps(root / "in", app_models, root / "out")
+    return root / "out", chosen
+
+
+def test_the_steps_predict_what_the_bundles_predict(steps_output, demo_tokens, app_models, tmp_path) -> None:
+    """The reports carry the same probabilities and risks as the fold models on the cohort's own stores."""
+    output, chosen = steps_output
+    for row in chosen.itertuples():
+        report = json.loads((output / row.slide_id / "report.json").read_text())
+        assert report["status"] == "done" and set(report["predictions"]) == set(RUNS)
+        for name, (task, source) in RUNS.items():
+            features = demo_tokens if source == "pathme" else demo_tokens.parent / "features"
+            expected = MILPredict(features, app_models / "mil" / name, tmp_path / name, heatmaps=False).run()
+            expected = expected.set_index("patient_id").loc[row.patient_id]
+            got = report["predictions"][name]
+            if task == "survival":
+                assert got["risk"] == pytest.approx(expected["risk"], abs=1e-5)
+            else:
+                want = {label: expected[f"prob_{label}"] for label in ("0", "1")}
+                assert got["probabilities"] == pytest.approx(want, abs=1e-5)
+                assert got["prediction"] == max(got["probabilities"], key=got["probabilities"].get)
+            assert (output / row.slide_id / got["heatmap_geojson"]).is_file()
+
+
+def test_a_file_that_is_no_slide_gets_a_failed_report_and_the_others_go_on(steps_output) -> None:
+    output, chosen = steps_output
+    broken = json.loads((output / "broken" / "report.json").read_text())
+    assert broken["status"] == "failed" and broken["error"] and "predictions" not in broken
+    assert all(json.loads((output / s / "report.json").read_text())["status"] == "done" for s in chosen["slide_id"])
+
+
+def test_the_monai_deploy_app_runs_on_the_cmu_slide(cmu_slide: Path, app_models: Path, tmp_path: Path) -> None:
+    """The real MONAI Deploy (Holoscan) application, on CPU: a report with prediction, risk and model versions,
+    and attention heatmaps (PNG over the thumbnail, GeoJSON for QuPath) per task."""
+    command = [sys.executable, "-m", "pathme.deploy.app", "-i", str(cmu_slide), "-o", str(tmp_path / "out")]
+    done = subprocess.run([*command, "-m", str(app_models)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    folder = tmp_path / "out" / cmu_slide.stem
+    report = json.loads((folder / "report.json").read_text())
+    assert report["status"] == "done" and report["slide"] == str(cmu_slide.resolve())
+    label, survival = report["predictions"]["label"], report["predictions"]["survival"]
+    assert sum(label["probabilities"].values()) == pytest.approx(1.0, abs=1e-5) and label["prediction"] in {"0", "1"}
+    assert np.isfinite(survival["risk"])
+    with h5py.File(tmp_path / "out" / "work" / "tokens" / f"{cmu_slide.stem}.h5", "r") as store:
+        n_tokens = int(np.isfinite(store["tokens"][:]).all(axis=-1).sum())
+    for name in RUNS:
+        geojson = json.loads((folder / f"{name}_attention.geojson").read_text())
+        assert geojson["type"] == "FeatureCollection" and geojson["features"]
+        with Image.open(folder / f"{name}_attention.png") as image:
+            assert image.size[0] > 10 and image.size[1] > 10
+    assert len(json.loads((folder / "label_attention.geojson").read_text())["features"]) <= n_tokens
+    versions = report["models"]
+    assert versions["teacher"]["digest"] == file_digest(app_models / "teacher.pt")
+    assert versions["experts"]["tiny-vit"]["weights"] == "random"
+    assert versions["mil"]["label_raw"]["feature_source"] == "tiny-vit"
+    for name in RUNS:
+        folds = versions["mil"][name]["fold_models"]
+        assert folds == {f"fold_{k}": file_digest(app_models / "mil" / name / f"fold_{k}" / "model.pt") for k in (0, 1)}
+
+
+def test_a_model_folder_without_its_config_or_models_is_a_clear_error(app_models: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=APP_CONFIG):
+        AppModels.load(tmp_path)
+    shutil.copytree(app_models, tmp_path / "m", ignore=shutil.ignore_patterns("mil", "teacher.pt"))
+    with pytest.raises(FileNotFoundError, match="no teacher.pt"):
+        AppModels.load(tmp_path / "m")
+    shutil.copy(app_models / "teacher.pt", tmp_path / "m")
+    with pytest.raises(FileNotFoundError, match="no MIL run"):
+        AppModels.load(tmp_path / "m")
+    (tmp_path / "m" / APP_CONFIG).write_text(json.dumps({"experts": ["uni"], "expert_a": "gigapath"}))
+    with pytest.raises(ValueError, match="expert_a 'gigapath' is not one of"):
+        AppModels.load(tmp_path / "m")
+    (tmp_path / "m" / APP_CONFIG).write_text(json.dumps({"experts": ["uni"], "expert_a": "uni", "batchsize": 8}))
+    with pytest.raises(ValueError, match="unknown keys \\['batchsize'\\]"):
+        AppModels.load(tmp_path / "m")
+
+
+def test_an_input_without_slides_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("no slide here")
+    with pytest.raises(FileNotFoundError, match="no slide in"):
+        find_slides(tmp_path)
