@@ -3,13 +3,16 @@
 Stages: the real H&E sample slide; a labelled demo cohort from its pixels and, with another seed, a second
 cohort for distillation (so no patient evaluated by MIL is seen by the teacher, METHOD.md section 6); previews;
 features of both cohorts with the tiny experts; tiny distillation; region tokens of the evaluated cohort;
-cross-validated MIL (classification and survival) on PatHME tokens and on the raw-feature baseline. It ends
-with the metrics table and where the heatmaps and TensorBoard logs are.
+cross-validated MIL (classification and survival) on PatHME tokens and on the raw-feature baseline; the model
+folder of the MONAI Deploy app. It ends with the metrics table and where the heatmaps, the TensorBoard logs and
+the app's models are.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,12 +20,16 @@ import pandas as pd
 
 from pathme.bundles import run_bundle
 from pathme.data.cohort import make_demo_cohort
-from pathme.data.sample import fetch_sample_slide
+from pathme.data.sample import SAMPLE_FILENAME, fetch_sample_slide
+from pathme.deploy.pipeline import APP_CONFIG
+from pathme.engines.distill_workflow import TEACHER_FILE
+from pathme.engines.mil_workflow import fold_models
 from pathme.viz.preview import preview_manifest
 
 logger = logging.getLogger(__name__)
 
 SAMPLE_MANIFEST_HEADER = "slide_id,path,patient_id\n"
+DEMO_EXPERTS = ["tiny-vit", "tiny-cnn"]  # random-weight test experts: nothing to download
 BASELINE_EXPERT = "tiny-vit"  # expert A of the tiny distillation: the raw features PatHME starts from
 TASKS = ("label", "survival")
 MIL_LR = 1e-3  # a small cohort: a higher rate than the bundle's 2e-4
@@ -59,7 +66,7 @@ def extract_features(out: Path, cohort: Path, distill: Path, settings: DemoSetti
     _stage(3, "feature extraction with the tiny experts (pathme_feature_extraction)")
     for manifest, folder in ((cohort, "features"), (distill, "distill_features")):
         config = {"manifest": str(manifest), "output_dir": str(out / folder), "reader_backend": settings.backend}
-        run_bundle("pathme_feature_extraction", "inference.json", seed=settings.seed, **config)
+        run_bundle("pathme_feature_extraction", "inference.json", experts=DEMO_EXPERTS, seed=settings.seed, **config)
 
 
 def distill_and_embed(out: Path, settings: DemoSettings) -> None:
@@ -105,6 +112,22 @@ def mil_runs(out: Path, settings: DemoSettings) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def assemble_app_models(out: Path) -> Path:
+    """The model folder of the MONAI Deploy app from the demo's runs (``pathme.deploy.pipeline.AppModels``): the
+    tiny experts, the teacher and every MIL run's fold models, so the app can be tried right after the demo."""
+    folder = out / "app_models"
+    config = {"experts": DEMO_EXPERTS, "expert_a": BASELINE_EXPERT, "preset": "tiny"}
+    (folder / "mil").mkdir(parents=True, exist_ok=True)
+    (folder / APP_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    shutil.copyfile(out / "distillation" / TEACHER_FILE, folder / TEACHER_FILE)
+    for run in sorted((out / "mil").iterdir()):
+        for fold_model in fold_models(run) if run.is_dir() else []:
+            target = folder / "mil" / run.name / fold_model.parent.name / fold_model.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(fold_model, target)
+    return folder
+
+
 def metrics_table(results: pd.DataFrame) -> pd.DataFrame:
     """Metric rows, one column per feature source, cells 'mean +- sd'."""
     results = results.assign(value=[f"{m:.3f} +- {s:.3f}" for m, s in zip(results["mean"], results["sd"], strict=True)])
@@ -119,10 +142,13 @@ def run_demo(out: Path, settings: DemoSettings) -> pd.DataFrame:
     distill_and_embed(out, settings)
     results = mil_runs(out, settings)
     results.to_csv(out / "mil" / "metrics.csv", index=False)
+    app_models = assemble_app_models(out)
     table = metrics_table(results)
     _stage(7, "results")
     print(f"\nmean +- sd over folds (test patients), {settings.slides} demo slides:\n")
     print(table.to_string())
     print(f"\nheatmaps (PNG over the thumbnail, GeoJSON for QuPath): {out.resolve()}/mil/<task>_<features>/heatmaps/")
     print(f"TensorBoard: tensorboard --logdir {out.resolve()}  (distillation/tensorboard, mil/*/tensorboard)")
+    slide = out.resolve() / "data" / SAMPLE_FILENAME
+    print(f"MONAI Deploy app: python -m pathme.deploy.app -i {slide} -o {out.resolve()}/app -m {app_models.resolve()}")
     return table

@@ -11,6 +11,8 @@ import pytest
 from conftest import REPO
 
 from pathme.cli import main
+from pathme.demo import TASKS
+from pathme.deploy.pipeline import AppModels
 
 README_COMMANDS = ["make demo", "make test"]
 
@@ -102,7 +104,7 @@ def test_the_demo_runs_the_whole_pipeline_and_prints_the_metrics_table(tmp_path,
     done = subprocess.run([sys.executable, "-m", "pathme.cli", *command], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     printed = done.stdout
-    for text in ("auroc", "c_index", "pathme", "tiny-vit", "heatmaps", "tensorboard --logdir"):
+    for text in ("auroc", "c_index", "pathme", "tiny-vit", "heatmaps", "tensorboard --logdir", "pathme.deploy.app"):
         assert text in printed, text
     previews = pd.read_csv(out / "previews" / "preview_summary.csv", keep_default_na=False)
     assert len(previews) == 8 and (previews["error"] == "").all()
@@ -113,3 +115,5 @@ def test_the_demo_runs_the_whole_pipeline_and_prints_the_metrics_table(tmp_path,
     assert set(metrics["task"]) == {"label", "survival"} and set(metrics["features"]) == {"pathme", "tiny-vit"}
     for run in ("label_pathme", "survival_tiny-vit"):
         assert list((out / "mil" / run / "heatmaps").glob("*.png"))
+    app_models = AppModels.load(out / "app_models")  # the Deploy app's model folder, ready to use
+    assert set(app_models.mil_runs) == {f"{task}_{source}" for task in TASKS for source in ("pathme", "tiny-vit")}

@@ -96,10 +96,6 @@ class Case:
     failed: dict[str, str] = field(default_factory=dict)  # slide id -> why it has no prediction
     predictions: dict[str, pd.DataFrame] = field(default_factory=dict)  # task -> one row per slide
 
-    @property
-    def ids(self) -> list[str]:
-        return [slide_id(path) for path in self.slides]
-
 
 def slide_id(path: Path) -> str:
     return path.stem
