@@ -26,6 +26,7 @@ from pathme.data.bags import BagDataset, collate_bags
 from pathme.losses import cox_partial_likelihood, discrete_time_nll, risk_from_logits
 from pathme.metrics import classification_metrics, survival_metrics
 from pathme.networks import ABMIL
+from pathme.store.atomic import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -241,17 +242,13 @@ def predict(model: ABMIL, task: MILTask, dataset: BagDataset, device: torch.devi
 
 def save_fold_model(path: Path, model: ABMIL, config: MILModelConfig, task: MILTask, feature_source: str) -> Path:
     """Weights with the network config, the task and the feature source: all a later prediction needs."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "state_dict": model.state_dict(),
         "model_config": asdict(config),
         "task": {**asdict(task), "classes": list(task.classes), "bin_edges": [float(e) for e in task.bin_edges]},
         "feature_source": feature_source,
     }
-    temp = path.with_name(path.name + ".tmp")
-    torch.save(payload, temp)
-    temp.replace(path)
-    return path
+    return write_atomic(path, lambda temp: torch.save(payload, temp))
 
 
 def load_fold_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[ABMIL, MILTask, str]:
