@@ -117,7 +117,8 @@ def assemble_app_models(out: Path) -> Path:
     tiny experts, the teacher and every MIL run's fold models, so the app can be tried right after the demo."""
     folder = out / "app_models"
     config = {"experts": DEMO_EXPERTS, "expert_a": BASELINE_EXPERT, "preset": "tiny"}
-    (folder / "mil").mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder / "mil", ignore_errors=True)  # fold models of an earlier demo must not join the ensembles
+    (folder / "mil").mkdir(parents=True)
     (folder / APP_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     shutil.copyfile(out / "distillation" / TEACHER_FILE, folder / TEACHER_FILE)
     for run in sorted((out / "mil").iterdir()):

@@ -19,6 +19,7 @@ import pytest
 from conftest import DEMO_EXPERTS
 from PIL import Image
 
+from pathme.data.synthetic import write_pyramid
 from pathme.deploy.pipeline import APP_CONFIG, AppModels, find_slides
 from pathme.engines.mil import TrainSettings
 from pathme.engines.mil_workflow import MILPredict, MILRun
@@ -67,44 +68,64 @@ def single_slide_patients(demo_cohort: Path) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def steps_output(demo_cohort: Path, app_models: Path, tmp_path_factory) -> tuple[Path, pd.DataFrame]:
-    """The operators' steps outside the SDK on one folder: the slide of a positive single-slide patient and a file
-    that is no slide."""
-    chosen = single_slide_patients(demo_cohort).query("label == '1'").head(1)
+def steps_output(demo_cohort: Path, app_models: Path, cmu_slide: Path, tmp_path_factory) -> tuple[Path, pd.Series]:
+    """The operators' steps outside the SDK on one folder: the slide of a positive single-slide patient, named
+    ``NA`` (a name pandas reads as missing), and three slides without a prediction: a file that is no slide, a
+    slide whose file name is no safe id, and a slide without tissue."""
+    chosen = single_slide_patients(demo_cohort).query("label == '1'").iloc[0]
     root = tmp_path_factory.mktemp("steps")
-    (root / "in").mkdir()
-    for path in chosen["path"]:
-        shutil.copy(demo_cohort / path, root / "in")
-    (root / "in" / "broken.svs").write_bytes(b"not a slide at all" * 100)
-    run_steps(root / "in", app_models, root / "out")
+    inputs = root / "in"
+    inputs.mkdir()
+    shutil.copy(demo_cohort / chosen["path"], inputs / f"NA{Path(chosen['path']).suffix}")
+    shutil.copy(cmu_slide, inputs / "a b.svs")
+    (inputs / "broken.svs").write_bytes(b"not a slide at all" * 100)
+    write_pyramid(inputs / "blank.tiff", np.full((1024, 1024, 3), 245, np.uint8), mpp=0.5)
+    run_steps(inputs, app_models, root / "out")
     return root / "out", chosen
 
 
-def test_the_steps_predict_what_the_bundles_predict(steps_output, demo_tokens, app_models, tmp_path) -> None:
-    """The reports carry the same probabilities and risks as the fold models on the cohort's own stores."""
+def test_the_steps_predict_what_the_bundles_predict(steps_output, demo_tokens, demo_features, app_models, tmp_path):
+    """The report carries the same probabilities and risks as the fold models on the cohort's own stores."""
     output, chosen = steps_output
-    for row in chosen.itertuples():
-        report = json.loads((output / row.slide_id / "report.json").read_text())
-        assert report["status"] == "done" and set(report["predictions"]) == set(RUNS)
-        for name, (task, source) in RUNS.items():
-            features = demo_tokens if source == "pathme" else demo_tokens.parent / "features"
-            expected = MILPredict(features, app_models / "mil" / name, tmp_path / name, heatmaps=False).run()
-            expected = expected.set_index("patient_id").loc[row.patient_id]
-            got = report["predictions"][name]
-            if task == "survival":
-                assert got["risk"] == pytest.approx(expected["risk"], abs=1e-5)
-            else:
-                want = {label: expected[f"prob_{label}"] for label in ("0", "1")}
-                assert got["probabilities"] == pytest.approx(want, abs=1e-5)
-                assert got["prediction"] == max(got["probabilities"], key=got["probabilities"].get)
-            assert (output / row.slide_id / got["heatmap_geojson"]).is_file()
+    report = json.loads((output / "NA" / "report.json").read_text())
+    assert report["status"] == "done" and set(report["predictions"]) == set(RUNS)
+    for name, (task, source) in RUNS.items():
+        features = demo_tokens if source == "pathme" else demo_features
+        expected = MILPredict(features, app_models / "mil" / name, tmp_path / name, heatmaps=False).run()
+        expected = expected.set_index("patient_id").loc[chosen["patient_id"]]
+        got = report["predictions"][name]
+        if task == "survival":
+            assert got["risk"] == pytest.approx(expected["risk"], abs=1e-5)
+        else:
+            want = {label: expected[f"prob_{label}"] for label in ("0", "1")}
+            assert got["probabilities"] == pytest.approx(want, abs=1e-5)
+            assert got["prediction"] == max(got["probabilities"], key=got["probabilities"].get)
+        assert (output / "NA" / got["heatmap_geojson"]).is_file()
 
 
-def test_a_file_that_is_no_slide_gets_a_failed_report_and_the_others_go_on(steps_output) -> None:
-    output, chosen = steps_output
-    broken = json.loads((output / "broken" / "report.json").read_text())
-    assert broken["status"] == "failed" and broken["error"] and "predictions" not in broken
-    assert all(json.loads((output / s / "report.json").read_text())["status"] == "done" for s in chosen["slide_id"])
+@pytest.mark.parametrize(
+    ("slide", "reason"),
+    [("broken", "Error"), ("a b", "no safe slide id"), ("blank", "no tissue found")],
+)
+def test_a_slide_without_a_prediction_gets_a_failed_report_with_the_reason(steps_output, slide, reason) -> None:
+    output, _ = steps_output
+    report = json.loads((output / slide / "report.json").read_text())
+    assert report["status"] == "failed" and reason in report["error"] and "predictions" not in report
+
+
+def test_a_rerun_into_the_same_output_predicts_only_its_own_slides(steps_output, app_models, cmu_slide) -> None:
+    """Stores of the earlier run's slides leave the work folder, so the steps and the versions see only this
+    run's slides."""
+    output, _ = steps_output
+    inputs = output.parent / "in_again"
+    inputs.mkdir()
+    shutil.copy(cmu_slide, inputs / "second.svs")
+    run_steps(inputs, app_models, output)
+    for folder in ("features", "tokens"):
+        assert sorted(path.name for path in (output / "work" / folder).glob("*.h5")) == ["second.h5"]
+    report = json.loads((output / "second" / "report.json").read_text())
+    assert report["status"] == "done" and set(report["predictions"]) == set(RUNS)
+    assert set(report["models"]["experts"]) == set(DEMO_EXPERTS)
 
 
 def test_the_monai_deploy_app_runs_on_the_cmu_slide(cmu_slide: Path, app_models: Path, tmp_path: Path) -> None:
@@ -150,6 +171,13 @@ def test_a_model_folder_without_its_config_or_models_is_a_clear_error(app_models
         AppModels.load(tmp_path / "m")
     (tmp_path / "m" / APP_CONFIG).write_text(json.dumps({"experts": ["uni"], "expert_a": "uni", "batchsize": 8}))
     with pytest.raises(ValueError, match="unknown keys \\['batchsize'\\]"):
+        AppModels.load(tmp_path / "m")
+    (tmp_path / "m" / APP_CONFIG).write_text(json.dumps({"experts": ["uni"]}))
+    with pytest.raises(ValueError, match="missing keys \\['expert_a'\\]"):
+        AppModels.load(tmp_path / "m")
+    shutil.copytree(app_models / "mil", tmp_path / "m" / "mil")  # trained on tiny-vit features and tokens
+    (tmp_path / "m" / APP_CONFIG).write_text(json.dumps({"experts": ["uni"], "expert_a": "uni"}))
+    with pytest.raises(ValueError, match="take 'tiny-vit' features"):
         AppModels.load(tmp_path / "m")
 
 

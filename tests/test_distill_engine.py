@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pathme.data.distill import ViewConfig
 from pathme.data.synthetic_stores import write_store
-from pathme.engines.distill_workflow import DistillationRun, latest_checkpoint
+from pathme.engines.distill_workflow import DistillationRun, latest_checkpoint, load_checkpoint
 from pathme.engines.schedules import Schedules
 
 DIMS = {"a": 12, "b": 10}
@@ -83,9 +84,11 @@ def test_a_finished_run_is_not_trained_again(stores, tmp_path):
     before = sorted((tmp_path / "checkpoints").iterdir())
     assert _run(stores, tmp_path, max_iterations=3).run() == {}
     assert sorted((tmp_path / "checkpoints").iterdir()) == before
-    (tmp_path / "teacher.pt").unlink()  # a run stopped after its last checkpoint, before writing the teacher file
+    (tmp_path / "teacher.pt").write_bytes(b"stale")  # a run stopped after its last checkpoint left an old file
     assert _run(stores, tmp_path, max_iterations=3).run() == {}
-    assert (tmp_path / "teacher.pt").is_file() and sorted((tmp_path / "checkpoints").iterdir()) == before
+    assert sorted((tmp_path / "checkpoints").iterdir()) == before
+    teacher = torch.load(tmp_path / "teacher.pt", weights_only=True)
+    assert teacher["iteration"] == 3 and teacher["teacher"].keys() == load_checkpoint(before[-1])["teacher"].keys()
 
 
 def test_too_few_regions_for_a_batch_is_a_clear_error(stores, tmp_path):

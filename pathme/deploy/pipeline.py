@@ -8,10 +8,10 @@ prediction for a slide equals the one the bundles give.
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +20,15 @@ import pandas as pd
 
 from pathme import __version__
 from pathme.bundles import bundle_dir, run_bundle
+from pathme.data.bags import PATHME, PATHME_MEAN
 from pathme.engines.distill_workflow import TEACHER_FILE
 from pathme.engines.mil import load_fold_model
 from pathme.engines.mil_workflow import fold_models
 from pathme.store.atomic import write_atomic
 from pathme.store.attrs import read_attrs
 from pathme.store.digests import file_digest
-
-logger = logging.getLogger(__name__)
+from pathme.tables import read_text_csv
+from pathme.wsi.manifest import SAFE_ID
 
 APP_CONFIG = "pathme_app.json"
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".svslide")
@@ -64,13 +65,21 @@ class AppModels:
         allowed = {f.name for f in fields(cls)} - {"root"}
         if unknown := sorted(set(values) - allowed):
             raise ValueError(f"{config}: unknown keys {unknown}; allowed: {sorted(allowed)}")
-        models = cls(root=root, **{**values, "experts": tuple(values.get("experts", ()))})
+        if missing := sorted({"experts", "expert_a"} - set(values)):
+            raise ValueError(f"{config}: missing keys {missing} (the experts of extraction and the distilled one)")
+        models = cls(root=root, **{**values, "experts": tuple(values["experts"])})
         if models.expert_a not in models.experts:
             raise ValueError(f"{config}: expert_a {models.expert_a!r} is not one of experts {list(models.experts)}")
         if not models.teacher.is_file():
             raise FileNotFoundError(f"{root}: no {TEACHER_FILE} (the file a finished distillation run writes)")
         if not models.mil_runs:
             raise FileNotFoundError(f"{root}: no MIL run with fold models in {root / 'mil'}/<task>/fold_<k>/model.pt")
+        for task, source in models.mil_sources.items():
+            if source not in (PATHME, PATHME_MEAN, *models.experts):
+                known = [PATHME, PATHME_MEAN, *models.experts]
+                raise ValueError(
+                    f"{root / 'mil' / task}: its fold models take {source!r} features; this app makes {known}"
+                )
         return models
 
     @property
@@ -83,6 +92,11 @@ class AppModels:
         folder = self.root / "mil"
         runs = sorted(p for p in folder.iterdir() if any(p.glob("fold_*/model.pt"))) if folder.is_dir() else []
         return {run.name: run for run in runs}
+
+    @cached_property
+    def mil_sources(self) -> dict[str, str]:
+        """Task name -> the features its fold models take (PatHME tokens or an expert's raw features)."""
+        return {task: load_fold_model(fold_models(run)[0])[2] for task, run in self.mil_runs.items()}
 
 
 @dataclass(frozen=True)
@@ -116,13 +130,26 @@ def find_slides(input_path: str | Path) -> tuple[Path, ...]:
 
 
 def extract_features(case: Case, models: AppModels) -> Case:
-    """Region stores of every slide (bundle pathme_feature_extraction, inference.json); a slide that fails is
-    recorded with its error and goes no further."""
+    """Region stores of every slide (bundle pathme_feature_extraction, inference.json). A slide goes no further,
+    recorded with the reason, when its file name is no safe slide id, when it cannot be read, or when it has no
+    tissue. Stores of slides that are not in this case are removed from the work folder first, so the later steps
+    see exactly this case's slides."""
+    features, failed = case.work / "features", dict(case.failed)
+    ids = {slide_id(path) for path in case.slides}
+    for stale in [*features.glob("*.h5"), *(case.work / "tokens").glob("*.h5")]:
+        if stale.stem not in ids:
+            stale.unlink()
+    rows = []
+    for path in case.slides:
+        if SAFE_ID.fullmatch(slide_id(path)):
+            rows.append({"slide_id": slide_id(path), "path": str(path), "patient_id": slide_id(path)})
+        else:
+            failed[slide_id(path)] = "the file name is no safe slide id: rename it to letters, digits, '.', '_', '-'"
+    if not rows:
+        return replace(case, features=features, failed=failed)
     manifest = case.work / "manifest.csv"
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    rows = [{"slide_id": slide_id(p), "path": str(p), "patient_id": slide_id(p)} for p in case.slides]
     pd.DataFrame(rows).to_csv(manifest, index=False)
-    features = case.work / "features"
     run_bundle(
         "pathme_feature_extraction",
         "inference.json",
@@ -133,9 +160,14 @@ def extract_features(case: Case, models: AppModels) -> Case:
         reader_backend=models.reader_backend,
         batch_size=models.batch_size,
     )
-    summary = pd.read_csv(features / "run_summary.csv", keep_default_na=False, dtype=str)
-    failed = {row.slide_id: row.error or row.status for row in summary.itertuples() if row.status == "failed"}
-    return replace(case, features=features, failed={**case.failed, **failed})
+    summary = read_text_csv(features / "run_summary.csv", "extraction summary", RuntimeError, "extraction stopped")
+    for row in summary.itertuples():
+        if row.status == "failed":
+            failed[row.slide_id] = row.error or row.status
+        elif row.regions == "0":
+            failed[row.slide_id] = "no tissue found: the slide has no region to predict from"
+            (features / f"{row.slide_id}.h5").unlink(missing_ok=True)
+    return replace(case, features=features, failed=failed)
 
 
 def compute_tokens(case: Case, models: AppModels) -> Case:
@@ -160,8 +192,7 @@ def predict(case: Case, models: AppModels) -> Case:
     """Every MIL task's ensemble of fold models with heatmaps (bundle pathme_mil, inference.json)."""
     predictions = {}
     for task, run in models.mil_runs.items():
-        source = load_fold_model(fold_models(run)[0])[2]
-        features = case.tokens if source.startswith("pathme") else case.features
+        features = case.tokens if models.mil_sources[task] in (PATHME, PATHME_MEAN) else case.features
         if not _has_stores(features):
             continue
         output = case.work / "mil" / task
@@ -173,7 +204,7 @@ def predict(case: Case, models: AppModels) -> Case:
             output_dir=str(output),
             reader_backend=models.reader_backend,
         )
-        predictions[task] = pd.read_csv(output / "predictions.csv", dtype={"patient_id": str, "predicted": str})
+        predictions[task] = read_text_csv(output / "predictions.csv", "predictions", RuntimeError, "MIL stopped")
     return replace(case, predictions=predictions)
 
 
@@ -211,12 +242,8 @@ def model_versions(case: Case, models: AppModels) -> dict[str, Any]:
         versions["teacher"] = {"checkpoint": attrs["teacher_checkpoint"], "digest": attrs["teacher_digest"]}
     versions["mil"] = {}
     for task, run in models.mil_runs.items():
-        files = fold_models(run)
-        source = load_fold_model(files[0])[2]
-        versions["mil"][task] = {
-            "feature_source": source,
-            "fold_models": {f.parent.name: file_digest(f) for f in files},
-        }
+        digests = {file.parent.name: file_digest(file) for file in fold_models(run)}
+        versions["mil"][task] = {"feature_source": models.mil_sources[task], "fold_models": digests}
     return versions
 
 

@@ -214,7 +214,7 @@ class DistillationRun:
             logger.info("resumed from %s at iteration %d", latest, trainer.state.iteration)
             if trainer.state.iteration >= self.max_iterations:
                 logger.info("already trained to iteration %d >= max_iterations: nothing to do", trainer.state.iteration)
-                if rank == 0 and not (self.output_dir / TEACHER_FILE).is_file():  # stopped before writing it
+                if rank == 0:  # a run stopped after its last checkpoint left no teacher file, or an old one
                     save_teacher(parts["teacher"], self.output_dir / TEACHER_FILE, trainer.state.iteration)
                 return {}
         writer = SummaryWriter(self.output_dir / "tensorboard") if rank == 0 else None

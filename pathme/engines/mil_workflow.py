@@ -86,6 +86,8 @@ def write_heatmaps(
     for record in records:
         for position, slide_id in enumerate(record["slide_ids"]):
             rows = record["slide_index"] == position
+            if not rows.any():  # a slide of the patient without tissue: nothing to draw
+                continue
             args = (slide_id, record["coords"][rows], record["sizes"][rows], record["attention"][rows])
             slide_path = Path(index.slide_path(slide_id))
             if slide_path.is_file():

@@ -58,5 +58,5 @@ class TileEncoder(nn.Module):
         self.expert = build_expert(expert, weights, seed=seed)
 
     def forward(self, images: Tensor) -> Tensor:
-        tiles = images.round().clamp(0, 255).to(torch.uint8) if images.is_floating_point() else images
-        return self.expert(tiles.to(torch.uint8).permute(0, 2, 3, 1).contiguous())
+        tiles = (images.round() if images.is_floating_point() else images).clamp(0, 255).to(torch.uint8)
+        return self.expert(tiles.permute(0, 2, 3, 1).contiguous())
