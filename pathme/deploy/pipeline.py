@@ -15,7 +15,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import h5py
 import pandas as pd
 
 from pathme import __version__
@@ -24,9 +23,8 @@ from pathme.data.bags import PATHME, PATHME_MEAN
 from pathme.engines.distill_workflow import TEACHER_FILE
 from pathme.engines.mil import load_fold_model
 from pathme.engines.mil_workflow import fold_models
+from pathme.store import file_digest, read_store_attrs
 from pathme.store.atomic import write_atomic
-from pathme.store.attrs import read_attrs
-from pathme.store.digests import file_digest
 from pathme.tables import read_text_csv
 from pathme.wsi.manifest import SAFE_ID
 
@@ -274,5 +272,4 @@ def _has_stores(folder: Path | None) -> bool:
 
 
 def _first_store_attrs(folder: Path) -> dict[str, Any]:
-    with h5py.File(sorted(folder.glob("*.h5"))[0], "r") as file:
-        return read_attrs(file)
+    return read_store_attrs(sorted(folder.glob("*.h5"))[0])

@@ -8,7 +8,7 @@ from pathme.store.digests import config_digest, file_digest
 from pathme.store.errors import StoreError
 from pathme.store.interop import write_features_h5
 from pathme.store.schema import SCHEMA_VERSION
-from pathme.store.validate import read_store_summary, store_is_done, validate_store
+from pathme.store.validate import read_store_attrs, read_store_summary, store_is_done, validate_store
 from pathme.store.writer import RegionStoreWriter
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "StoreError",
     "config_digest",
     "file_digest",
+    "read_store_attrs",
     "read_store_summary",
     "store_is_done",
     "validate_store",

@@ -185,6 +185,12 @@ def store_is_done(
     return True
 
 
+def read_store_attrs(path: str | os.PathLike[str]) -> dict[str, Plain]:
+    """A store's attributes alone (provenance: experts, weights, teacher digests); an unreadable file is a
+    StoreError naming it."""
+    return _read(Path(path), read_attrs)
+
+
 def read_store_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A cheap look at a store (no feature is read): slide, region count, experts and valid tile counts."""
 
