@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from pathme import __version__
-from pathme.wsi.backends import BACKENDS
+from pathme.wsi.backends import AUTO, BACKENDS
 from pathme.wsi.tissue import TissueConfig
 
 logger = logging.getLogger("pathme")
@@ -36,7 +36,8 @@ def _preview(args: argparse.Namespace) -> int:
     from pathme.viz.preview import preview_manifest
 
     summary = preview_manifest(args.manifest, args.out, backend=args.backend, tissue=_tissue_config(args))
-    return _report(summary)
+    columns = ["slide_id", "backend", "mpp", "regions", "valid_l0_tiles", "tissue_fraction", "ink_fraction", "preview"]
+    return _report(summary, columns)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -48,12 +49,15 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(summary: pd.DataFrame) -> int:
-    """Print the slides that worked as a table and each failure on its own line; 1 when any slide failed."""
+def _report(summary: pd.DataFrame, columns: list[str]) -> int:
+    """Print the slides that worked as a table of ``columns``, then each note and each failure on its own line;
+    1 when any slide failed (its ``error`` is not empty)."""
+    summary = summary.assign(note=summary["note"].fillna(""), error=summary["error"].fillna(""))
     failed = summary["error"].astype(bool)
-    columns = ["slide_id", "mpp", "regions", "valid_l0_tiles", "tissue_fraction", "preview"]
     if (~failed).any():
         print(summary.loc[~failed, columns].to_string(index=False))
+    for slide_id, note in summary.loc[summary["note"].astype(bool), ["slide_id", "note"]].itertuples(index=False):
+        print(f"NOTE {slide_id}: {note}")
     for slide_id, error in summary.loc[failed, ["slide_id", "error"]].itertuples(index=False):
         print(f"FAILED {slide_id}: {error}")
     return int(failed.any())
@@ -74,8 +78,7 @@ def _extract(args: argparse.Namespace) -> int:
     configs = ["inference.json", "multi_gpu_inference.json"] if args.multi_gpu else "inference.json"
     run_bundle("pathme_feature_extraction", configs, **overrides)
     summary = pd.read_csv(args.output_dir / "run_summary.csv", keep_default_na=False)
-    print(summary.drop(columns=["store"]).to_string(index=False))
-    return int((summary["status"] == "failed").any())
+    return _report(summary, ["slide_id", "status", "reader_backend", "regions", "tiles", "seconds"])
 
 
 def _distill(args: argparse.Namespace) -> int:
@@ -159,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     preview = commands.add_parser("preview", help="tissue mask and region grid preview PNG of every slide")
     preview.add_argument("--manifest", type=Path, required=True, help="CSV with slide_id, path[, mpp][, patient_id]")
     preview.add_argument("--out", type=Path, required=True, help="folder for the PNGs and preview_summary.csv")
-    preview.add_argument("--backend", choices=BACKENDS, default="cucim", help="slide reader (default cucim)")
+    preview.add_argument(
+        "--backend", choices=BACKENDS, default=AUTO, help="slide reader (default auto: cucim, then openslide)"
+    )
     preview.add_argument("--tissue-mpp", type=float, default=TissueConfig.mpp, help="thumbnail µm/px")
     preview.add_argument(
         "--min-tile-fraction", type=float, default=TissueConfig.min_tile_fraction, help="tissue share of a valid tile"
@@ -175,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument(
         "--weights", nargs="+", metavar="EXPERT=PATH", help="weight file of an expert (or EXPERT=random, EXPERT=hub)"
     )
-    extract.add_argument("--reader-backend", choices=BACKENDS, help="slide reader (default cucim)")
+    extract.add_argument(
+        "--reader-backend", choices=BACKENDS, help="slide reader (default auto: cucim, then openslide)"
+    )
     extract.add_argument("--batch-size", type=int, help="tiles per encoder batch (default 64)")
     extract.add_argument("--num-workers", type=int, help="region-reading processes (default 1)")
     extract.add_argument("--seed", type=int, help="random seed (default 0)")
@@ -234,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--distill-slides", type=int, default=8, help="slides of the distillation cohort (default 8)")
     demo.add_argument("--folds", type=int, default=5, help="cross-validation folds of the MIL runs (default 5)")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
-    demo.add_argument("--backend", choices=BACKENDS, default="cucim", help="slide reader (default cucim)")
+    demo.add_argument(
+        "--backend", choices=BACKENDS, default=AUTO, help="slide reader (default auto: cucim, then openslide)"
+    )
     demo.set_defaults(run=_demo)
     return parser
 

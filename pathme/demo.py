@@ -39,7 +39,7 @@ MIL_LR = 1e-3  # a small cohort: a higher rate than the bundle's 2e-4
 class DemoSettings:
     slides: int = 40
     seed: int = 0
-    backend: str = "cucim"
+    backend: str = "auto"
     distill_iterations: int = 100
     distill_slides: int = 8  # the second cohort, distillation only
     folds: int = 5

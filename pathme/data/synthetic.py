@@ -21,7 +21,7 @@ TILE = 256
 
 
 def downsample_area(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Area-resize an RGB uint8 array to ``size`` = (width, height) with PIL's box filter."""
+    """Area-resize a uint8 image (gray, RGB or RGBA) to ``size`` = (width, height) with PIL's box filter."""
     if (image.shape[1], image.shape[0]) == tuple(size):
         return image
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
@@ -46,15 +46,17 @@ def write_pyramid(
     magnification: float | None = None,
     compression: str = "zlib",
 ) -> list[tuple[int, int]]:
-    """Write ``image`` (H, W, 3 uint8) as a tiled multi-level slide and return each level's (width, height).
+    """Write ``image`` as a tiled multi-level slide and return each level's (width, height).
 
-    ``downsamples`` need not be powers of two; level ``k`` has size ``round(W / d_k) x round(H / d_k)``.
-    ``mpp=None`` writes a slide with no µm/px anywhere (no resolution tags, no ``MPP`` field).
+    ``image`` is uint8 RGB (H, W, 3), RGBA (H, W, 4: an RGB TIFF with an alpha sample) or grayscale (H, W: a
+    single-channel, min-is-black TIFF). ``downsamples`` need not be powers of two; level ``k`` has size
+    ``round(W / d_k) x round(H / d_k)``. ``mpp=None`` writes a slide with no µm/px anywhere (no resolution
+    tags, no ``MPP`` field).
     """
     if flavour not in ("tiff", "svs"):
         raise ValueError(f"unknown synthetic slide flavour {flavour!r}: use 'tiff' or 'svs'")
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))) or image.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) uint8 image, got {image.shape} {image.dtype}")
     if downsamples[0] != 1:
         raise ValueError("the first downsample must be 1 (level 0)")
     height, width = image.shape[:2]
@@ -71,7 +73,7 @@ def write_pyramid(
                 extra["resolutionunit"] = "CENTIMETER"
             tif.write(
                 pixels,
-                photometric="rgb",
+                photometric="minisblack" if image.ndim == 2 else "rgb",
                 tile=(TILE, TILE),
                 compression=compression,
                 subfiletype=0 if level == 0 else 1,

@@ -26,7 +26,9 @@ from pathme.encoders import Expert, build_expert
 from pathme.extract.engine import encode_regions
 from pathme.extract.loader import RegionDataset, SlideSource, region_loader
 from pathme.store import RegionStoreWriter, config_digest, read_store_summary, store_is_done, write_features_h5
-from pathme.wsi.errors import SlideError
+from pathme.store.provenance import read_provenance, slide_attrs
+from pathme.wsi.backends import AUTO
+from pathme.wsi.errors import SlideError, failure_text
 from pathme.wsi.grid import L0_MPP, L0_SIDE, L1_MPP, L2_MPP, REGION_PX, TILE_PX, raster_positions
 from pathme.wsi.manifest import ManifestRow, read_manifest
 from pathme.wsi.regions import plan_regions
@@ -35,7 +37,7 @@ from pathme.wsi.tissue import TissueConfig
 logger = logging.getLogger(__name__)
 
 FINGERPRINT_BYTES = 4 << 20  # bytes hashed at each end of a slide file
-SUMMARY_COLUMNS = ["slide_id", "status", "regions", "tiles", "seconds", "store", "error"]
+SUMMARY_COLUMNS = ["slide_id", "status", "reader_backend", "regions", "tiles", "seconds", "store", "note", "error"]
 
 
 def slide_fingerprint(path: Path) -> str:
@@ -70,7 +72,7 @@ class CohortExtractor:
     output_dir: str | Path
     experts: Sequence[str]
     weights: Mapping[str, str] = field(default_factory=dict)
-    reader_backend: str = "cucim"
+    reader_backend: str = AUTO
     batch_size: int = 64
     num_workers: int = 1
     device: torch.device | str | None = None
@@ -125,11 +127,15 @@ class CohortExtractor:
             else:
                 regions, tiles = self._extract(entry, experts, store, expected)
                 record |= {"status": "done", "regions": regions, "tiles": tiles}
-            if self.interop_h5:
+            provenance = read_provenance(store)
+            record |= {"reader_backend": provenance.reader_backend, "note": provenance.reader_note}
+            if provenance.no_region_reason:  # a store that says why it is empty, but a slide with nothing to use
+                logger.error("slide %s failed: %s", entry.slide_id, provenance.no_region_reason)
+                record |= {"status": "failed", "error": provenance.no_region_reason}
+            elif self.interop_h5:
                 self._write_interop(store, entry.slide_id, list(experts))
-        except (SlideError, OSError, ValueError, RuntimeError) as error:
-            logger.error("slide %s failed: %s", entry.slide_id, error)
-            record |= {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+        except Exception as error:  # one slide's failure, whatever it is, is its row; the others go on
+            record |= {"status": "failed", "error": failure_text(error, entry.slide_id, logger)}
         record["seconds"] = round(time.perf_counter() - start, 3)
         return record
 
@@ -145,22 +151,19 @@ class CohortExtractor:
     def _extract(
         self, entry: ManifestRow, experts: Mapping[str, Expert], store: Path, expected: dict
     ) -> tuple[int, int]:
-        source = SlideSource(entry.path, entry.slide_id, self.reader_backend, entry.mpp)
-        slide = source.open()
+        slide = SlideSource(entry.path, entry.slide_id, self.reader_backend, entry.mpp).open()
+        source = SlideSource(entry.path, entry.slide_id, slide.backend, entry.mpp)  # workers: the reader that worked
         plan = plan_regions(slide, self.tissue)
-        attrs = expected | {
-            "slide_id": entry.slide_id,
-            "patient_id": entry.patient_id,
-            "slide_path": str(entry.path),
-            "slide_size": list(slide.size),
-            "mpp": slide.mpp,
-            "mpp_source": slide.mpp_source,
-            "reader_backend": slide.backend,
-            "experts": list(experts),
-            "expert_dims": {name: expert.dim for name, expert in experts.items()},
-            "expert_weights": {name: expert.weights_source for name, expert in experts.items()},
-            "package_version": pathme.__version__,
-        }
+        attrs = (
+            expected
+            | slide_attrs(slide, entry.patient_id, plan.reason)
+            | {
+                "experts": list(experts),
+                "expert_dims": {name: expert.dim for name, expert in experts.items()},
+                "expert_weights": {name: expert.weights_source for name, expert in experts.items()},
+                "package_version": pathme.__version__,
+            }
+        )
         loader = region_loader(
             RegionDataset(source, plan.regions), self.num_workers, pin_memory=self.device.type == "cuda"
         )

@@ -87,6 +87,12 @@ REQUIRED_ATTRS: dict[str, tuple[str, str]] = {
     "package_version": ("text", "pathme version that wrote the store"),
 }
 
+#: attributes a store may carry: name -> meaning (absent or empty when there is nothing to say)
+OPTIONAL_ATTRS: dict[str, str] = {
+    "reader_note": "why the reader 'auto' passed over cuCIM for this slide",
+    "no_region_reason": "why the slide has no region (single channel, no tissue, smaller than one tile, ...)",
+}
+
 #: attributes the writer adds: name -> meaning
 WRITER_ATTRS: dict[str, str] = {
     "schema_version": "version of this schema",

@@ -1,4 +1,4 @@
-"""Tissue and grid preview: the thumbnail with the tissue mask, the valid L0 tiles and the region grid drawn on it.
+"""Tissue and grid preview: the thumbnail with the tissue mask, pen ink, the valid L0 tiles and the region grid.
 
 It is what a user looks at to check tissue detection and the region layout before spending hours on features.
 """
@@ -15,7 +15,8 @@ import pandas as pd
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from pathme.wsi.errors import SlideError
+from pathme.wsi.backends import AUTO
+from pathme.wsi.errors import failure_text
 from pathme.wsi.grid import L0_SIDE, L1_SIDE
 from pathme.wsi.manifest import read_manifest
 from pathme.wsi.regions import SlidePlan, plan_regions
@@ -25,13 +26,16 @@ from pathme.wsi.tissue import TissueConfig
 logger = logging.getLogger(__name__)
 
 TISSUE_TINT = np.array([0, 170, 80], dtype=np.float32)
+INK_TINT = np.array([255, 110, 0], dtype=np.float32)  # orange: what was rejected as pen ink
 REGION_COLOUR, L1_COLOUR, INVALID_COLOUR = (220, 30, 30), (250, 200, 0), (90, 90, 90)
 
 
 def render_preview(plan: SlidePlan, slide_mpp: float, tissue_mpp: float, min_side: int = 800) -> Image.Image:
-    """An RGB image: tissue tinted green, invalid L0 tiles of each region crossed grey, L1 and region borders."""
+    """An RGB image: tissue tinted green, pen ink tinted orange, invalid L0 tiles of each region crossed grey,
+    L1 and region borders."""
     pixels = plan.thumbnail.astype(np.float32)
     pixels[plan.mask] = 0.75 * pixels[plan.mask] + 0.25 * TISSUE_TINT
+    pixels[plan.ink] = 0.4 * pixels[plan.ink] + 0.6 * INK_TINT
     zoom = max(1, math.ceil(min_side / max(plan.thumbnail.shape[:2])))
     image = Image.fromarray(pixels.astype(np.uint8)).resize(
         (plan.thumbnail.shape[1] * zoom, plan.thumbnail.shape[0] * zoom), Image.Resampling.NEAREST
@@ -74,28 +78,32 @@ SUMMARY_COLUMNS = [
     "regions",
     "valid_l0_tiles",
     "tissue_fraction",
+    "ink_fraction",
     "preview",
+    "note",
     "error",
 ]
 
 
 def preview_manifest(
-    manifest: str | Path, out_dir: str | Path, backend: str = "cucim", tissue: TissueConfig = TissueConfig()
+    manifest: str | Path, out_dir: str | Path, backend: str = AUTO, tissue: TissueConfig = TissueConfig()
 ) -> pd.DataFrame:
-    """Write one preview per slide of a manifest and a ``preview_summary.csv``; a failing slide is reported there
-    (with its error) and the others go on."""
+    """Write one preview per slide of a manifest and a ``preview_summary.csv``; a slide that fails, or has no
+    region, is reported there with the reason (its preview is still drawn when it could be read) and the others
+    go on."""
     out_dir = Path(out_dir)
     rows = []
     for entry in tqdm(read_manifest(manifest), desc="previews", unit="slide", disable=None):
-        record: dict = {"slide_id": entry.slide_id, "path": str(entry.path), "error": ""}
+        record: dict = {"slide_id": entry.slide_id, "path": str(entry.path), "note": "", "error": ""}
         try:
             slide = Slide.open(entry.path, backend=backend, mpp=entry.mpp, slide_id=entry.slide_id)
             plan = plan_regions(slide, tissue)
             preview = save_preview(plan, slide.mpp, tissue.mpp, out_dir / f"{entry.slide_id}_preview.png")
-        except (SlideError, OSError) as error:
-            logger.error("slide %s skipped: %s", entry.slide_id, error)
-            record["error"] = str(error)
+        except Exception as error:  # one slide's failure, whatever it is, is its row; the others go on
+            record["error"] = failure_text(error, entry.slide_id, logger)
         else:
+            if plan.reason:
+                logger.warning("slide %s: %s", entry.slide_id, plan.reason)
             record |= {
                 "backend": slide.backend,
                 "mpp": slide.mpp,
@@ -103,7 +111,10 @@ def preview_manifest(
                 "regions": len(plan.regions),
                 "valid_l0_tiles": int(sum(region.valid_l0.sum() for region in plan.regions)),
                 "tissue_fraction": round(plan.tissue_fraction, 4),
+                "ink_fraction": round(plan.ink_fraction, 4),
                 "preview": str(preview),
+                "note": slide.reader_note,
+                "error": plan.reason,
             }
         rows.append(record)
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS).astype({"regions": "Int64", "valid_l0_tiles": "Int64"})

@@ -1,7 +1,8 @@
 """The slide manifest: ``slide_id, path[, mpp][, patient_id]``, validated before any slide is opened.
 
 Slide ids name output files, so they must be unique and safe as file names. Relative paths are resolved
-against the manifest's own folder, so a cohort folder can be moved as a whole.
+against the manifest's own folder, so a cohort folder can be moved as a whole, and made absolute, so the stores
+that record them lead back to the slide from any working directory.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
             raise ManifestError(f"{where}: column 'path' is empty")
         slide_path = Path(str(record["path"]).strip()).expanduser()
         if not slide_path.is_absolute():
-            slide_path = path.parent / slide_path
+            slide_path = path.parent.absolute() / slide_path
         patient_id = str(record.get("patient_id", "")).strip() or slide_id
         rows.append(ManifestRow(slide_id, slide_path, patient_id, _mpp(record.get("mpp"), where)))
     if not rows:

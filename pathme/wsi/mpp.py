@@ -3,6 +3,11 @@
 Physical scale defines PatHME's magnifications, so it is never guessed: it comes from the manifest's ``mpp``
 column, the Aperio ``MPP`` field, the TIFF resolution tags or OpenSlide's ``openslide.mpp-x/y``, in that
 order, and a slide with none of them is refused.
+
+A value is only used when it is plausible for a microscope scan (:data:`PLAUSIBLE_MPP`): image software writes
+72 or 96 dots per inch into files that were never calibrated (352.8 or 264.6 µm/px), and such a value, taken
+at its word, would size a thumbnail in terabytes. A metadata value outside the range is treated as absent, so
+the next source is tried and a slide with no plausible value is refused with the same fix as one with none.
 """
 
 from __future__ import annotations
@@ -18,12 +23,19 @@ logger = logging.getLogger(__name__)
 #: micrometres per TIFF resolution unit
 _MICRONS_PER_UNIT = {"centimeter": 1e4, "inch": 25400.0, "millimeter": 1e3, "micrometer": 1.0}
 
+#: level-0 µm/px a microscope scan can have. Slide scanners digitise at 0.1-0.25 µm/px (40x-80x) to about
+#: 1-2 µm/px (10x-5x); 0.05 is four times finer than the optical resolution of a 0.95 NA objective (about
+#: 0.2 µm), 5 µm/px is a 2x overview, not a scan PatHME's 20x tiles could come from.
+PLAUSIBLE_MPP = (0.05, 5.0)
+
 #: relative disagreement between stated magnification and µm/px (10 / magnification) that is warned about
 MAGNIFICATION_TOLERANCE = 0.2
 
+FIX = "give the level-0 µm/px in the manifest's 'mpp' column (for example 0.25 for 40x, 0.5 for 20x)"
+
 
 class MissingMppError(SlideError):
-    """The slide states no µm/px and the manifest gives none."""
+    """The slide states no plausible µm/px and the manifest gives none."""
 
 
 def _positive(value: object) -> float | None:
@@ -32,6 +44,11 @@ def _positive(value: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) and number > 0 else None
+
+
+def is_plausible(mpp: float) -> bool:
+    """True when ``mpp`` lies in :data:`PLAUSIBLE_MPP`."""
+    return PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1]
 
 
 def _from_resolution_tags(properties: Mapping[str, str]) -> float | None:
@@ -50,24 +67,45 @@ def _from_openslide(properties: Mapping[str, str]) -> float | None:
     return (x + y) / 2 if x is not None and y is not None else None
 
 
+def _range() -> str:
+    return f"{PLAUSIBLE_MPP[0]:g}-{PLAUSIBLE_MPP[1]:g} µm/px"
+
+
 def level0_mpp(properties: Mapping[str, str], override: float | None, slide: str) -> tuple[float, str]:
-    """Return (level-0 µm/px, where it came from) or raise :class:`MissingMppError` naming the fix."""
+    """Return (level-0 µm/px, where it came from) or raise :class:`MissingMppError` naming the fix.
+
+    ``slide`` names the slide and its file in messages. A manifest value outside :data:`PLAUSIBLE_MPP` is a
+    :class:`SlideError`; a metadata value outside it is skipped (and named if no other source has one).
+    """
     if override is not None:
         value = _positive(override)
         if value is None:
             raise SlideError(f"slide {slide}: manifest column 'mpp' must be a positive number, got {override!r}")
+        if not is_plausible(value):
+            raise SlideError(
+                f"slide {slide}: manifest column 'mpp' is {value:g} µm/px, outside the {_range()} of a microscope "
+                "scan; correct it (for example 0.25 for 40x, 0.5 for 20x)"
+            )
         return value, "manifest"
     candidates = (
         ("aperio MPP", _positive(properties.get("aperio.MPP"))),
         ("tiff resolution tags", _from_resolution_tags(properties)),
         ("openslide mpp-x/y", _from_openslide(properties)),
     )
+    implausible = []
     for source, value in candidates:
-        if value is not None:
+        if value is None:
+            continue
+        if is_plausible(value):
             return value, source
+        implausible.append(f"{source} give {value:.4g} µm/px")
+    if implausible:
+        raise MissingMppError(
+            f"slide {slide}: no plausible µm/px in its metadata ({'; '.join(implausible)}: outside the {_range()} "
+            f"of a microscope scan, a software default such as 72 dpi rather than the scanner's); {FIX}"
+        )
     raise MissingMppError(
-        f"slide {slide}: no µm/px in its metadata (no Aperio MPP, TIFF resolution tags or openslide mpp-x/y); "
-        "give the level-0 µm/px in the manifest's 'mpp' column (for example 0.25 for 40x, 0.5 for 20x)"
+        f"slide {slide}: no µm/px in its metadata (no Aperio MPP, TIFF resolution tags or openslide mpp-x/y); {FIX}"
     )
 
 

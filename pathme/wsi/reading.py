@@ -19,6 +19,9 @@ from pathme.wsi.slide import Slide
 #: relative slack when comparing a level's µm/px with the target (float noise only, no upsampling)
 MPP_RTOL = 1e-3
 WHITE = 255
+#: largest thumbnail read_thumbnail allocates (400 MB of RGB): a 100,000-px-wide slide at 0.25 µm/px is
+#: 3,125 px wide at 8 µm/px, so only a wrong µm/px or thumbnail resolution ever comes near it
+MAX_THUMBNAIL_PIXELS = 1 << 27
 
 
 def choose_level(slide: Slide, target_mpp: float) -> int:
@@ -67,10 +70,19 @@ def read_at_mpp(slide: Slide, x: float, y: float, width: int, height: int, targe
 
 
 def read_thumbnail(slide: Slide, target_mpp: float, block: int = 1024) -> np.ndarray:
-    """The whole slide at ``target_mpp``, read in blocks of ``block`` output pixels so memory stays bounded."""
+    """The whole slide at ``target_mpp``, read in blocks of ``block`` output pixels so memory stays bounded.
+
+    Raises SlideError, before allocating anything, when the thumbnail would exceed :data:`MAX_THUMBNAIL_PIXELS`.
+    """
     step = target_mpp / slide.mpp
     width = math.ceil(slide.size[0] / step)
     height = math.ceil(slide.size[1] / step)
+    if width * height > MAX_THUMBNAIL_PIXELS:
+        raise SlideError(
+            f"slide {slide.slide_id}: its thumbnail at {target_mpp:g} µm/px would be {width} x {height} px "
+            f"({width * height * 3 / 1e9:.1f} GB) for {slide.size[0]} x {slide.size[1]} px at {slide.mpp:g} µm/px; "
+            "check the slide's µm/px (manifest column 'mpp') and the thumbnail resolution"
+        )
     thumbnail = np.empty((height, width, 3), dtype=np.uint8)
     for top in range(0, height, block):
         for left in range(0, width, block):

@@ -1,7 +1,9 @@
-"""Opening a whole-slide image through MONAI's ``WSIReader`` (cuCIM by default, OpenSlide when configured).
+"""Opening a whole-slide image through MONAI's ``WSIReader``: cuCIM, OpenSlide, or ``auto`` (cuCIM, then OpenSlide).
 
-There is no silent fallback between backends: the backend that opened a slide is logged and recorded in
-:attr:`Slide.backend`, and a slide that the configured backend cannot open is an error naming the file.
+With ``auto`` a slide that cuCIM cannot open or decode is read with OpenSlide instead; that is never silent: the
+reader that did the decoding is :attr:`Slide.backend` (what a store records) and :attr:`Slide.reader_note` says
+why cuCIM was passed over. A slide that no reader can decode is an error naming each reader tried and its reason;
+"damaged" is said only when the file is (a TIFF whose tiles point past its end, or whose header does not parse).
 """
 
 from __future__ import annotations
@@ -16,21 +18,23 @@ import numpy as np
 import tifffile
 from monai.data import WSIReader
 
-from pathme.wsi.backends import BACKENDS
+from pathme.wsi.backends import AUTO, readers_for
 from pathme.wsi.errors import SlideError
 from pathme.wsi.mpp import check_magnification, level0_mpp, stated_magnification
 
 logger = logging.getLogger(__name__)
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_SINGLE_CHANNEL = (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.MINISWHITE)
 
 
-def _check_tiff_integrity(path: Path, slide_id: str) -> None:
-    """Refuse a TIFF whose tiles point past the end of the file (a truncated copy or download)."""
+def _tiff_channels(path: Path, slide_id: str) -> int | None:
+    """Colour channels of level 0 of a TIFF (1 for grayscale, 3 otherwise), None for other formats; a TIFF whose
+    tiles point past the end of the file (a truncated copy or download) or whose header does not parse is refused."""
     with path.open("rb") as handle:
         magic = handle.read(4)
     if magic not in _TIFF_MAGIC:
-        return
+        return None
     size = path.stat().st_size
     try:
         with tifffile.TiffFile(path) as tif:
@@ -41,6 +45,7 @@ def _check_tiff_integrity(path: Path, slide_id: str) -> None:
                         f"slide {slide_id}: {path} is truncated: image {index} needs {max(ends)} bytes, "
                         f"the file has {size}; copy or download it again"
                     )
+            return 1 if tif.pages[0].photometric in _SINGLE_CHANNEL else 3
     except SlideError:
         raise
     except Exception as error:  # tifffile raises many types for damaged headers
@@ -61,53 +66,79 @@ def _cucim_properties(metadata: Mapping) -> dict[str, str]:
     return properties
 
 
+def _open_reader(backend: str, path: Path) -> tuple[WSIReader, object, list[tuple[int, int]], dict[str, str]]:
+    """(reader, handle, (width, height) per level, OpenSlide-style properties), after decoding one pixel of the
+    finest and of the coarsest level, so a reader that opens a file it cannot decode fails here."""
+    reader = WSIReader(backend=backend, channel_dim=-1)
+    handle = reader.read(str(path))
+    level_sizes = [reader.get_size(handle, level)[::-1] for level in range(reader.get_level_count(handle))]
+    for level in sorted({0, len(level_sizes) - 1}):
+        reader.get_data(handle, location=(0, 0), size=(1, 1), level=level)
+    properties = _cucim_properties(handle.metadata) if backend == "cucim" else dict(handle.properties)
+    return reader, handle, level_sizes, properties
+
+
+def _unreadable(slide_id: str, path: Path, backend: str, failures: Mapping[str, str]) -> SlideError:
+    tried = "; ".join(f"{name}: {why}" for name, why in failures.items())
+    if backend == AUTO:
+        fix = "convert it to a format these readers decode (e.g. a tiled pyramidal TIFF with JPEG tiles)"
+    else:
+        fix = f"try reader backend '{AUTO}', which tries cucim and then openslide"
+    return SlideError(
+        f"slide {slide_id}: {path} cannot be opened as a slide by {' or '.join(failures)} ({tried}); {fix}"
+    )
+
+
 @dataclass
 class Slide:
     """An open slide: level geometry, level-0 µm/px with its source, and pixel reads in level coordinates."""
 
     path: Path
     slide_id: str
-    backend: str
+    backend: str  # the reader that decodes it: cucim or openslide, never auto
     mpp: float
     mpp_source: str
     magnification: float | None
     level_sizes: list[tuple[int, int]]  # (width, height) per level
     _reader: WSIReader = field(repr=False)
     _handle: object = field(repr=False)
+    channels: int | None = None  # colour channels the file stores (1: grayscale), None when the format does not say
+    reader_note: str = ""  # why ``auto`` passed over a reader ("" when the first one read it)
 
     @classmethod
     def open(
         cls,
         path: str | Path,
-        backend: str = "cucim",
+        backend: str = AUTO,
         mpp: float | None = None,
         slide_id: str | None = None,
     ) -> Slide:
-        """Open ``path`` with ``backend``; ``mpp`` (level-0 µm/px) overrides the slide's metadata."""
+        """Open ``path`` with ``backend`` (``auto``, ``cucim`` or ``openslide``); ``mpp`` (level-0 µm/px) overrides
+        the slide's metadata. Raises SlideError naming the file (missing, damaged, undecodable, no plausible
+        µm/px) and ValueError for an unknown backend."""
         path = Path(path)
         slide_id = slide_id or path.stem
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown reader backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        readers = readers_for(backend)
         if not path.is_file():
             raise SlideError(f"slide {slide_id}: file not found: {path}")
-        _check_tiff_integrity(path, slide_id)
-        reader = WSIReader(backend=backend, channel_dim=-1)
-        try:
-            handle = reader.read(str(path))
-            level_count = reader.get_level_count(handle)
-            level_sizes = [reader.get_size(handle, level)[::-1] for level in range(level_count)]
-        except Exception as error:
-            raise SlideError(
-                f"slide {slide_id}: {path} cannot be opened as a slide by {backend} ({type(error).__name__}: {error})"
-            ) from error
-        properties = _cucim_properties(handle.metadata) if backend == "cucim" else dict(handle.properties)
-        level0, source = level0_mpp(properties, mpp, f"{slide_id} ({path})")
-        magnification = stated_magnification(properties)
-        check_magnification(level0, magnification, slide_id)
-        logger.info("slide %s: opened with %s, %.4f µm/px from %s", slide_id, backend, level0, source)
-        slide = cls(path, slide_id, backend, level0, source, magnification, level_sizes, reader, handle)
-        slide.read_level(len(level_sizes) - 1, 0, 0, 1, 1)  # a first decode, so unreadable pixels fail here
-        return slide
+        channels = _tiff_channels(path, slide_id)
+        failures: dict[str, str] = {}
+        for name in readers:
+            try:
+                reader, handle, level_sizes, properties = _open_reader(name, path)
+            except Exception as error:  # readers raise RuntimeError, OpenSlideError, ValueError, ...
+                failures[name] = f"{type(error).__name__}: {error}"
+                continue
+            note = "; ".join(f"{other} cannot decode it ({why})" for other, why in failures.items())
+            if note:
+                note = f"{note}; read with {name}"
+                logger.warning("slide %s: %s", slide_id, note)
+            level0, source = level0_mpp(properties, mpp, f"{slide_id} ({path})")
+            magnification = stated_magnification(properties)
+            check_magnification(level0, magnification, slide_id)
+            logger.info("slide %s: opened with %s, %.4f µm/px from %s", slide_id, name, level0, source)
+            return cls(path, slide_id, name, level0, source, magnification, level_sizes, reader, handle, channels, note)
+        raise _unreadable(slide_id, path, backend, failures)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -142,8 +173,8 @@ class Slide:
             patch, _ = self._reader.get_data(self._handle, location=(y0, x0), size=(height, width), level=level)
         except Exception as error:
             raise SlideError(
-                f"slide {self.slide_id}: reading {self.path} at level {level} failed "
-                f"({type(error).__name__}: {error}); the file may be damaged"
+                f"slide {self.slide_id}: {self.backend} cannot decode {self.path} at level {level}, box "
+                f"({x}, {y}, {width}, {height}) ({type(error).__name__}: {error})"
             ) from error
         return np.ascontiguousarray(np.asarray(patch, dtype=np.uint8)[..., :3])
 

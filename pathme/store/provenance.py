@@ -1,0 +1,77 @@
+"""What a store knows about its slide, written and read in this one place.
+
+Every stage after extraction (tokens, bags, heatmaps, evaluation and prediction, the Deploy app) takes the slide's
+file, size, level-0 µm/px, reader and region geometry from the store through :class:`SlideProvenance`, never
+from its own defaults: a slide whose µm/px came from the manifest, or that only OpenSlide decodes, is read again
+exactly as it was at extraction.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pathme.store.validate import read_store_attrs
+from pathme.wsi.slide import Slide
+
+
+@dataclass(frozen=True)
+class SlideProvenance:
+    """The slide behind a store: ids, file, level-0 geometry and µm/px, reader, and why it has no region."""
+
+    slide_id: str
+    patient_id: str
+    slide_path: Path  # absolute
+    slide_size: tuple[int, int]  # level-0 (width, height) in pixels
+    mpp: float  # level-0 µm/px
+    mpp_source: str
+    reader_backend: str  # the reader that decoded it: cucim or openslide
+    region_extent: float  # region side in level-0 pixels
+    reader_note: str = ""
+    no_region_reason: str = ""
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> SlideProvenance:
+        """From a store's attributes (as :func:`~pathme.store.validate_store` or :func:`read_store_attrs` give)."""
+        width, height = attrs["slide_size"]
+        return cls(
+            slide_id=str(attrs["slide_id"]),
+            patient_id=str(attrs["patient_id"]),
+            slide_path=Path(str(attrs["slide_path"])),
+            slide_size=(int(width), int(height)),
+            mpp=float(attrs["mpp"]),
+            mpp_source=str(attrs["mpp_source"]),
+            reader_backend=str(attrs["reader_backend"]),
+            region_extent=float(attrs["region_extent"]),
+            reader_note=str(attrs.get("reader_note", "")),
+            no_region_reason=str(attrs.get("no_region_reason", "")),
+        )
+
+    def open_slide(self) -> Slide:
+        """The slide image, opened as at extraction: the same file, reader and µm/px. SlideError when it is gone
+        or can no longer be read."""
+        return Slide.open(self.slide_path, backend=self.reader_backend, mpp=self.mpp, slide_id=self.slide_id)
+
+
+def read_provenance(path: str | os.PathLike[str]) -> SlideProvenance:
+    """The provenance of the store at ``path`` (attributes only; StoreError when it cannot be read)."""
+    return SlideProvenance.from_attrs(read_store_attrs(path))
+
+
+def slide_attrs(slide: Slide, patient_id: str, no_region_reason: str = "") -> dict[str, object]:
+    """The provenance attributes extraction writes for ``slide`` (see :data:`~pathme.store.schema.REQUIRED_ATTRS`
+    and :data:`~pathme.store.schema.OPTIONAL_ATTRS`); the geometry the writer derives from size and µm/px."""
+    attrs: dict[str, object] = {
+        "slide_id": slide.slide_id,
+        "patient_id": patient_id,
+        "slide_path": str(slide.path.absolute()),
+        "slide_size": list(slide.size),
+        "mpp": slide.mpp,
+        "mpp_source": slide.mpp_source,
+        "reader_backend": slide.backend,
+    }
+    optional = {"reader_note": slide.reader_note, "no_region_reason": no_region_reason}
+    return attrs | {name: value for name, value in optional.items() if value}
