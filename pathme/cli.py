@@ -1,19 +1,258 @@
-"""The ``pathme`` command: thin wrappers over the package, one subcommand per job."""
+"""The ``pathme`` command: thin wrappers over the package, one subcommand per job.
+
+The bundle subcommands (``extract``, ``distill``, ``embed``, ``mil``) run one bundle config as ``monai bundle
+run`` does, and their flags are that config's ids: ``--output-dir`` is ``output_dir``, ``--tissue-mpp`` is
+``tissue#mpp``. Each flag's help shows the bundle's default, read from the config file itself, and a flag left out
+leaves the bundle's default in place.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from pathme import __version__
+from pathme.bundles import bundle_dir
 from pathme.wsi.backends import AUTO, BACKENDS
-from pathme.wsi.tissue import TissueConfig
 
 logger = logging.getLogger("pathme")
+
+DEVICE_HELP = "torch device, e.g. cpu or cuda:1 (default: the GPU when there is one, else the CPU)"
+TISSUE_HELP = {
+    "tissue#mpp": "µm/px of the thumbnail tissue is detected on",
+    "tissue#min_saturation": "floor of the HSV saturation threshold, 0-1",
+    "tissue#max_intensity": "ceiling of the RGB channel thresholds, 0-1",
+    "tissue#closing_um": "radius of the closing that joins nearby tissue, µm",
+    "tissue#opening_um": "radius of the opening that removes specks, µm",
+    "tissue#min_area_um2": "smallest tissue piece kept, µm²",
+    "tissue#min_area_fraction": "... or this share of the slide's area where smaller (small slides keep tissue)",
+    "tissue#min_tile_fraction": "tissue share that makes a 20x tile valid, 0-1",
+    "tissue#ink": "find blue, green and black pen ink and keep it out of the tissue",
+    "tissue#min_ink_area_um2": "smallest patch of ink colour taken for ink, µm²",
+    "tissue#ink_margin_um": "margin around ink kept out of the tissue, µm",
+}
+
+
+@dataclass(frozen=True)
+class BundleFlags:
+    """The flags of one bundle config: config id -> what it means; defaults come from the config file."""
+
+    bundle: str
+    config: str
+    helps: dict[str, str]
+    required: tuple[str, ...] = ()
+    choices: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def config_values(self) -> dict[str, Any]:
+        """Every id of the config file, nested ones (``a#b``) included."""
+        return _flatten(json.loads((bundle_dir(self.bundle) / "configs" / self.config).read_text()))
+
+    def add_to(self, parser: argparse.ArgumentParser, skip: Collection[str] = ()) -> None:
+        """A flag per id (but those in ``skip``, which another config of the same command already added)."""
+        values = self.config_values()
+        for config_id, meaning in self.helps.items():
+            if config_id not in skip:
+                add_flag(parser, config_id, values[config_id], meaning, config_id in self.required, self.choices)
+
+    def overrides(self, args: argparse.Namespace) -> dict[str, object]:
+        """The ids given on the command line (paths as str), so the bundle's defaults stay for the others."""
+        given = {config_id: getattr(args, _dest(config_id)) for config_id in self.helps}
+        return {
+            key: str(value) if isinstance(value, Path) else value for key, value in given.items() if value is not None
+        }
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        flat[prefix + key] = value
+        if isinstance(value, Mapping) and "_target_" in value:
+            flat |= _flatten(value, f"{prefix}{key}#")
+    return flat
+
+
+def _dest(config_id: str) -> str:
+    return config_id.replace("#", "_")
+
+
+def flag_name(config_id: str) -> str:
+    """``tissue#min_tile_fraction`` -> ``--tissue-min-tile-fraction``."""
+    return "--" + config_id.replace("#", "-").replace("_", "-")
+
+
+def default_text(value: object) -> str:
+    """How a config default reads in a flag's help: lists space-separated, mappings as JSON, the rest as text."""
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return json.dumps(value) if value is None or isinstance(value, bool) else str(value)
+
+
+def _key_values(items: list[str], flag: str) -> dict[str, object]:
+    """KEY=VALUE pairs, each VALUE read as JSON when it is JSON (numbers, booleans) and as text otherwise."""
+    pairs = {}
+    for item in items:
+        key, separator, text = item.partition("=")
+        if not separator or not key or not text:
+            raise ValueError(f"{flag} takes KEY=VALUE pairs, got {item!r}")
+        try:
+            pairs[key] = json.loads(text)
+        except json.JSONDecodeError:
+            pairs[key] = text
+    return pairs
+
+
+def add_flag(
+    parser: argparse.ArgumentParser,
+    config_id: str,
+    default: object,
+    meaning: str,
+    required: bool = False,
+    choices: Mapping[str, tuple[str, ...]] | None = None,
+) -> None:
+    """One flag for a config id, typed by its default; its help ends with the default unless that is an
+    expression the meaning explains (``$...``) or the flag is required."""
+    name, options = flag_name(config_id), {"dest": _dest(config_id), "default": None, "required": required}
+    literal = not (isinstance(default, str) and default.startswith("$"))
+    text = meaning + (f" (default {default_text(default)})" if literal and not required else "")
+    if isinstance(default, bool):
+        parser.add_argument(name, action=argparse.BooleanOptionalAction, help=text, **options)
+        return
+    if isinstance(default, list):
+        item = type(default[0]) if default and isinstance(default[0], int | float) else str
+        parser.add_argument(name, nargs="+", type=item, help=text, **options)
+        return
+    if isinstance(default, dict):
+        parser.add_argument(name, nargs="+", metavar="KEY=VALUE", help=text, **options)
+        return
+    kind = type(default) if isinstance(default, int | float) and literal else str
+    parser.add_argument(name, type=kind, choices=(choices or {}).get(config_id), help=text, **options)
+
+
+def _mapping_flags(args: argparse.Namespace, flags: BundleFlags) -> None:
+    """Turn the KEY=VALUE lists of mapping ids into mappings, in place."""
+    values = flags.config_values()
+    for config_id in flags.helps:
+        given = getattr(args, _dest(config_id))
+        if isinstance(values[config_id], dict) and given is not None:
+            setattr(args, _dest(config_id), _key_values(given, flag_name(config_id)))
+
+
+EXTRACT = BundleFlags(
+    "pathme_feature_extraction",
+    "inference.json",
+    {
+        "manifest": "CSV with slide_id, path[, mpp][, patient_id]",
+        "output_dir": "folder for <slide_id>.h5 and run_summary.csv",
+        "experts": "expert names (pathme.encoders.list_experts())",
+        "weights": "EXPERT=PATH of a weight file per expert (or EXPERT=random, EXPERT=hub)",
+        "reader_backend": "slide reader; auto tries cucim, then openslide, per slide",
+        "batch_size": "tiles per encoder batch",
+        "num_workers": "region-reading processes",
+        "device": DEVICE_HELP,
+        "seed": "random seed",
+        "interop_h5": "also write CLAM/TRIDENT-style h5_files/<expert>/<slide_id>.h5",
+        **TISSUE_HELP,
+    },
+    required=("manifest", "output_dir"),
+    choices={"reader_backend": BACKENDS},
+)
+DISTILL = BundleFlags(
+    "pathme_distillation",
+    "train.json",
+    {
+        "dataset_dir": "folder of region stores (pathme extract)",
+        "output_dir": "checkpoints/, tensorboard/ and teacher.pt go here",
+        "patients": "CSV with a patient_id column: train on these patients only",
+        "expert_a": "expert whose features the network takes",
+        "expert_b": "expert whose 20x features are distilled into it",
+        "preset": "network size: paper, or tiny for a CPU",
+        "network": "KEY=VALUE overrides of PatHMEConfig fields, e.g. embed_dim=512 depth=6",
+        "max_iterations": "training steps",
+        "batch_size": "regions per device and step (>= 2)",
+        "num_workers": "data-loading processes",
+        "seed": "random seed",
+        "device": DEVICE_HELP,
+        "views#num_local": "local views per region",
+        "views#local_l0": "side of a local 20x window, in tiles",
+        "views#local_l1": "side of a local 5x window, in tiles",
+        "views#mask_probability": "share of samples whose global views get iBOT masks",
+        "views#mask_ratio": "lowest and highest iBOT mask ratio",
+        "loss_weights#dino": "weight of the DINO loss",
+        "loss_weights#ibot": "weight of the iBOT loss",
+        "loss_weights#koleo": "weight of the KoLeo loss",
+        "loss_weights#kd": "weight of the expert feature distillation",
+        "loss_weights#hmsa": "weight of the HMSA consistency",
+    },
+    required=("dataset_dir", "output_dir"),
+    choices={"preset": ("tiny", "paper")},
+)
+EMBED = BundleFlags(
+    "pathme_distillation",
+    "inference.json",
+    {
+        "dataset_dir": "folder of region stores (pathme extract)",
+        "output_dir": "folder for the token stores",
+        "checkpoint": "teacher.pt of a finished run, a checkpoint, or a folder of them (the newest readable one)",
+        "batch_size": "regions per forward pass",
+        "device": DEVICE_HELP,
+    },
+    required=("dataset_dir", "output_dir", "checkpoint"),
+)
+MIL_TRAIN = BundleFlags(
+    "pathme_mil",
+    "train.json",
+    {
+        "features_dir": "token stores (pathme embed) or region stores",
+        "output_dir": "where folds, models, metrics and heatmaps go",
+        "labels": "labels CSV (patient_id or slide_id, the task column[s], fold[s]); predict takes none (default null)",
+        "task": "the class column of the labels, or 'survival' (time, event)",
+        "feature_source": "'pathme', 'pathme-mean' or an expert name (raw features)",
+        "num_folds": "folds generated when the labels have none",
+        "seed": "random seed",
+        "gated": "gated attention",
+        "hidden": "width of the MIL network",
+        "attention_dim": "width of its attention",
+        "dropout": "dropout",
+        "max_epochs": "epochs per fold",
+        "min_epochs": "epochs before early stopping may stop a fold",
+        "patience": "epochs without a better validation loss before stopping",
+        "lr": "learning rate",
+        "weight_decay": "AdamW weight decay",
+        "batch_size": "bags per step (Cox needs >= 2)",
+        "survival_loss": "survival objective",
+        "num_bins": "time bins of the discrete-time survival NLL",
+        "heatmaps": "write attention heatmaps (PNG, GeoJSON)",
+        "thumbnail_mpp": "µm/px of the heatmaps' thumbnails",
+        "device": DEVICE_HELP,
+    },
+    required=("features_dir", "output_dir"),
+    choices={"survival_loss": ("nll", "cox")},
+)
+MIL_PREDICT = BundleFlags(
+    "pathme_mil",
+    "inference.json",
+    {
+        "features_dir": "token stores (pathme embed) or region stores",
+        "output_dir": "where predictions and heatmaps go",
+        "labels": "labels CSV: evaluate the models on them (evaluate needs it)",
+        "models_dir": "evaluate, predict: the training run's output folder (its fold_<k>/model.pt)",
+        "heatmaps": "write attention heatmaps (PNG, GeoJSON)",
+        "thumbnail_mpp": "µm/px of the heatmaps' thumbnails",
+        "device": DEVICE_HELP,
+    },
+    required=("features_dir", "output_dir"),
+)
+MIL_CONFIGS = {"train": "train.json", "evaluate": "evaluate.json", "predict": "inference.json"}
 
 
 def _sample_data(args: argparse.Namespace) -> int:
@@ -34,8 +273,13 @@ def _demo_cohort(args: argparse.Namespace) -> int:
 
 def _preview(args: argparse.Namespace) -> int:
     from pathme.viz.preview import preview_manifest
+    from pathme.wsi.tissue import TissueConfig
 
-    summary = preview_manifest(args.manifest, args.out, backend=args.backend, tissue=_tissue_config(args))
+    values = EXTRACT.config_values() | {
+        i: getattr(args, _dest(i)) for i in TISSUE_HELP if getattr(args, _dest(i)) is not None
+    }
+    tissue = {config_id.split("#")[1]: values[config_id] for config_id in TISSUE_HELP}
+    summary = preview_manifest(args.manifest, args.out, backend=args.backend, tissue=TissueConfig(**tissue))
     columns = ["slide_id", "backend", "mpp", "regions", "valid_l0_tiles", "tissue_fraction", "ink_fraction", "preview"]
     return _report(summary, columns)
 
@@ -67,17 +311,10 @@ def _extract(args: argparse.Namespace) -> int:
     """``monai bundle run`` of bundles/pathme_feature_extraction/configs/inference.json with these overrides."""
     from pathme.bundles import run_bundle
 
-    overrides: dict[str, object] = {"manifest": str(args.manifest), "output_dir": str(args.output_dir)}
-    for name in ("experts", "reader_backend", "batch_size", "num_workers", "seed"):
-        if getattr(args, name) is not None:
-            overrides[name] = getattr(args, name)
-    if args.weights:
-        overrides["weights"] = dict(_name_value(item) for item in args.weights)
-    if args.interop_h5:
-        overrides["interop_h5"] = True
+    _mapping_flags(args, EXTRACT)
     configs = ["inference.json", "multi_gpu_inference.json"] if args.multi_gpu else "inference.json"
-    run_bundle("pathme_feature_extraction", configs, **overrides)
-    summary = pd.read_csv(args.output_dir / "run_summary.csv", keep_default_na=False)
+    run_bundle(EXTRACT.bundle, configs, **EXTRACT.overrides(args))
+    summary = pd.read_csv(Path(args.output_dir) / "run_summary.csv", keep_default_na=False)
     return _report(summary, ["slide_id", "status", "reader_backend", "regions", "tiles", "seconds"])
 
 
@@ -85,23 +322,23 @@ def _distill(args: argparse.Namespace) -> int:
     """``monai bundle run`` of bundles/pathme_distillation/configs/train.json (+ train_tiny.json with --tiny)."""
     from pathme.bundles import run_bundle
 
-    overrides = _given(args, "dataset_dir", "output_dir", "patients", "max_iterations", "batch_size", "num_workers")
-    configs = ["train.json"]
-    if args.tiny:
-        configs.append("train_tiny.json")
-    if args.multi_gpu:
-        configs.append("multi_gpu_train.json")
-    run_bundle("pathme_distillation", configs, **overrides)
+    _mapping_flags(args, DISTILL)
+    configs = (
+        ["train.json"]
+        + (["train_tiny.json"] if args.tiny else [])
+        + (["multi_gpu_train.json"] if args.multi_gpu else [])
+    )
+    run_bundle(DISTILL.bundle, configs, **DISTILL.overrides(args))
     return 0
 
 
 def _embed(args: argparse.Namespace) -> int:
-    """``monai bundle run`` of bundles/pathme_distillation/configs/inference.json (+ inference_tiny.json)."""
+    """``monai bundle run`` of bundles/pathme_distillation/configs/inference.json; the checkpoint says which expert
+    and network."""
     from pathme.bundles import run_bundle
 
-    overrides = _given(args, "dataset_dir", "output_dir", "checkpoint", "batch_size")
-    run_bundle("pathme_distillation", ["inference.json"] + (["inference_tiny.json"] if args.tiny else []), **overrides)
-    summary = pd.read_csv(args.output_dir / "embed_summary.csv", keep_default_na=False)
+    run_bundle(EMBED.bundle, EMBED.config, **EMBED.overrides(args))
+    summary = pd.read_csv(Path(args.output_dir) / "embed_summary.csv", keep_default_na=False)
     print(summary.to_string(index=False))
     return 0
 
@@ -110,42 +347,19 @@ def _mil(args: argparse.Namespace) -> int:
     """``monai bundle run`` of bundles/pathme_mil/configs/train.json (or evaluate.json / inference.json)."""
     from pathme.bundles import run_bundle
 
-    ids = ["features_dir", "output_dir", "labels", "seed", "device"]
-    if args.mode == "train":
-        ids += ["task", "feature_source", "num_folds", "lr", "max_epochs", "survival_loss"]
-    else:
-        ids += ["models_dir"]
-    overrides = _given(args, *ids)
-    if args.no_heatmaps:
-        overrides["heatmaps"] = False
-    if args.mode != "train" and "seed" in overrides:
-        overrides.pop("seed")
-    config = {"train": "train.json", "evaluate": "evaluate.json", "predict": "inference.json"}[args.mode]
-    run_bundle("pathme_mil", config, **overrides)
+    flags = MIL_TRAIN if args.mode == "train" else MIL_PREDICT
+    other = MIL_PREDICT if args.mode == "train" else MIL_TRAIN
+    stray = [flag_name(i) for i in other.helps if i not in flags.helps and getattr(args, _dest(i)) is not None]
+    if stray:
+        raise ValueError(f"pathme mil {args.mode}: {', '.join(stray)} do(es) not apply to {args.mode}")
+    run_bundle(flags.bundle, MIL_CONFIGS[args.mode], **flags.overrides(args))
     return 0
-
-
-def _given(args: argparse.Namespace, *names: str) -> dict[str, object]:
-    """The config ids the user gave on the command line (paths as strings), so the bundle's defaults stay."""
-    values = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    return {name: str(value) if isinstance(value, Path) else value for name, value in values.items()}
-
-
-def _name_value(item: str) -> tuple[str, str]:
-    name, separator, value = item.partition("=")
-    if not separator or not name or not value:
-        raise ValueError(f"--weights takes EXPERT=PATH (or EXPERT=random, EXPERT=hub), got {item!r}")
-    return name, value
-
-
-def _tissue_config(args: argparse.Namespace) -> TissueConfig:
-    return TissueConfig(mpp=args.tissue_mpp, min_tile_fraction=args.min_tile_fraction)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pathme", description=__doc__)
     parser.add_argument("--version", action="version", version=f"pathme {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages (and tracebacks)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     sample = commands.add_parser("sample-data", help="fetch the real CMU H&E sample slide (checked by sha256)")
@@ -159,77 +373,38 @@ def build_parser() -> argparse.ArgumentParser:
     cohort.add_argument("--source", type=Path, help="H&E slide to take pixels from (default: the CMU sample)")
     cohort.set_defaults(run=_demo_cohort)
 
-    preview = commands.add_parser("preview", help="tissue mask and region grid preview PNG of every slide")
+    preview = commands.add_parser("preview", help="tissue, pen ink and region grid preview PNG of every slide")
     preview.add_argument("--manifest", type=Path, required=True, help="CSV with slide_id, path[, mpp][, patient_id]")
     preview.add_argument("--out", type=Path, required=True, help="folder for the PNGs and preview_summary.csv")
-    preview.add_argument(
-        "--backend", choices=BACKENDS, default=AUTO, help="slide reader (default auto: cucim, then openslide)"
-    )
-    preview.add_argument("--tissue-mpp", type=float, default=TissueConfig.mpp, help="thumbnail µm/px")
-    preview.add_argument(
-        "--min-tile-fraction", type=float, default=TissueConfig.min_tile_fraction, help="tissue share of a valid tile"
-    )
+    preview.add_argument("--backend", choices=BACKENDS, default=AUTO, help=f"slide reader (default {AUTO})")
+    values = EXTRACT.config_values()  # the extraction bundle's tissue detection, so a preview shows what it will do
+    for config_id, meaning in TISSUE_HELP.items():
+        add_flag(preview, config_id, values[config_id], meaning)
     preview.set_defaults(run=_preview)
 
-    extract = commands.add_parser(
-        "extract", help="region stores of every slide (runs the pathme_feature_extraction bundle)"
-    )
-    extract.add_argument("--manifest", type=Path, required=True, help="CSV with slide_id, path[, mpp][, patient_id]")
-    extract.add_argument("--output-dir", type=Path, required=True, help="folder for <slide_id>.h5 and run_summary.csv")
-    extract.add_argument("--experts", nargs="+", help="expert names (default: the bundle's tiny-vit tiny-cnn)")
-    extract.add_argument(
-        "--weights", nargs="+", metavar="EXPERT=PATH", help="weight file of an expert (or EXPERT=random, EXPERT=hub)"
-    )
-    extract.add_argument(
-        "--reader-backend", choices=BACKENDS, help="slide reader (default auto: cucim, then openslide)"
-    )
-    extract.add_argument("--batch-size", type=int, help="tiles per encoder batch (default 64)")
-    extract.add_argument("--num-workers", type=int, help="region-reading processes (default 1)")
-    extract.add_argument("--seed", type=int, help="random seed (default 0)")
-    extract.add_argument("--interop-h5", action="store_true", help="also write CLAM/TRIDENT-style h5_files/<expert>/")
-    extract.add_argument(
-        "--multi-gpu", action="store_true", help="add multi_gpu_inference.json (start the command with torchrun)"
-    )
+    extract = commands.add_parser("extract", help="region stores of every slide (the pathme_feature_extraction bundle)")
+    EXTRACT.add_to(extract)
+    extract.add_argument("--multi-gpu", action="store_true", help="add multi_gpu_inference.json (start with torchrun)")
     extract.set_defaults(run=_extract)
 
-    distill = commands.add_parser("distill", help="train the PatHME teacher (runs the pathme_distillation bundle)")
-    distill.add_argument("--dataset-dir", type=Path, required=True, help="folder of region stores (pathme extract)")
-    distill.add_argument("--output-dir", type=Path, required=True, help="checkpoints/ and tensorboard/ go here")
-    distill.add_argument("--patients", help="CSV with a patient_id column: train on these patients only")
-    distill.add_argument("--max-iterations", type=int, help="training steps (default: the bundle's)")
-    distill.add_argument("--batch-size", type=int, help="regions per device and step (>= 2)")
-    distill.add_argument("--num-workers", type=int, help="data-loading processes")
-    distill.add_argument("--tiny", action="store_true", help="the CPU-sized network and tiny experts (train_tiny.json)")
+    distill = commands.add_parser("distill", help="train the PatHME teacher (the pathme_distillation bundle)")
+    DISTILL.add_to(distill)
+    distill.add_argument(
+        "--tiny", action="store_true", help="add train_tiny.json: the CPU-sized network on the tiny experts' stores"
+    )
     distill.add_argument("--multi-gpu", action="store_true", help="add multi_gpu_train.json (start with torchrun)")
     distill.set_defaults(run=_distill)
 
     embed = commands.add_parser("embed", help="region tokens of every store from a trained teacher")
-    embed.add_argument("--dataset-dir", type=Path, required=True, help="folder of region stores (pathme extract)")
-    embed.add_argument("--output-dir", type=Path, required=True, help="folder for the token stores")
-    embed.add_argument(
-        "--checkpoint", type=Path, required=True, help="teacher.pt of a finished run, or a checkpoint (folder: latest)"
-    )
-    embed.add_argument("--batch-size", type=int, help="regions per forward pass")
-    embed.add_argument("--tiny", action="store_true", help="the network was trained with --tiny")
+    EMBED.add_to(embed)
     embed.set_defaults(run=_embed)
 
     mil = commands.add_parser(
-        "mil", help="attention MIL: cross-validated training, evaluation or prediction (runs the pathme_mil bundle)"
+        "mil", help="attention MIL: cross-validated training, evaluation or prediction (the pathme_mil bundle)"
     )
-    mil.add_argument("mode", nargs="?", choices=["train", "evaluate", "predict"], default="train", help="default train")
-    mil.add_argument("--features-dir", type=Path, required=True, help="token stores (pathme embed) or region stores")
-    mil.add_argument("--output-dir", type=Path, required=True, help="where folds, models, metrics and heatmaps go")
-    mil.add_argument("--labels", type=Path, help="labels CSV (patient_id or slide_id, the task column[s], fold[s])")
-    mil.add_argument("--task", help="the class column of the labels, or 'survival' (time, event)")
-    mil.add_argument("--feature-source", help="'pathme' (default), 'pathme-mean' or an expert name (raw features)")
-    mil.add_argument("--num-folds", type=int, help="folds generated when the labels have none (default 5)")
-    mil.add_argument("--models-dir", type=Path, help="evaluate/predict: the training run's output folder")
-    mil.add_argument("--lr", type=float, help="learning rate (default 2e-4)")
-    mil.add_argument("--max-epochs", type=int, help="epochs per fold (default 30)")
-    mil.add_argument("--survival-loss", choices=["nll", "cox"], help="survival objective (default nll)")
-    mil.add_argument("--seed", type=int, help="random seed (default 0)")
-    mil.add_argument("--device", help="e.g. cpu or cuda:0 (default: cuda when present)")
-    mil.add_argument("--no-heatmaps", action="store_true", help="skip the attention heatmaps")
+    mil.add_argument("mode", nargs="?", choices=list(MIL_CONFIGS), default="train", help="default train")
+    MIL_TRAIN.add_to(mil)
+    MIL_PREDICT.add_to(mil, skip=MIL_TRAIN.helps)
     mil.set_defaults(run=_mil)
 
     demo = commands.add_parser(
@@ -241,9 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--distill-slides", type=int, default=8, help="slides of the distillation cohort (default 8)")
     demo.add_argument("--folds", type=int, default=5, help="cross-validation folds of the MIL runs (default 5)")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
-    demo.add_argument(
-        "--backend", choices=BACKENDS, default=AUTO, help="slide reader (default auto: cucim, then openslide)"
-    )
+    demo.add_argument("--backend", choices=BACKENDS, default=AUTO, help=f"slide reader (default {AUTO})")
     demo.set_defaults(run=_demo)
     return parser
 

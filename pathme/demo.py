@@ -81,7 +81,7 @@ def distill_and_embed(out: Path, settings: DemoSettings) -> None:
     _stage(5, "region tokens of the evaluated cohort from the teacher")
     run_bundle(
         "pathme_distillation",
-        ["inference.json", "inference_tiny.json"],
+        "inference.json",
         dataset_dir=str(out / "features"),
         output_dir=str(out / "tokens"),
         checkpoint=str(out / "distillation" / "teacher.pt"),
@@ -116,7 +116,7 @@ def assemble_app_models(out: Path) -> Path:
     """The model folder of the MONAI Deploy app from the demo's runs (``pathme.deploy.pipeline.AppModels``): the
     tiny experts, the teacher and every MIL run's fold models, so the app can be tried right after the demo."""
     folder = out / "app_models"
-    config = {"experts": DEMO_EXPERTS, "expert_a": BASELINE_EXPERT, "preset": "tiny"}
+    config = {"experts": DEMO_EXPERTS}  # the teacher records its expert, preset and network
     shutil.rmtree(folder / "mil", ignore_errors=True)  # fold models of an earlier demo must not join the ensembles
     (folder / "mil").mkdir(parents=True)
     (folder / APP_CONFIG).write_text(json.dumps(config, indent=2) + "\n")

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import REPO
 
-from pathme.engines.distill_workflow import save_teacher
+from pathme.engines.distill_workflow import TrainedOn, save_teacher
 from pathme.engines.embed import load_teacher
 from pathme.engines.mil import MILModelConfig, MILTask, load_fold_model, save_fold_model
 from pathme.networks import RegionEncoder, preset_config
@@ -199,7 +200,9 @@ def test_the_pathme_encoder_exports_by_trace_and_gives_the_tokens_embed_writes(t
     with torch.no_grad():  # away from initialisation: the prompts, CLS and mask tokens start (near) zero
         for parameter in teacher.parameters():
             parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
-    teacher_file = save_teacher(teacher, tmp_path / "teacher.pt", 10)
+    teacher_file = save_teacher(
+        teacher, tmp_path / "teacher.pt", 10, TrainedOn("tiny-vit", "tiny-cnn", "tiny", asdict(config))
+    )
     exported = tmp_path / "pathme_encoder.ts"
     configs = _configs(DISTILL, "train.json", "train_tiny.json")
     _ckpt_export(DISTILL, configs, exported, teacher_file, "teacher", "--use_trace", "True", *_cli_overrides(TINY_META))
@@ -214,7 +217,7 @@ def test_the_pathme_encoder_exports_by_trace_and_gives_the_tokens_embed_writes(t
     valid = torch.isfinite(tiles).all(dim=-1)
     tiles = torch.where(valid[..., None], tiles, 0.0)  # as the stores hold them: zero rows, flagged invalid
     l1, l0 = tiles[:, : L1_SIDE**2], tiles[:, L1_SIDE**2 :]
-    embed_teacher = load_teacher(teacher_file, config)
+    embed_teacher = load_teacher(teacher_file)
     with torch.no_grad():
         expected = embed_teacher.region_tokens(l0, valid[:, L1_SIDE**2 :], l1, valid[:, : L1_SIDE**2])
         got = traced(regions)

@@ -117,3 +117,56 @@ def test_the_demo_runs_the_whole_pipeline_and_prints_the_metrics_table(tmp_path,
         assert list((out / "mil" / run / "heatmaps").glob("*.png"))
     app_models = AppModels.load(out / "app_models")  # the Deploy app's model folder, ready to use
     assert set(app_models.mil_runs) == {f"{task}_{source}" for task in TASKS for source in ("pathme", "tiny-vit")}
+
+
+#: which pathme command runs each bundle config
+BUNDLE_COMMANDS = {
+    ("pathme_feature_extraction", "inference.json"): "extract",
+    ("pathme_distillation", "train.json"): "distill",
+    ("pathme_distillation", "inference.json"): "embed",
+    ("pathme_mil", "train.json"): "mil",
+    ("pathme_mil", "evaluate.json"): "mil",
+    ("pathme_mil", "inference.json"): "mil",
+}
+#: ids a user does not set: the config's machinery, and what only describes network_def for MONAI's tools
+NOT_USER_IDS = {"imports", "bundle_root", "initialize", "run", "finalize", "network_def"}
+NETWORK_DEF_ONLY = {("pathme_distillation", "inference.json"): {"expert_a", "preset", "network"}}
+
+
+def _user_value(value) -> bool:
+    """A literal, or a ``$`` expression of a path or device: not a component (``_target_``) or a reference."""
+    if isinstance(value, dict):
+        return "_target_" not in value and all(_user_value(v) and not isinstance(v, dict) for v in value.values())
+    if isinstance(value, list):
+        return all(not (isinstance(v, str) and v[:1] in "@$") and not isinstance(v, dict | list) for v in value)
+    return not (isinstance(value, str) and value.startswith("@"))
+
+
+def test_every_user_id_of_every_bundle_has_a_pathme_flag_showing_its_default():
+    """Listed mechanically from the config files: each id a user sets (top level, and the fields of parameter
+    records such as ``tissue``) is a flag of the command that runs the config, and a literal default is in its
+    help exactly as the config has it."""
+    import json
+
+    from pathme.cli import _flatten, build_parser, default_text, flag_name
+
+    parser = build_parser()
+    commands = {name: sub for action in parser._subparsers._group_actions for name, sub in action.choices.items()}
+    checked = 0
+    for (bundle, config), command in BUNDLE_COMMANDS.items():
+        values = _flatten(json.loads((REPO / "bundles" / bundle / "configs" / config).read_text()))
+        skip = NOT_USER_IDS | NETWORK_DEF_ONLY.get((bundle, config), set())
+        flags = {option: action for action in commands[command]._actions for option in action.option_strings}
+        for config_id, value in values.items():
+            nested = "#" in config_id  # a field of a component: set when literal, computed when an expression
+            if config_id.split("#")[0] in skip or not _user_value(value) or config_id.endswith("_target_"):
+                continue
+            if nested and str(value).startswith("$"):
+                continue
+            name = flag_name(config_id)
+            assert name in flags, f"{bundle}/{config}: id {config_id!r} has no flag {name} on pathme {command}"
+            literal = not (isinstance(value, str) and value.startswith("$"))
+            if literal and not flags[name].required:
+                assert f"(default {default_text(value)})" in flags[name].help, (config_id, flags[name].help)
+            checked += 1
+    assert checked > 60

@@ -14,8 +14,9 @@ from conftest import REPO
 
 from pathme.cli import main
 from pathme.data.synthetic_stores import write_store
-from pathme.engines.distill_workflow import latest_checkpoint, load_checkpoint
+from pathme.engines.distill_workflow import TrainedOn, latest_checkpoint, load_checkpoint
 from pathme.engines.embed import EmbedRun
+from pathme.networks import preset_config
 from pathme.store import validate_store
 
 CONFIGS = REPO / "bundles" / "pathme_distillation" / "configs"
@@ -88,7 +89,7 @@ def test_inference_writes_tokens_whose_coordinates_match_the_regions(trained, tm
 
 def test_the_pathme_commands_give_what_the_bundle_commands_give(trained, tmp_path):
     """``pathme distill --tiny`` trains the teacher ``monai bundle run`` trains with the same ids, and ``pathme
-    embed --tiny`` writes the same tokens as the inference bundle."""
+    embed`` writes the same tokens as the inference bundle (both take the network from the checkpoint)."""
     stores, output = trained
     pathme = [str(Path(sys.executable).parent / "pathme")]
     train = ["distill", "--tiny", "--dataset-dir", str(stores), "--output-dir", str(tmp_path / "distill")]
@@ -99,25 +100,28 @@ def test_the_pathme_commands_give_what_the_bundle_commands_give(trained, tmp_pat
     assert ours.keys() == bundle.keys()
     for key in bundle:  # the same steps; float sums may round differently between two processes (~1e-9 seen)
         torch.testing.assert_close(ours[key], bundle[key], rtol=0, atol=1e-6)
-    embed = ["embed", "--tiny", "--dataset-dir", str(stores), "--output-dir", str(tmp_path / "cli")]
+    embed = ["embed", "--dataset-dir", str(stores), "--output-dir", str(tmp_path / "cli")]
     assert main([*embed, "--checkpoint", str(output / "teacher.pt")]) == 0
-    _bundle(
-        ["inference.json", "inference_tiny.json"],
-        dataset_dir=stores,
-        output_dir=tmp_path / "bundle",
-        checkpoint=output / "teacher.pt",
-    )
+    _bundle(["inference.json"], dataset_dir=stores, output_dir=tmp_path / "bundle", checkpoint=output / "teacher.pt")
     for store in sorted(stores.glob("*.h5")):
         with h5py.File(tmp_path / "cli" / store.name, "r") as a, h5py.File(tmp_path / "bundle" / store.name, "r") as b:
             np.testing.assert_array_equal(a["tokens"][:], b["tokens"][:])
             np.testing.assert_array_equal(a["token_coords"][:], b["token_coords"][:])
 
 
+def test_the_teacher_file_records_what_it_was_trained_on_and_embedding_uses_it(trained):
+    _, output = trained
+    for path in (output / "teacher.pt", latest_checkpoint(output / "checkpoints")):
+        recorded = TrainedOn.of(load_checkpoint(path), path)
+        assert (recorded.expert_a, recorded.expert_b, recorded.preset) == ("tiny-vit", "tiny-cnn", "tiny")
+        assert recorded.input_dim == 64 and recorded.config() == preset_config("tiny", 64)
+
+
 def test_a_mismatched_checkpoint_fails_loudly(trained, tmp_path):
     stores, output = trained
-    wrong = EmbedRun(stores, tmp_path, output / "checkpoints", network={"embed_dim": 32, "hmsa_heads": 2})
-    with pytest.raises(ValueError, match="does not fit the configured network"):
-        wrong.run()
+    for given in ({"network": {"embed_dim": 32, "hmsa_heads": 2}}, {"expert_a": "tiny-cnn"}, {"preset": "paper"}):
+        with pytest.raises(ValueError, match=f"trained as expert_a 'tiny-vit', preset 'tiny'.*{next(iter(given))}"):
+            EmbedRun(stores, tmp_path, output / "checkpoints", **given).run()
     not_a_checkpoint = tmp_path / "weights.pt"
     torch.save({"model": {}}, not_a_checkpoint)
     with pytest.raises(ValueError, match="holds no 'teacher'"):

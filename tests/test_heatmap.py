@@ -19,6 +19,7 @@ from pathme.viz.heatmap import (
     top_tiles,
     write_slide_heatmap,
 )
+from pathme.wsi.slide import Slide
 
 GREY = 200
 JET_LOW, JET_HIGH = (0, 0, 128), (128, 0, 0)  # jet at 0 and at 1
@@ -106,7 +107,7 @@ def test_geojson_has_one_closed_square_per_tile_with_scores() -> None:
 
 
 def test_written_overlay_colours_the_attended_tile(make_slide: Callable[..., Path], tmp_path: Path) -> None:
-    slide = make_slide(np.full((4096, 4096, 3), GREY, dtype=np.uint8), mpp=0.5)
+    slide = Slide.open(make_slide(np.full((4096, 4096, 3), GREY, dtype=np.uint8), mpp=0.5))
     coords, sizes = tile_grid(4)
     scores = np.ones(16)
     scores[6] = 10.0  # the tile at level-0 (2048, 1024): thumbnail rows 32-63, columns 64-95 at 32 px per pixel
@@ -125,7 +126,7 @@ def test_written_overlay_colours_the_attended_tile(make_slide: Callable[..., Pat
 def test_overlay_places_cells_on_their_tiles_when_the_slide_is_not_whole_cells(
     make_slide: Callable[..., Path], tmp_path: Path
 ) -> None:
-    slide = make_slide(np.full((3000, 4000, 3), GREY, dtype=np.uint8), mpp=0.5)
+    slide = Slide.open(make_slide(np.full((3000, 4000, 3), GREY, dtype=np.uint8), mpp=0.5))
     coords, sizes = tile_grid(4)
     scores = np.where((coords == [3072, 2048]).all(axis=1), 5.0, 1.0)  # the corner tile, partly past the edge
     paths = write_slide_heatmap(slide, tmp_path, "s2", coords, sizes, scores)
@@ -138,7 +139,7 @@ def test_overlay_places_cells_on_their_tiles_when_the_slide_is_not_whole_cells(
 def test_second_write_replaces_both_files_atomically(
     make_slide: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    slide = make_slide(np.full((2048, 2048, 3), GREY, dtype=np.uint8), mpp=0.5)
+    slide = Slide.open(make_slide(np.full((2048, 2048, 3), GREY, dtype=np.uint8), mpp=0.5))
     coords, sizes = tile_grid(2)
     out = tmp_path / "out"
     first = write_slide_heatmap(slide, out, "s1", coords, sizes, [1.0, 2.0, 3.0, 4.0])

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pathme.store import StoreError, read_store_summary, validate_store
+from pathme.store import StoreError, config_digest, read_store_summary, validate_store
+from pathme.store.provenance import SlideProvenance
 from pathme.store.schema import COORDS, FEATURES, N_PROMPTS, TOKEN_COORDS, TOKENS, VALID
 from pathme.store.validate import BLOCK_BYTES
 from pathme.wsi.grid import L0_SIDE, L1_SIDE, raster_positions
@@ -136,9 +137,10 @@ def _kinds(coords: np.ndarray, kind: int = REGION_KIND) -> np.ndarray:
 
 def _load_bag(path: StorePath, attrs: Mapping[str, Any], source: str) -> SlideBag:
     """The bag of a store already validated (``attrs`` from :func:`validate_store`)."""
+    provenance = SlideProvenance.from_attrs(attrs)
     with h5py.File(path, "r") as file:
         _require_source(path, file, attrs, source)
-        keep, extent = _keep(file, source), float(attrs["region_extent"])
+        keep, extent = _keep(file, source), provenance.region_extent
         if source == PATHME:
             features, coords, sizes, kinds = _pathme_tokens(file, keep, extent)
         elif source == PATHME_MEAN:
@@ -148,9 +150,9 @@ def _load_bag(path: StorePath, attrs: Mapping[str, Any], source: str) -> SlideBa
     if not np.isfinite(features).all():  # cheap, and the one promise every model relies on
         raise StoreError(f"{path}: non-finite '{source}' features in valid tiles")
     return SlideBag(
-        slide_id=str(attrs["slide_id"]),
-        patient_id=str(attrs["patient_id"]),
-        slide_path=str(attrs["slide_path"]),
+        slide_id=provenance.slide_id,
+        patient_id=provenance.patient_id,
+        slide_path=str(provenance.slide_path),
         features=np.ascontiguousarray(features, dtype=np.float32),
         coords=coords.astype(np.int64),
         sizes=sizes.astype(np.float64),
@@ -172,17 +174,19 @@ class BagIndex:
         if not paths:
             raise FileNotFoundError(f"no stores (*.h5) in {self.features_dir}")
         self._stores: dict[str, tuple[Path, dict[str, Any]]] = {}
+        self._provenance: dict[str, SlideProvenance] = {}
         for path in paths:
             attrs = validate_store(path)
             with h5py.File(path, "r") as file:
                 _require_source(path, file, attrs, feature_source)
-            slide_id = str(attrs["slide_id"])
-            if slide_id in self._stores:
-                raise ValueError(f"slide '{slide_id}' is in two stores: {self._stores[slide_id][0]} and {path}")
-            self._stores[slide_id] = (path, attrs)
-        self.slide_patients: dict[str, str] = {
-            slide: str(attrs["patient_id"]) for slide, (_, attrs) in self._stores.items()
-        }
+            provenance = SlideProvenance.from_attrs(attrs)
+            if provenance.slide_id in self._stores:
+                raise ValueError(
+                    f"slide '{provenance.slide_id}' is in two stores: {self._stores[provenance.slide_id][0]} and {path}"
+                )
+            self._stores[provenance.slide_id] = (path, attrs)
+            self._provenance[provenance.slide_id] = provenance
+        self.slide_patients: dict[str, str] = {slide: p.patient_id for slide, p in self._provenance.items()}
 
     def patient_slides(self, patient_id: str) -> list[str]:
         """The patient's slide ids, sorted (the order of its bag)."""
@@ -199,9 +203,24 @@ class BagIndex:
                 counts[self.slide_patients[slide]] += _count(_keep(file, self.feature_source), self.feature_source)
         return counts
 
-    def slide_path(self, slide_id: str) -> str:
-        """Where the slide image was when its features were extracted (for heatmaps)."""
-        return str(self._stores[slide_id][1]["slide_path"])
+    def provenance(self, slide_id: str) -> SlideProvenance:
+        """The slide behind a store: its file, reader and µm/px as at extraction (for heatmaps)."""
+        return self._provenance[slide_id]
+
+    def store_digest(self, slide_id: str) -> str:
+        """Digest of a slide's store attributes, which name every input of its content (slide, weights, config,
+        teacher): equal digests, equal features."""
+        return config_digest(self._stores[slide_id][1])
+
+    def empty_reasons(self, counts: Mapping[str, int]) -> dict[str, str]:
+        """Patient id -> why it has no token, for the patients ``counts`` (:meth:`token_counts`) gives none: each
+        slide's reason from its store (single channel, no tissue, ...)."""
+        reasons = {}
+        for patient in (patient for patient, count in counts.items() if count == 0):
+            slides = self.patient_slides(patient)
+            why = [f"slide {s}: {self._provenance[s].no_region_reason or 'no valid tile'}" for s in slides]
+            reasons[patient] = "; ".join(why)
+        return reasons
 
     def feature_dim(self) -> int:
         """Dimension of this feature source's tokens, from the first store's shapes (no features read)."""

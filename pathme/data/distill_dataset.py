@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from pathme.store import validate_store
+from pathme.store.provenance import SlideProvenance
 from pathme.store.schema import FEATURES, VALID
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,8 @@ class RegionStoreDataset(Dataset):
             self.paths.append(path)
             regions = has_tissue.nonzero()[0].tolist()
             self._items += [(store, region) for region in regions]
-            self.region_ids += [(attrs["slide_id"], region) for region in regions]
+            slide_id = SlideProvenance.from_attrs(attrs).slide_id
+            self.region_ids += [(slide_id, region) for region in regions]
             skipped += len(has_tissue) - len(regions)
         if not self._items:
             raise ValueError(f"{self.dataset_dir}: the kept stores hold no region with a valid L0 tile")
@@ -105,14 +107,15 @@ class RegionStoreDataset(Dataset):
         self, stores: list[tuple[Path, dict[str, Any]]], patients: Sequence[str]
     ) -> list[tuple[Path, dict[str, Any]]]:
         wanted = set(patients)
-        kept = [(path, attrs) for path, attrs in stores if attrs["patient_id"] in wanted]
+        patient = {path: SlideProvenance.from_attrs(attrs).patient_id for path, attrs in stores}
+        kept = [(path, attrs) for path, attrs in stores if patient[path] in wanted]
         if not kept:
-            available = sorted({attrs["patient_id"] for _, attrs in stores})
+            available = sorted(set(patient.values()))
             raise ValueError(
                 f"{self.dataset_dir}: no store belongs to the {len(wanted)} requested patient(s) "
                 f"(e.g. {sorted(wanted)[:5]}); the stores hold patients {available[:10]}"
             )
-        absent = wanted - {attrs["patient_id"] for _, attrs in kept}
+        absent = wanted - {patient[path] for path, _ in kept}
         if absent:
             logger.warning(
                 "%d requested patient(s) have no store in %s, e.g. %s",

@@ -230,7 +230,9 @@ def _to_patients(rows: pd.DataFrame, slide_patients: Mapping[str, str] | None, p
     return rows.drop_duplicates("patient_id")
 
 
-def _check_features(rows: pd.DataFrame, feature_patients: Mapping[str, int], path: Path) -> None:
+def _check_features(
+    rows: pd.DataFrame, feature_patients: Mapping[str, int], empty_reasons: Mapping[str, str], path: Path
+) -> None:
     unknown = ~rows["patient_id"].isin(list(feature_patients))
     if unknown.any():
         raise LabelError(
@@ -239,9 +241,13 @@ def _check_features(rows: pd.DataFrame, feature_patients: Mapping[str, int], pat
         )
     empty = rows["patient_id"].map(lambda patient: feature_patients[patient] == 0)
     if empty.any():
+        why = "; ".join(
+            f"{patient!r}: {empty_reasons.get(patient, 'no valid tile')}"
+            for patient in rows["patient_id"][empty][:SHOWN]
+        )
         raise LabelError(
             f"labels {path}: {_rows(rows[empty], 'patient_id')} name patients whose stores hold no valid feature "
-            "tokens (no tissue found); check their slides' tissue detection or remove those rows"
+            f"token ({why}); fix those slides (see their previews) or remove those rows"
         )
     unlabelled = sorted(set(feature_patients) - set(rows["patient_id"]))
     if unlabelled:
@@ -300,6 +306,7 @@ def load_labels(
     feature_patients: Mapping[str, int],
     slide_patients: Mapping[str, str] | None = None,
     *,
+    empty_reasons: Mapping[str, str] | None = None,
     seed: int = 0,
     val_fraction: float = 0.2,
 ) -> Labels:
@@ -307,7 +314,8 @@ def load_labels(
 
     feature_patients: patient_id -> number of feature tokens found for that patient (0 = stores exist but no
     valid tokens). slide_patients: slide_id -> patient_id of every store found (needed when the CSV is keyed by
-    slide_id). seed, val_fraction: how validation patients are drawn when the file has a single ``fold`` column.
+    slide_id). empty_reasons: patient_id -> why a patient without tokens has none (named in the error).
+    seed, val_fraction: how validation patients are drawn when the file has a single ``fold`` column.
     """
     path = Path(path)
     raw = _read(path)
@@ -320,7 +328,7 @@ def load_labels(
     rows = pd.concat([raw[[id_column]], values, _fold_values(raw, fold_columns, id_column, path)], axis=1)
     if id_column == "slide_id":
         rows = _to_patients(rows, slide_patients, path)
-    _check_features(rows, feature_patients, path)
+    _check_features(rows, feature_patients, empty_reasons or {}, path)
     rows = rows.sort_values("patient_id")
     if task == SURVIVAL:
         table, classes = _survival_table(rows, path), []

@@ -20,7 +20,7 @@ import pandas as pd
 from pathme import __version__
 from pathme.bundles import bundle_dir, run_bundle
 from pathme.data.bags import PATHME, PATHME_MEAN
-from pathme.engines.distill_workflow import TEACHER_FILE
+from pathme.engines.distill_workflow import TEACHER_FILE, TrainedOn, load_checkpoint
 from pathme.engines.mil import load_fold_model
 from pathme.engines.mil_workflow import fold_models
 from pathme.store import file_digest, read_store_attrs
@@ -35,16 +35,13 @@ BUNDLES = ("pathme_feature_extraction", "pathme_distillation", "pathme_mil")
 
 @dataclass(frozen=True)
 class AppModels:
-    """The model folder: ``pathme_app.json`` (the experts and their weights, expert A, the PatHME preset), the
-    ``teacher.pt`` a finished distillation run writes, and one MIL cross-validation output per task in
-    ``mil/<task>/`` (its ``fold_<k>/model.pt``)."""
+    """The model folder: ``pathme_app.json`` (the experts to extract and their weights), the ``teacher.pt`` a
+    finished distillation run writes (it records its expert, preset and network), and one MIL cross-validation
+    output per task in ``mil/<task>/`` (its ``fold_<k>/model.pt``)."""
 
     root: Path
     experts: tuple[str, ...]
-    expert_a: str
-    preset: str = "paper"
     weights: dict[str, str] = field(default_factory=dict)
-    network: dict[str, Any] = field(default_factory=dict)
     # cuCIM reads crash (SIGSEGV in read_region) inside Holoscan operator threads once an earlier operator has
     # read with cuCIM (cucim-cu13 26.10, holoscan-cu13 4.6, CPU); OpenSlide reads are safe there
     reader_backend: str = "openslide"
@@ -63,13 +60,16 @@ class AppModels:
         allowed = {f.name for f in fields(cls)} - {"root"}
         if unknown := sorted(set(values) - allowed):
             raise ValueError(f"{config}: unknown keys {unknown}; allowed: {sorted(allowed)}")
-        if missing := sorted({"experts", "expert_a"} - set(values)):
-            raise ValueError(f"{config}: missing keys {missing} (the experts of extraction and the distilled one)")
+        if "experts" not in values:
+            raise ValueError(f"{config}: missing key 'experts' (the experts whose features the app extracts)")
         models = cls(root=root, **{**values, "experts": tuple(values["experts"])})
-        if models.expert_a not in models.experts:
-            raise ValueError(f"{config}: expert_a {models.expert_a!r} is not one of experts {list(models.experts)}")
         if not models.teacher.is_file():
             raise FileNotFoundError(f"{root}: no {TEACHER_FILE} (the file a finished distillation run writes)")
+        if models.expert_a not in models.experts:
+            raise ValueError(
+                f"{config}: the teacher in {models.teacher} takes {models.expert_a!r} features, which experts "
+                f"{list(models.experts)} do not include"
+            )
         if not models.mil_runs:
             raise FileNotFoundError(f"{root}: no MIL run with fold models in {root / 'mil'}/<task>/fold_<k>/model.pt")
         for task, source in models.mil_sources.items():
@@ -83,6 +83,11 @@ class AppModels:
     @property
     def teacher(self) -> Path:
         return self.root / TEACHER_FILE
+
+    @cached_property
+    def expert_a(self) -> str:
+        """The expert whose features the teacher takes, as ``teacher.pt`` records it."""
+        return TrainedOn.of(load_checkpoint(self.teacher), self.teacher).expert_a
 
     @property
     def mil_runs(self) -> dict[str, Path]:
@@ -160,10 +165,8 @@ def extract_features(case: Case, models: AppModels) -> Case:
     )
     summary = read_text_csv(features / "run_summary.csv", "extraction summary", RuntimeError, "extraction stopped")
     for row in summary.itertuples():
-        if row.status == "failed":
+        if row.status == "failed":  # unreadable, or a store that says why it has no region
             failed[row.slide_id] = row.error or row.status
-        elif row.regions == "0":
-            failed[row.slide_id] = "no tissue found: the slide has no region to predict from"
             (features / f"{row.slide_id}.h5").unlink(missing_ok=True)
     return replace(case, features=features, failed=failed)
 
@@ -179,9 +182,6 @@ def compute_tokens(case: Case, models: AppModels) -> Case:
         dataset_dir=str(case.features),
         output_dir=str(tokens),
         checkpoint=str(models.teacher),
-        expert_a=models.expert_a,
-        preset=models.preset,
-        network=dict(models.network),
     )
     return replace(case, tokens=tokens)
 
@@ -200,7 +200,6 @@ def predict(case: Case, models: AppModels) -> Case:
             features_dir=str(features),
             models_dir=str(run),
             output_dir=str(output),
-            reader_backend=models.reader_backend,
         )
         predictions[task] = read_text_csv(output / "predictions.csv", "predictions", RuntimeError, "MIL stopped")
     return replace(case, predictions=predictions)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,12 +41,13 @@ from pathme.engines.distill import (
     unwrap,
 )
 from pathme.engines.schedules import Schedules
-from pathme.networks import PatHME, preset_config
-from pathme.store.atomic import write_atomic
+from pathme.networks import PatHME, PatHMEConfig, preset_config
+from pathme.store.atomic import set_aside, write_atomic
 
 logger = logging.getLogger(__name__)
 
 TEACHER_FILE = "teacher.pt"
+TRAINED_ON = "trained_on"
 
 #: numpy objects inside the trainer's saved RNG states, allowed by ``torch.load(weights_only=True)``
 _CHECKPOINT_SAFE_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
@@ -55,6 +57,48 @@ def load_checkpoint(path: str | Path) -> dict:
     """A checkpoint as state dicts, loaded with ``weights_only=True`` (no arbitrary code)."""
     with torch.serialization.safe_globals(_CHECKPOINT_SAFE_GLOBALS):
         return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@dataclass(frozen=True)
+class TrainedOn:
+    """What a teacher was trained on, recorded in every checkpoint and in ``teacher.pt`` (key ``trained_on``), so
+    embedding, inference and the Deploy app build its network and pick its input expert from the file instead of
+    repeating them: expert A (whose features it takes) and B, the preset, and the network's full config (its
+    ``in_dim`` is expert A's feature dimension)."""
+
+    expert_a: str
+    expert_b: str
+    preset: str
+    network: dict[str, Any]  # every PatHMEConfig field
+
+    @property
+    def input_dim(self) -> int:
+        return int(self.network["in_dim"])
+
+    def config(self) -> PatHMEConfig:
+        return PatHMEConfig(**self.network)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain values (``torch.load(weights_only=True)`` reads them); Ignite's Checkpoint saves this."""
+        return asdict(self)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """On resume: the checkpoint must have been trained on what this run trains on."""
+        if dict(state) != self.state_dict():
+            raise ValueError(
+                f"the checkpoint was trained on {dict(state)}, this run is configured for {self.state_dict()}; "
+                "resume with the same experts, preset and network, or start in a new output_dir"
+            )
+
+    @classmethod
+    def of(cls, state: Mapping[str, Any], checkpoint: str | Path) -> TrainedOn:
+        """From a loaded checkpoint or ``teacher.pt``; ValueError when it records nothing (an older pathme)."""
+        if TRAINED_ON not in state:
+            raise ValueError(
+                f"{checkpoint} does not record what its teacher was trained on (written by an older pathme); "
+                "train it again with this one"
+            )
+        return cls(**state[TRAINED_ON])
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -172,7 +216,9 @@ class DistillationRun:
             student, teacher, losses, optimizer, schedules, self.device, self.clip_grad, self.amp
         )
         trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: _set_epoch(engine, views, sampler))
+        trained_on = TrainedOn(self.expert_a, self.expert_b, self.preset, asdict(net.config))
         return {
+            "trained_on": trained_on,
             "regions": regions,
             "loader": loader,
             "holdout": holdout,
@@ -191,6 +237,7 @@ class DistillationRun:
             "optimizer": parts["optimizer"],
             "losses": parts["losses"],
             "trainer": parts["trainer"],
+            TRAINED_ON: parts["trained_on"],
         }
 
     def run(self) -> dict[str, float]:
@@ -208,14 +255,17 @@ class DistillationRun:
             global_step_transform=lambda engine, _: engine.state.iteration,
         )
         trainer.add_event_handler(Events.ITERATION_COMPLETED(every=self.checkpoint_every) | Events.COMPLETED, saver)
-        latest = latest_checkpoint(checkpoints) if self.resume else None
-        if latest is not None:
-            Checkpoint.load_objects(to_save, load_checkpoint(latest))
+        found = newest_readable_checkpoint(checkpoints) if self.resume else None
+        if found is not None:
+            latest, state = found
+            Checkpoint.load_objects(to_save, state)
             logger.info("resumed from %s at iteration %d", latest, trainer.state.iteration)
             if trainer.state.iteration >= self.max_iterations:
                 logger.info("already trained to iteration %d >= max_iterations: nothing to do", trainer.state.iteration)
                 if rank == 0:  # a run stopped after its last checkpoint left no teacher file, or an old one
-                    save_teacher(parts["teacher"], self.output_dir / TEACHER_FILE, trainer.state.iteration)
+                    save_teacher(
+                        parts["teacher"], self.output_dir / TEACHER_FILE, trainer.state.iteration, parts["trained_on"]
+                    )
                 return {}
         writer = SummaryWriter(self.output_dir / "tensorboard") if rank == 0 else None
         _attach_logging(trainer, writer, self.log_every)
@@ -224,24 +274,49 @@ class DistillationRun:
         _attach_validation(trainer, parts, writer, self.validate_every, self.device)
         trainer.run(parts["loader"], max_iters=self.max_iterations, epoch_length=len(parts["loader"]))
         if rank == 0:
-            save_teacher(parts["teacher"], self.output_dir / TEACHER_FILE, trainer.state.iteration)
+            save_teacher(parts["teacher"], self.output_dir / TEACHER_FILE, trainer.state.iteration, parts["trained_on"])
         if writer is not None:
             writer.close()
         return dict(trainer.state.output or {})
 
 
-def save_teacher(teacher: torch.nn.Module, path: Path, iteration: int) -> Path:
-    """``{"teacher": state dict, "iteration"}``, atomically: plain tensors that ``torch.load(weights_only=True)``
-    reads, unlike the full checkpoints whose trainer state holds NumPy RNG states (MONAI's ``ckpt_export`` loads
-    that way and refuses them)."""
-    state = {"teacher": teacher.state_dict(), "iteration": iteration}
+def save_teacher(teacher: torch.nn.Module, path: Path, iteration: int, trained_on: TrainedOn) -> Path:
+    """``{"teacher": state dict, "iteration", "trained_on"}``, atomically: plain tensors and values that
+    ``torch.load(weights_only=True)`` reads, unlike the full checkpoints whose trainer state holds NumPy RNG states
+    (MONAI's ``ckpt_export`` loads that way and refuses them)."""
+    state = {"teacher": teacher.state_dict(), "iteration": iteration, TRAINED_ON: trained_on.state_dict()}
     return write_atomic(path, lambda temp: torch.save(state, temp))
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
     """The checkpoint with the highest iteration in ``folder``, if any."""
-    found = sorted(folder.glob("distill_checkpoint_*.pt"), key=lambda path: int(path.stem.rsplit("_", 1)[-1]))
+    found = _checkpoints(folder)
     return found[-1] if found else None
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    """The checkpoints of ``folder``, lowest iteration first."""
+    return sorted(folder.glob("distill_checkpoint_*.pt"), key=lambda path: int(path.stem.rsplit("_", 1)[-1]))
+
+
+def newest_readable_checkpoint(folder: Path) -> tuple[Path, dict] | None:
+    """(path, state) of the newest checkpoint of ``folder`` that loads; None when there is none.
+
+    A checkpoint that does not load (a run killed while writing it, a truncated copy) is named, set aside as
+    ``<name>.damaged`` (never deleted) and the next newest is tried; when none is left that is said too.
+    """
+    found = _checkpoints(folder)
+    for path in reversed(found):
+        try:
+            return path, load_checkpoint(path)
+        except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on damaged files
+            aside = set_aside(path)
+            logger.warning(
+                "checkpoint %s is damaged (%s: %s); set aside as %s", path, type(error).__name__, error, aside
+            )
+    if found:
+        logger.warning("no readable checkpoint left in %s: training starts from iteration 0", folder)
+    return None
 
 
 def _set_epoch(engine: Engine, views: ViewDataset, sampler: DistributedSampler) -> None:

@@ -1,16 +1,18 @@
 """Region tokens from a trained teacher: every region store in, one token store (store + ``tokens``) per slide out.
 
-The teacher is loaded strictly from a distillation checkpoint (state dicts, ``weights_only=True``): a checkpoint
-that does not fit the configured network is an error naming the checkpoint and the keys, never a silently
-random network. Tokens are in the order [prompts, L1 tokens in raster order]; ``token_coords`` holds the
-level-0 top-left of what each token stands for (the region for a prompt, its 5x tile for an L1 token).
+The teacher is loaded strictly from a distillation checkpoint or ``teacher.pt`` (state dicts,
+``weights_only=True``), and its network and input expert are what the file records it was trained on
+(:class:`~pathme.engines.distill_workflow.TrainedOn`): a value given here must agree with the file, and a
+checkpoint that does not fit its network is an error naming it, never a silently random network. Tokens are in
+the order [prompts, L1 tokens in raster order]; ``token_coords`` holds the level-0 top-left of what each token
+stands for (the region for a prompt, its 5x tile for an L1 token).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -19,27 +21,51 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from pathme.engines.distill_workflow import latest_checkpoint, load_checkpoint
-from pathme.networks import PatHME, PatHMEConfig, preset_config
+from pathme.engines.distill_workflow import TrainedOn, load_checkpoint, newest_readable_checkpoint
+from pathme.networks import PatHME, preset_config
 from pathme.store import file_digest, store_is_done, validate_store
+from pathme.store.provenance import SlideProvenance
+from pathme.store.schema import COORDS, FEATURES, VALID
 from pathme.store.tokens import write_token_store
 from pathme.wsi.grid import L1_SIDE, raster_positions
 
 logger = logging.getLogger(__name__)
 
 
-def load_teacher(checkpoint: Path, config: PatHMEConfig) -> PatHME:
-    """The EMA teacher of a distillation checkpoint, loaded strictly into a network built from ``config``."""
-    state = load_checkpoint(checkpoint)
+def trained_on(
+    state: Mapping, checkpoint: Path, expert_a: str | None, preset: str | None, network: Mapping | None
+) -> TrainedOn:
+    """What the checkpoint's teacher was trained on; ValueError naming both when a given value disagrees."""
+    recorded = TrainedOn.of(state, checkpoint)
+    given = {"expert_a": expert_a, "preset": preset}
+    wrong = {name: value for name, value in given.items() if value is not None and value != getattr(recorded, name)}
+    if network is not None:
+        wanted = preset_config(preset or recorded.preset, recorded.input_dim, network)
+        if wanted != recorded.config():
+            wrong["network"] = dict(network)
+    if wrong:
+        raise ValueError(
+            f"{checkpoint} was trained as expert_a {recorded.expert_a!r}, preset {recorded.preset!r}, network "
+            f"{recorded.network}; the run gives {wrong}: leave them unset to use what the checkpoint records"
+        )
+    return recorded
+
+
+def load_teacher(checkpoint: Path) -> PatHME:
+    """The EMA teacher of a distillation checkpoint or ``teacher.pt``, loaded strictly into the network the file
+    records; ValueError naming the file when it holds no teacher or the teacher does not fit."""
+    return teacher_from(load_checkpoint(checkpoint), checkpoint)
+
+
+def teacher_from(state: Mapping, checkpoint: Path) -> PatHME:
+    """The teacher of a loaded checkpoint ``state`` (:func:`load_teacher`); ``checkpoint`` names it in errors."""
     if "teacher" not in state:
         raise ValueError(f"{checkpoint} holds no 'teacher' (keys: {sorted(state)}); is it a distillation checkpoint?")
-    teacher = PatHME(config)
+    teacher = PatHME(TrainedOn.of(state, checkpoint).config())
     try:
         teacher.load_state_dict(state["teacher"], strict=True)
     except RuntimeError as error:
-        raise ValueError(
-            f"{checkpoint} does not fit the configured network (preset/network ids must match training): {error}"
-        ) from error
+        raise ValueError(f"{checkpoint}: its teacher does not fit the network it records: {error}") from error
     return teacher.eval().requires_grad_(False)
 
 
@@ -53,22 +79,27 @@ def token_coords(origins: np.ndarray, region_extent: float, num_prompts: int) ->
 
 @dataclass
 class EmbedRun:
-    """Write ``output_dir/<slide_id>.h5`` for every region store of ``dataset_dir`` with the teacher's tokens."""
+    """Write ``output_dir/<slide_id>.h5`` for every region store of ``dataset_dir`` with the teacher's tokens.
+
+    ``checkpoint``: ``teacher.pt`` or a checkpoint file, or a folder (its newest readable checkpoint).
+    ``expert_a``, ``preset``, ``network``: None takes what the checkpoint records (given, they must agree).
+    """
 
     dataset_dir: str | Path
     output_dir: str | Path
     checkpoint: str | Path
-    expert_a: str = "tiny-vit"
-    preset: str = "tiny"
-    network: Mapping[str, object] = field(default_factory=dict)
+    expert_a: str | None = None
+    preset: str | None = None
+    network: Mapping[str, object] | None = None
     batch_size: int = 32
     device: torch.device | str | None = None
 
     def __post_init__(self) -> None:
         self.dataset_dir, self.output_dir = Path(self.dataset_dir), Path(self.output_dir)
         checkpoint = Path(self.checkpoint)
-        self.checkpoint = latest_checkpoint(checkpoint) if checkpoint.is_dir() else checkpoint
-        if self.checkpoint is None or not self.checkpoint.is_file():
+        found = newest_readable_checkpoint(checkpoint) if checkpoint.is_dir() else None
+        self.checkpoint = found[0] if found is not None else checkpoint
+        if not self.checkpoint.is_file():
             raise FileNotFoundError(f"no distillation checkpoint at {checkpoint}")
         self.device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -76,20 +107,25 @@ class EmbedRun:
         stores = sorted(self.dataset_dir.glob("*.h5"))
         if not stores:
             raise FileNotFoundError(f"no region stores (*.h5) in {self.dataset_dir}")
+        state = load_checkpoint(self.checkpoint)
+        teacher = teacher_from(state, self.checkpoint).to(self.device)
+        recorded = trained_on(state, self.checkpoint, self.expert_a, self.preset, self.network)
         digest = file_digest(self.checkpoint)
-        teacher: PatHME | None = None
         records = []
         for store in tqdm(stores, desc="embed", unit="slide", disable=None):
             target = self.output_dir / store.name
             expected = {"teacher_digest": digest, "source_digest": file_digest(store)}
-            if store_is_done(target, expected=expected, experts=[self.expert_a]):
+            if store_is_done(target, expected=expected, experts=[recorded.expert_a]):
                 records.append({"slide": store.stem, "status": "skipped (valid store)", "store": str(target)})
                 continue
-            attrs = validate_store(store, experts=[self.expert_a])
-            if teacher is None:
-                config = preset_config(self.preset, attrs["expert_dims"][self.expert_a], self.network)
-                teacher = load_teacher(self.checkpoint, config).to(self.device)
-            tokens, coords = self._embed(teacher, store, float(attrs["region_extent"]))
+            attrs = validate_store(store, experts=[recorded.expert_a])
+            if attrs["expert_dims"][recorded.expert_a] != recorded.input_dim:
+                raise ValueError(
+                    f"{store}: expert {recorded.expert_a!r} has {attrs['expert_dims'][recorded.expert_a]}-d features, "
+                    f"the teacher of {self.checkpoint} takes {recorded.input_dim}-d ones"
+                )
+            extent = SlideProvenance.from_attrs(attrs).region_extent
+            tokens, coords = self._embed(teacher, store, recorded.expert_a, extent)
             write_token_store(store, target, tokens, coords, expected | {"teacher_checkpoint": str(self.checkpoint)})
             records.append({"slide": store.stem, "status": "done", "store": str(target), "regions": len(tokens)})
         summary = pd.DataFrame(records)
@@ -97,11 +133,11 @@ class EmbedRun:
         return summary
 
     @torch.inference_mode()
-    def _embed(self, teacher: PatHME, store: Path, region_extent: float) -> tuple[np.ndarray, np.ndarray]:
+    def _embed(self, teacher: PatHME, store: Path, expert: str, region_extent: float) -> tuple[np.ndarray, np.ndarray]:
         with h5py.File(store, "r") as file:
-            origins = file["coords"][:]
-            valid_l0, valid_l1 = file["valid/L0"][:], file["valid/L1"][:]
-            l0_all, l1_all = file[f"features/{self.expert_a}/L0"], file[f"features/{self.expert_a}/L1"]
+            origins = file[COORDS.name][:]
+            valid_l0, valid_l1 = file[VALID["L0"].name][:], file[VALID["L1"].name][:]
+            l0_all, l1_all = file[FEATURES["L0"].path(expert)], file[FEATURES["L1"].path(expert)]
             batches = []
             for start in range(0, len(origins), self.batch_size):
                 part = slice(start, start + self.batch_size)

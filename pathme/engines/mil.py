@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -82,9 +83,27 @@ class MILTask:
         return logits[:, 0] if self.survival_loss == "cox" else risk_from_logits(logits)
 
     def metrics(self, predictions: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """The task's metrics of stacked predictions (:func:`stack_predictions`); NaN where not computable."""
         if self.is_survival:
             return survival_metrics(predictions["time"], predictions["event"], predictions["risk"])
         return classification_metrics(predictions["target"], predictions["probs"])
+
+    def not_computable(self, predictions: Mapping[str, np.ndarray], metrics: Mapping[str, float]) -> str:
+        """Which of ``metrics`` could not be computed and why, from what the test patients hold ("" when all were).
+
+        The metrics are NaN exactly then: AUROC needs every class it averages over among the patients, the
+        c-index a pair of patients one of whom had the event before the other's time.
+        """
+        missing = [name for name, value in metrics.items() if math.isnan(value)]
+        if not missing:
+            return ""
+        if self.is_survival:
+            events = int(np.sum(predictions.get("event", [])))
+            why = f"{len(predictions.get('event', []))} patients, {events} with an event: no comparable pair"
+        else:
+            present = sorted({self.classes[int(code)] for code in predictions.get("target", [])})
+            why = f"the patients hold class(es) {', '.join(map(repr, present)) or 'none'} of {list(self.classes)}"
+        return f"{', '.join(missing)} not computable: {why}"
 
 
 @dataclass(frozen=True)
@@ -192,7 +211,9 @@ def train_fold(
 ) -> tuple[ABMIL, dict[str, float]]:
     """Train with early stopping on the validation loss; returns the best model (eval mode) and its epoch/loss."""
     if task.is_survival and task.survival_loss == "cox" and settings.batch_size < 2:
-        raise ValueError("the Cox loss compares patients within a batch: set batch_size >= 2")
+        raise ValueError(
+            "the Cox loss compares patients within a batch: set batch_size >= 2 (pathme mil --batch-size 16)"
+        )
     torch.manual_seed(seed)
     model = model_config.build().to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
@@ -240,20 +261,44 @@ def predict(model: ABMIL, task: MILTask, dataset: BagDataset, device: torch.devi
     return evaluator.state.predictions
 
 
-def save_fold_model(path: Path, model: ABMIL, config: MILModelConfig, task: MILTask, feature_source: str) -> Path:
-    """Weights with the network config, the task and the feature source: all a later prediction needs."""
+def save_fold_model(
+    path: Path,
+    model: ABMIL,
+    config: MILModelConfig,
+    task: MILTask,
+    feature_source: str,
+    inputs_digest: str = "",
+    best: Mapping[str, float] | None = None,
+) -> Path:
+    """Weights with the network config, the task and the feature source: all a later prediction needs; with the
+    digest of the fold's inputs and its best epoch, so a rerun can reuse the fold instead of training it again."""
     payload = {
         "state_dict": model.state_dict(),
         "model_config": asdict(config),
         "task": {**asdict(task), "classes": list(task.classes), "bin_edges": [float(e) for e in task.bin_edges]},
         "feature_source": feature_source,
+        "inputs_digest": inputs_digest,
+        "best": dict(best or {}),
     }
     return write_atomic(path, lambda temp: torch.save(payload, temp))
 
 
+def read_fold_model(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The saved payload of a fold model (``torch.load(weights_only=True)``); ValueError naming the file when it
+    cannot be read (a truncated or damaged file)."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on damaged files
+        raise ValueError(f"{path}: not a readable fold model ({type(error).__name__}: {error})") from error
+
+
 def load_fold_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[ABMIL, MILTask, str]:
     """(model in eval mode, task, feature source) of a saved fold model; strict: a mismatch fails loudly."""
-    payload = torch.load(path, map_location=device, weights_only=True)
+    return fold_model_from(read_fold_model(path, device), device)
+
+
+def fold_model_from(payload: Mapping[str, Any], device: torch.device | str = "cpu") -> tuple[ABMIL, MILTask, str]:
+    """(model in eval mode, task, feature source) of a payload :func:`read_fold_model` returned."""
     config = MILModelConfig(**payload["model_config"])
     spec = payload["task"]
     task = MILTask(spec["name"], tuple(spec["classes"]), spec["survival_loss"], tuple(spec["bin_edges"]))

@@ -1,17 +1,23 @@
 """Patient-level cross-validation of attention MIL, evaluation of saved fold models, and inference on new slides.
 
 Everything a run writes lives under ``output_dir``: ``folds.csv`` (the splits used, generated and seeded when the
-labels have none), ``fold_<k>/model.pt``, ``predictions.csv``, ``results.csv`` (one row per fold),
-``summary.csv`` (mean and sd over folds), ``heatmaps/<slide_id>_attention.{png,geojson}`` and
-``tensorboard/fold_<k>``. Labels are checked completely before any training starts.
+labels have none), ``fold_<k>/model.pt``, ``predictions.csv``, ``results.csv`` (one row per fold, with the
+metrics a fold could not compute and why), ``summary.csv`` (mean and sd over the folds that could be scored, and
+how many those were), ``slide_summary.csv`` (one row per slide: its tokens, its heatmap, or why it has none),
+``heatmaps/<slide_id>_attention.{png,geojson}`` and ``tensorboard/fold_<k>``. Labels are checked completely
+before any training starts. A rerun reuses every fold whose saved model was trained on the same inputs (the
+digest of its splits, targets, stores and settings is in the model file) and trains only the others.
+
+Slide images are opened for heatmaps as the stores record them (:mod:`pathme.store.provenance`): the same file,
+reader and µm/px as at extraction.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +28,24 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from pathme.data.bags import BagDataset, BagIndex
-from pathme.data.labels import Labels, load_labels, make_folds, write_folds
+from pathme.data.labels import Fold, Labels, load_labels, make_folds, write_folds
 from pathme.engines.mil import (
     MILModelConfig,
     MILTask,
     TrainSettings,
+    fold_model_from,
     load_fold_model,
     predict,
+    read_fold_model,
     save_fold_model,
     stack_predictions,
     train_fold,
 )
 from pathme.losses import assign_bins, survival_bins
-from pathme.store.atomic import write_atomic
+from pathme.store import config_digest
+from pathme.store.atomic import set_aside, write_atomic
 from pathme.viz.heatmap import write_heatmap_geojson, write_slide_heatmap
+from pathme.wsi.errors import SlideError, failure_text
 
 logger = logging.getLogger(__name__)
 
@@ -77,40 +87,70 @@ def prediction_rows(records: Sequence[dict[str, Any]], task: MILTask, **extra: o
     return rows
 
 
-def write_heatmaps(
-    records: Sequence[dict[str, Any]], index: BagIndex, out_dir: Path, thumbnail_mpp: float, backend: str = "cucim"
-) -> list[Path]:
-    """Attention of every slide of every record over its thumbnail (PNG) and as GeoJSON; slides whose image is
-    gone get no PNG (their GeoJSON is still written from the store's coordinates)."""
-    written = []
+SLIDE_COLUMNS = ["slide_id", "patient_id", "fold", "tokens", "status", "png", "geojson", "note"]
+
+
+def slide_rows(
+    records: Sequence[dict[str, Any]],
+    index: BagIndex,
+    heatmaps_dir: Path | None,
+    thumbnail_mpp: float,
+    **extra: object,
+) -> list[dict[str, Any]]:
+    """One row per slide of every record (see ``SLIDE_COLUMNS``), drawing its attention heatmap into
+    ``heatmaps_dir`` (None: no heatmaps) over the thumbnail (PNG) and as GeoJSON.
+
+    A slide gets status ``done``; ``no tokens`` with the reason its store gives; ``geojson only`` when its image
+    is gone or unreadable (the GeoJSON comes from the store's coordinates); ``failed`` on any other error; or
+    ``scored`` without heatmaps. The note says why; one slide's problem never stops the others.
+    """
+    rows = []
     for record in records:
         for position, slide_id in enumerate(record["slide_ids"]):
-            rows = record["slide_index"] == position
-            if not rows.any():  # a slide of the patient without tissue: nothing to draw
+            provenance = index.provenance(slide_id)
+            tokens = record["slide_index"] == position
+            row = dict.fromkeys(SLIDE_COLUMNS, "") | extra
+            row |= {"slide_id": slide_id, "patient_id": record["patient_id"], "tokens": int(tokens.sum())}
+            if not tokens.any():
+                rows.append(row | {"status": "no tokens", "note": provenance.no_region_reason or "no valid tile"})
                 continue
-            args = (slide_id, record["coords"][rows], record["sizes"][rows], record["attention"][rows])
-            slide_path = Path(index.slide_path(slide_id))
-            if slide_path.is_file():
-                written += write_slide_heatmap(
-                    slide_path, out_dir, *args, thumbnail_mpp=thumbnail_mpp, backend=backend
-                ).values()
-            else:
-                logger.warning("slide %s: image %s not found, heatmap PNG skipped", slide_id, slide_path)
-                written.append(write_heatmap_geojson(out_dir, *args))
-    return written
+            if heatmaps_dir is None:
+                rows.append(row | {"status": "scored"})
+                continue
+            args = (slide_id, record["coords"][tokens], record["sizes"][tokens], record["attention"][tokens])
+            try:
+                slide = provenance.open_slide()
+            except SlideError as error:  # the image is gone or unreadable: the store still places the tokens
+                geojson = write_heatmap_geojson(heatmaps_dir, *args)
+                logger.warning("slide %s: heatmap PNG skipped: %s", slide_id, error)
+                rows.append(row | {"status": "geojson only", "geojson": str(geojson), "note": str(error)})
+                continue
+            try:
+                paths = write_slide_heatmap(slide, heatmaps_dir, *args, thumbnail_mpp=thumbnail_mpp)
+            except Exception as error:  # one slide's heatmap, whatever went wrong, is its row; the others go on
+                rows.append(row | {"status": "failed", "note": failure_text(error, slide_id, logger)})
+                continue
+            rows.append(row | {"status": "done", "png": str(paths["png"]), "geojson": str(paths["geojson"])})
+    return rows
 
 
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sample sd over folds of every metric column."""
-    metrics = [c for c in results.columns if c not in ("fold", "best_epoch", "val_loss", "patients")]
-    return pd.DataFrame(
-        {
-            "metric": metrics,
-            "mean": [results[m].mean() for m in metrics],
-            "sd": [results[m].std(ddof=1) if len(results) > 1 else 0.0 for m in metrics],
-            "folds": len(results),
-        }
-    )
+    """Mean and sample sd of every metric over the folds that could score it; ``folds`` counts those folds and
+    ``folds_total`` all of them (sd needs two scored folds, mean one; NaN otherwise)."""
+    metrics = [c for c in results.columns if c not in ("fold", "best_epoch", "val_loss", "patients", "not_computable")]
+    rows = []
+    for metric in metrics:
+        scored = results[metric].dropna()
+        rows.append(
+            {
+                "metric": metric,
+                "mean": scored.mean() if len(scored) else float("nan"),
+                "sd": scored.std(ddof=1) if len(scored) > 1 else float("nan"),
+                "folds": len(scored),
+                "folds_total": len(results),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 @dataclass
@@ -130,7 +170,6 @@ class MILRun:
     num_bins: int = 4
     heatmaps: bool = True
     thumbnail_mpp: float = 16.0
-    reader_backend: str = "cucim"  # reads the thumbnails of the heatmaps
     device: torch.device | str | None = None
 
     def __post_init__(self) -> None:
@@ -142,7 +181,7 @@ class MILRun:
     def prepare(self) -> tuple[BagIndex, Labels, list, MILTask]:
         """Everything checked before training: stores, labels, folds and the task's head."""
         index = BagIndex(self.features_dir, self.feature_source)
-        labels = load_labels(self.labels, self.task, index.token_counts(), index.slide_patients, seed=self.seed)
+        labels = _load_labels(self.labels, self.task, index, seed=self.seed)
         # both paths check the folds (no shared patient, every class in every split) before returning them
         folds = labels.folds if labels.folds is not None else make_folds(labels, self.num_folds, self.seed)
         edges: tuple[float, ...] = ()
@@ -160,39 +199,81 @@ class MILRun:
         targets = _targets(labels, np.asarray(task.bin_edges) if task.bin_edges else None)
         in_dim = index.feature_dim()
         config = MILModelConfig(in_dim=in_dim, num_outputs=task.num_outputs, **self.model)
-        results, predictions = [], []
+        heatmaps = self.output_dir / "heatmaps" if self.heatmaps else None
+        results, predictions, slides = [], [], []
         bar = tqdm(folds, desc=f"MIL {self.task} ({self.feature_source})", unit="fold", disable=not sys.stderr.isatty())
         for fold in bar:
             datasets = {split: BagDataset(index, getattr(fold, split), targets) for split in ("train", "val", "test")}
+            digest = self.fold_digest(fold, index, targets, config, task)
+            path = self.output_dir / f"fold_{fold.index}" / "model.pt"
+            model, best = self._finished_fold(path, digest)
             with SummaryWriter(self.output_dir / "tensorboard" / f"fold_{fold.index}") as writer:
-                model, best = train_fold(
-                    config,
-                    task,
-                    datasets["train"],
-                    datasets["val"],
-                    self.settings,
-                    self.device,
-                    self.seed + fold.index,
-                    writer,
-                )
+                if model is None:
+                    seed = self.seed + fold.index
+                    model, best = train_fold(
+                        config, task, datasets["train"], datasets["val"], self.settings, self.device, seed, writer
+                    )
+                    save_fold_model(path, model, config, task, self.feature_source, digest, best)
                 records = predict(model, task, datasets["test"], self.device)
-                metrics = task.metrics(stack_predictions(records, task))
+                stacked = stack_predictions(records, task)
+                metrics = task.metrics(stacked)
                 for name, value in metrics.items():
                     writer.add_scalar(f"test/{name}", value, 0)
-            save_fold_model(
-                self.output_dir / f"fold_{fold.index}" / "model.pt", model, config, task, self.feature_source
-            )
-            results.append({"fold": fold.index, "patients": len(fold.test), **best, **metrics})
+            note = task.not_computable(stacked, metrics)
+            results.append({"fold": fold.index, "patients": len(fold.test), **best, **metrics, "not_computable": note})
             predictions += prediction_rows(records, task, fold=fold.index)
-            if self.heatmaps:
-                write_heatmaps(records, index, self.output_dir / "heatmaps", self.thumbnail_mpp, self.reader_backend)
+            slides += slide_rows(records, index, heatmaps, self.thumbnail_mpp, fold=fold.index)
             logger.info("fold %d: %s", fold.index, ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+            if note:
+                logger.warning("fold %d: %s", fold.index, note)
         table = pd.DataFrame(results)
         _write_csv(table, self.output_dir / "results.csv")
         _write_csv(pd.DataFrame(predictions), self.output_dir / "predictions.csv")
+        _write_csv(pd.DataFrame(slides, columns=SLIDE_COLUMNS), self.output_dir / "slide_summary.csv")
         summary = summarise(table)
         _write_csv(summary, self.output_dir / "summary.csv")
         return summary
+
+    def fold_digest(
+        self, fold: Fold, index: BagIndex, targets: Mapping[str, Any], config: MILModelConfig, task: MILTask
+    ) -> str:
+        """Digest of everything a fold's model depends on: its splits, their targets and stores, the network,
+        the task, the optimisation settings, the seed and the feature source."""
+        patients = sorted({*fold.train, *fold.val, *fold.test})
+        return config_digest(
+            {
+                "splits": {"train": fold.train, "val": fold.val, "test": fold.test, "index": fold.index},
+                "targets": {patient: targets[patient] for patient in patients},
+                "stores": {s: index.store_digest(s) for patient in patients for s in index.patient_slides(patient)},
+                "model": asdict(config),
+                "task": asdict(task),
+                "settings": asdict(self.settings),
+                "seed": self.seed,
+                "feature_source": self.feature_source,
+            }
+        )
+
+    def _finished_fold(self, path: Path, digest: str) -> tuple[Any, dict[str, Any]]:
+        """(model, best) of a fold model at ``path`` trained on these inputs, else (None, {}). A damaged file is
+        set aside (renamed, never deleted) and its fold trained again."""
+        if not path.is_file():
+            return None, {}
+        try:
+            payload = read_fold_model(path, self.device)
+        except ValueError as error:
+            logger.warning("%s; set aside as %s, the fold is trained again", error, set_aside(path))
+            return None, {}
+        if payload.get("inputs_digest") != digest:
+            logger.info("%s was trained on other inputs or settings: the fold is trained again", path)
+            return None, {}
+        logger.info("%s: finished fold reused (same inputs and settings)", path)
+        return fold_model_from(payload, self.device)[0], dict(payload["best"])
+
+
+def _load_labels(path: str | Path, task: str, index: BagIndex, seed: int = 0) -> Labels:
+    """The labels checked against the stores found, with each token-less patient's reason from its stores."""
+    counts = index.token_counts()
+    return load_labels(path, task, counts, index.slide_patients, empty_reasons=index.empty_reasons(counts), seed=seed)
 
 
 def fold_models(models_dir: str | Path) -> list[Path]:
@@ -216,7 +297,6 @@ class MILPredict:
     labels: str | Path | None = None
     heatmaps: bool = True
     thumbnail_mpp: float = 16.0
-    reader_backend: str = "cucim"  # reads the thumbnails of the heatmaps
     device: torch.device | str | None = None
 
     def run(self) -> pd.DataFrame:
@@ -230,7 +310,7 @@ class MILPredict:
         targets = None
         patients = sorted(set(index.slide_patients.values()))
         if self.labels is not None:
-            labels = load_labels(self.labels, task.name, index.token_counts(), index.slide_patients)
+            labels = _load_labels(self.labels, task.name, index)
             if not task.is_survival and tuple(labels.classes) != task.classes:
                 raise ValueError(f"labels {self.labels} have classes {labels.classes}, the models {list(task.classes)}")
             edges = np.asarray(task.bin_edges) if task.bin_edges else None
@@ -241,15 +321,21 @@ class MILPredict:
         output.mkdir(parents=True, exist_ok=True)
         predictions = pd.DataFrame(prediction_rows(records, task))
         _write_csv(predictions, output / "predictions.csv")
-        if self.heatmaps:
-            write_heatmaps(records, index, output / "heatmaps", self.thumbnail_mpp, self.reader_backend)
+        slides = slide_rows(records, index, output / "heatmaps" if self.heatmaps else None, self.thumbnail_mpp)
+        _write_csv(pd.DataFrame(slides, columns=SLIDE_COLUMNS), output / "slide_summary.csv")
         if targets is None:
             return predictions
-        rows = [{"model": f"fold_{k}", **task.metrics(stack_predictions(r, task))} for k, r in enumerate(per_model)]
-        rows.append({"model": "ensemble", **task.metrics(stack_predictions(records, task))})
+        rows = [_scored(f"fold_{k}", r, task) for k, r in enumerate(per_model)] + [_scored("ensemble", records, task)]
         metrics = pd.DataFrame(rows)
         _write_csv(metrics, output / "metrics.csv")
         return metrics
+
+
+def _scored(model: str, records: list[dict[str, Any]], task: MILTask) -> dict[str, Any]:
+    """One metrics row: the model's metrics on ``records`` and which could not be computed, and why."""
+    stacked = stack_predictions(records, task)
+    metrics = task.metrics(stacked)
+    return {"model": model, **metrics, "not_computable": task.not_computable(stacked, metrics)}
 
 
 def _ensemble(per_model: list[list[dict[str, Any]]], task: MILTask) -> list[dict[str, Any]]:

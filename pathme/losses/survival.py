@@ -32,7 +32,7 @@ def survival_bins(time: np.ndarray, event: np.ndarray, num_bins: int) -> np.ndar
     if np.unique(edges).size < num_bins + 1:
         raise ValueError(
             f"{num_bins} bins need {num_bins + 1} distinct edges, but the {int(event.sum())} event times give "
-            f"only {np.unique(edges).size} ({edges.tolist()}): use fewer bins"
+            f"only {np.unique(edges).size} ({edges.tolist()}): use fewer bins (num_bins; pathme mil --num-bins)"
         )
     return edges
 

@@ -111,3 +111,15 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object]) 
         target.discard()
         raise
     return target.publish()
+
+
+def set_aside(path: str | os.PathLike[str]) -> Path:
+    """Rename a damaged file to ``<name>.damaged`` (``.damaged.1``, ... when taken) beside it, so it is out of the
+    way of a rerun but never deleted; returns the new path."""
+    path = Path(path)
+    target, number = path.with_name(f"{path.name}.damaged"), 0
+    while target.exists():
+        number += 1
+        target = path.with_name(f"{path.name}.damaged.{number}")
+    os.replace(path, target)
+    return target

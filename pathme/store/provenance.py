@@ -12,10 +12,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pathme.store.validate import read_store_attrs
-from pathme.wsi.slide import Slide
+
+if TYPE_CHECKING:
+    from pathme.wsi.slide import Slide
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class SlideProvenance:
     def open_slide(self) -> Slide:
         """The slide image, opened as at extraction: the same file, reader and µm/px. SlideError when it is gone
         or can no longer be read."""
+        from pathme.wsi.slide import Slide  # here, so reading a store's provenance does not load MONAI
+
         return Slide.open(self.slide_path, backend=self.reader_backend, mpp=self.mpp, slide_id=self.slide_id)
 
 

@@ -167,7 +167,7 @@ def _overlay(slide: Slide, grid: np.ndarray, cell: float, thumbnail_mpp: float) 
 
 
 def write_slide_heatmap(
-    slide_path: str | Path,
+    slide: Slide,
     out_dir: str | Path,
     slide_id: str,
     coords,
@@ -175,16 +175,15 @@ def write_slide_heatmap(
     scores,
     thumbnail_mpp: float = 16.0,
     cell: float | None = None,
-    backend: str = "cucim",
 ) -> dict[str, Path]:
-    """Write ``<slide_id>_attention.png`` (the overlay on the thumbnail at ``thumbnail_mpp`` µm/px) and
-    ``<slide_id>_attention.geojson`` into ``out_dir``, each atomically; ``cell`` defaults to the smallest token
-    size, the finest detail the scores hold."""
+    """Write ``<slide_id>_attention.png`` (the overlay on the open ``slide``'s thumbnail at ``thumbnail_mpp``
+    µm/px) and ``<slide_id>_attention.geojson`` into ``out_dir``, each atomically; ``cell`` defaults to the
+    smallest token size, the finest detail the scores hold. Open the slide as its store records it
+    (:meth:`pathme.store.provenance.SlideProvenance.open_slide`), so its reader and µm/px are extraction's."""
     coords, sizes, scores = _check_tokens(coords, sizes, scores)
     if len(sizes) == 0:
         raise ValueError(f"slide {slide_id}: no scored tiles to draw")
     cell = float(sizes.min()) if cell is None else cell
-    slide = Slide.open(slide_path, backend=backend, slide_id=slide_id)
     grid = attention_grid(coords, sizes, scores, slide.size, cell)
     overlay = Image.fromarray(_overlay(slide, grid, cell, thumbnail_mpp))
     png = write_atomic(Path(out_dir) / f"{slide_id}_attention.png", lambda path: overlay.save(path, format="PNG"))

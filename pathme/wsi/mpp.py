@@ -28,6 +28,9 @@ _MICRONS_PER_UNIT = {"centimeter": 1e4, "inch": 25400.0, "millimeter": 1e3, "mic
 #: 0.2 µm), 5 µm/px is a 2x overview, not a scan PatHME's 20x tiles could come from.
 PLAUSIBLE_MPP = (0.05, 5.0)
 
+#: µm/px times objective magnification by the field's convention: 20x is 0.5 µm/px, 40x 0.25 µm/px
+MPP_AT_1X = 10.0
+
 #: relative disagreement between stated magnification and µm/px (10 / magnification) that is warned about
 MAGNIFICATION_TOLERANCE = 0.2
 
@@ -118,7 +121,7 @@ def check_magnification(mpp: float, magnification: float | None, slide: str) -> 
     """Warn when the stated magnification and µm/px disagree (20x is about 0.5 µm/px); True when they agree."""
     if magnification is None:
         return True
-    expected = 10.0 / magnification
+    expected = MPP_AT_1X / magnification
     if abs(mpp / expected - 1) <= MAGNIFICATION_TOLERANCE:
         return True
     logger.warning(
