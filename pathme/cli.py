@@ -339,8 +339,11 @@ def _embed(args: argparse.Namespace) -> int:
 
     run_bundle(EMBED.bundle, EMBED.config, **EMBED.overrides(args))
     summary = pd.read_csv(Path(args.output_dir) / "embed_summary.csv", keep_default_na=False)
-    print(summary.to_string(index=False))
-    return 0
+    failed = summary["status"] == "failed"
+    print(summary.loc[~failed, ["slide", "status", "regions"]].to_string(index=False))
+    for slide, error in summary.loc[failed, ["slide", "error"]].itertuples(index=False):
+        print(f"FAILED {slide}: {error}")
+    return int(failed.any())
 
 
 def _mil(args: argparse.Namespace) -> int:

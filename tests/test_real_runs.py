@@ -184,6 +184,14 @@ def test_a_truncated_checkpoint_is_named_set_aside_and_training_goes_on(tmp_path
     assert f"checkpoint {last} is damaged" in pathme_log.text and "starts from iteration 0" in pathme_log.text
     assert last.with_name(last.name + ".damaged").stat().st_size > 0  # set aside, never deleted
     assert torch.load(tmp_path / "run" / "teacher.pt", weights_only=True)["iteration"] == 20
+    truncate(stores / "s3.h5", stores / "s3.h5")  # one damaged store does not stop the others' tokens
+    embed = ["embed", "--dataset-dir", str(stores), "--output-dir", str(tmp_path / "tokens")]
+    assert main([*embed, "--checkpoint", str(tmp_path / "run" / "checkpoints")]) == 1
+    summary = pd.read_csv(tmp_path / "tokens" / "embed_summary.csv", keep_default_na=False).set_index("slide")
+    assert list(summary["status"]) == ["done", "done", "done", "failed"] and "s3.h5" in summary.loc["s3", "error"]
+    damaged = truncate(tmp_path / "run" / "teacher.pt", tmp_path / "teacher_copy.pt")
+    assert main([*embed, "--checkpoint", str(damaged)]) == 2
+    assert f"{damaged}: not a readable checkpoint" in pathme_log.text
 
 
 def test_the_newest_readable_checkpoint_is_the_one_resumed_from(tmp_path):

@@ -54,9 +54,15 @@ _CHECKPOINT_SAFE_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dty
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """A checkpoint as state dicts, loaded with ``weights_only=True`` (no arbitrary code)."""
-    with torch.serialization.safe_globals(_CHECKPOINT_SAFE_GLOBALS):
-        return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint as state dicts, loaded with ``weights_only=True`` (no arbitrary code); ValueError naming the
+    file when it does not load (a run killed while writing it, a truncated copy, not a checkpoint)."""
+    try:
+        with torch.serialization.safe_globals(_CHECKPOINT_SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on damaged files
+        raise ValueError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from error
 
 
 @dataclass(frozen=True)
@@ -309,11 +315,8 @@ def newest_readable_checkpoint(folder: Path) -> tuple[Path, dict] | None:
     for path in reversed(found):
         try:
             return path, load_checkpoint(path)
-        except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on damaged files
-            aside = set_aside(path)
-            logger.warning(
-                "checkpoint %s is damaged (%s: %s); set aside as %s", path, type(error).__name__, error, aside
-            )
+        except ValueError as error:
+            logger.warning("checkpoint %s is damaged (%s); set aside as %s", path, error.__cause__, set_aside(path))
     if found:
         logger.warning("no readable checkpoint left in %s: training starts from iteration 0", folder)
     return None

@@ -27,6 +27,7 @@ from pathme.store import file_digest, store_is_done, validate_store
 from pathme.store.provenance import SlideProvenance
 from pathme.store.schema import COORDS, FEATURES, VALID
 from pathme.store.tokens import write_token_store
+from pathme.wsi.errors import failure_text
 from pathme.wsi.grid import L1_SIDE, raster_positions
 
 logger = logging.getLogger(__name__)
@@ -111,26 +112,36 @@ class EmbedRun:
         teacher = teacher_from(state, self.checkpoint).to(self.device)
         recorded = trained_on(state, self.checkpoint, self.expert_a, self.preset, self.network)
         digest = file_digest(self.checkpoint)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
         records = []
         for store in tqdm(stores, desc="embed", unit="slide", disable=None):
-            target = self.output_dir / store.name
-            expected = {"teacher_digest": digest, "source_digest": file_digest(store)}
-            if store_is_done(target, expected=expected, experts=[recorded.expert_a]):
-                records.append({"slide": store.stem, "status": "skipped (valid store)", "store": str(target)})
-                continue
-            attrs = validate_store(store, experts=[recorded.expert_a])
-            if attrs["expert_dims"][recorded.expert_a] != recorded.input_dim:
-                raise ValueError(
-                    f"{store}: expert {recorded.expert_a!r} has {attrs['expert_dims'][recorded.expert_a]}-d features, "
-                    f"the teacher of {self.checkpoint} takes {recorded.input_dim}-d ones"
-                )
-            extent = SlideProvenance.from_attrs(attrs).region_extent
-            tokens, coords = self._embed(teacher, store, recorded.expert_a, extent)
-            write_token_store(store, target, tokens, coords, expected | {"teacher_checkpoint": str(self.checkpoint)})
-            records.append({"slide": store.stem, "status": "done", "store": str(target), "regions": len(tokens)})
+            record = {"slide": store.stem, "status": "", "regions": "", "store": str(self.output_dir / store.name)}
+            record["error"] = ""
+            try:
+                record |= self._embed_store(teacher, recorded, store, digest)
+            except Exception as error:  # one store's failure, whatever it is, is its row; the others go on
+                record |= {"status": "failed", "error": failure_text(error, store.stem, logger)}
+            records.append(record)
         summary = pd.DataFrame(records)
         summary.to_csv(self.output_dir / "embed_summary.csv", index=False)
         return summary
+
+    def _embed_store(self, teacher: PatHME, recorded: TrainedOn, store: Path, digest: str) -> dict[str, object]:
+        """Write the token store of ``store`` unless a valid one is there; the summary row's status and size."""
+        target = self.output_dir / store.name
+        expected = {"teacher_digest": digest, "source_digest": file_digest(store)}
+        if store_is_done(target, expected=expected, experts=[recorded.expert_a]):
+            return {"status": "skipped (valid store)"}
+        attrs = validate_store(store, experts=[recorded.expert_a])
+        if attrs["expert_dims"][recorded.expert_a] != recorded.input_dim:
+            raise ValueError(
+                f"{store}: expert {recorded.expert_a!r} has {attrs['expert_dims'][recorded.expert_a]}-d features, "
+                f"the teacher of {self.checkpoint} takes {recorded.input_dim}-d ones"
+            )
+        extent = SlideProvenance.from_attrs(attrs).region_extent
+        tokens, coords = self._embed(teacher, store, recorded.expert_a, extent)
+        write_token_store(store, target, tokens, coords, expected | {"teacher_checkpoint": str(self.checkpoint)})
+        return {"status": "done", "regions": len(tokens)}
 
     @torch.inference_mode()
     def _embed(self, teacher: PatHME, store: Path, expert: str, region_extent: float) -> tuple[np.ndarray, np.ndarray]:
