@@ -213,8 +213,9 @@ MIL_TRAIN = BundleFlags(
     "train.json",
     {
         "features_dir": "token stores (pathme embed) or region stores",
-        "output_dir": "where folds, models, metrics and heatmaps go",
-        "labels": "labels CSV (patient_id or slide_id, the task column[s], fold[s]); predict takes none (default null)",
+        "output_dir": "where folds, models, metrics, predictions and heatmaps go",
+        "labels": "labels CSV (patient_id or slide_id, the task column[s], fold[s]); evaluate needs it, predict takes "
+        "none (default null)",
         "task": "the class column of the labels, or 'survival' (time, event)",
         "feature_source": "'pathme', 'pathme-mean' or an expert name (raw features)",
         "num_folds": "folds generated when the labels have none",
@@ -238,16 +239,12 @@ MIL_TRAIN = BundleFlags(
     required=("features_dir", "output_dir"),
     choices={"survival_loss": ("nll", "cox")},
 )
-MIL_PREDICT = BundleFlags(
+MIL_PREDICT = BundleFlags(  # evaluate.json and inference.json: the same ids
     "pathme_mil",
     "inference.json",
     {
-        "features_dir": "token stores (pathme embed) or region stores",
-        "output_dir": "where predictions and heatmaps go",
-        "labels": "labels CSV: evaluate the models on them (evaluate needs it)",
+        **{i: MIL_TRAIN.helps[i] for i in ("features_dir", "output_dir", "labels", "heatmaps", "thumbnail_mpp")},
         "models_dir": "evaluate, predict: the training run's output folder (its fold_<k>/model.pt)",
-        "heatmaps": "write attention heatmaps (PNG, GeoJSON)",
-        "thumbnail_mpp": "µm/px of the heatmaps' thumbnails",
         "device": DEVICE_HELP,
     },
     required=("features_dir", "output_dir"),

@@ -2,8 +2,8 @@
 
 The teacher is loaded strictly from a distillation checkpoint or ``teacher.pt`` (state dicts,
 ``weights_only=True``), and its network and input expert are what the file records it was trained on
-(:class:`~pathme.engines.distill_workflow.TrainedOn`): a value given here must agree with the file, and a
-checkpoint that does not fit its network is an error naming it, never a silently random network. Tokens are in
+(:class:`~pathme.engines.distill_workflow.TrainedOn`), never repeated in a config: a checkpoint that does not
+fit its network is an error naming it, never a silently random network. Tokens are in
 the order [prompts, L1 tokens in raster order]; ``token_coords`` holds the level-0 top-left of what each token
 stands for (the region for a prompt, its 5x tile for an L1 token).
 """
@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from pathme.engines.distill_workflow import TrainedOn, load_checkpoint, newest_readable_checkpoint
-from pathme.networks import PatHME, preset_config
+from pathme.networks import PatHME
 from pathme.store import file_digest, store_is_done, validate_store
 from pathme.store.provenance import SlideProvenance
 from pathme.store.schema import COORDS, FEATURES, VALID
@@ -31,25 +31,6 @@ from pathme.wsi.errors import failure_text
 from pathme.wsi.grid import L1_SIDE, raster_positions
 
 logger = logging.getLogger(__name__)
-
-
-def trained_on(
-    state: Mapping, checkpoint: Path, expert_a: str | None, preset: str | None, network: Mapping | None
-) -> TrainedOn:
-    """What the checkpoint's teacher was trained on; ValueError naming both when a given value disagrees."""
-    recorded = TrainedOn.of(state, checkpoint)
-    given = {"expert_a": expert_a, "preset": preset}
-    wrong = {name: value for name, value in given.items() if value is not None and value != getattr(recorded, name)}
-    if network is not None:
-        wanted = preset_config(preset or recorded.preset, recorded.input_dim, network)
-        if wanted != recorded.config():
-            wrong["network"] = dict(network)
-    if wrong:
-        raise ValueError(
-            f"{checkpoint} was trained as expert_a {recorded.expert_a!r}, preset {recorded.preset!r}, network "
-            f"{recorded.network}; the run gives {wrong}: leave them unset to use what the checkpoint records"
-        )
-    return recorded
 
 
 def load_teacher(checkpoint: Path) -> PatHME:
@@ -82,16 +63,13 @@ def token_coords(origins: np.ndarray, region_extent: float, num_prompts: int) ->
 class EmbedRun:
     """Write ``output_dir/<slide_id>.h5`` for every region store of ``dataset_dir`` with the teacher's tokens.
 
-    ``checkpoint``: ``teacher.pt`` or a checkpoint file, or a folder (its newest readable checkpoint).
-    ``expert_a``, ``preset``, ``network``: None takes what the checkpoint records (given, they must agree).
+    ``checkpoint``: ``teacher.pt`` or a checkpoint file, or a folder (its newest readable checkpoint); the teacher's
+    expert and network are what it records.
     """
 
     dataset_dir: str | Path
     output_dir: str | Path
     checkpoint: str | Path
-    expert_a: str | None = None
-    preset: str | None = None
-    network: Mapping[str, object] | None = None
     batch_size: int = 32
     device: torch.device | str | None = None
 
@@ -110,7 +88,7 @@ class EmbedRun:
             raise FileNotFoundError(f"no region stores (*.h5) in {self.dataset_dir}")
         state = load_checkpoint(self.checkpoint)
         teacher = teacher_from(state, self.checkpoint).to(self.device)
-        recorded = trained_on(state, self.checkpoint, self.expert_a, self.preset, self.network)
+        recorded = TrainedOn.of(state, self.checkpoint)
         digest = file_digest(self.checkpoint)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         records = []

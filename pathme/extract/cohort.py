@@ -27,13 +27,13 @@ from pathme.encoders import Expert, build_expert
 from pathme.extract.engine import encode_regions
 from pathme.extract.loader import RegionDataset, SlideSource, region_loader
 from pathme.store import RegionStoreWriter, config_digest, read_store_summary, store_is_done, write_features_h5
-from pathme.store.provenance import SlideProvenance, read_provenance, slide_attrs
+from pathme.store.interop import interop_attrs
+from pathme.store.provenance import read_provenance, slide_attrs
 from pathme.store.schema import COORDS, FEATURES, VALID
 from pathme.wsi.backends import AUTO
 from pathme.wsi.errors import SlideError, failure_text
 from pathme.wsi.grid import L0_MPP, L0_SIDE, L1_MPP, L2_MPP, REGION_PX, TILE_PX, raster_positions
 from pathme.wsi.manifest import ManifestRow, read_manifest
-from pathme.wsi.mpp import MPP_AT_1X
 from pathme.wsi.regions import plan_regions
 from pathme.wsi.tissue import TissueConfig
 
@@ -209,25 +209,6 @@ class CohortExtractor:
         for path in parts:
             path.unlink()
         return _save_summary(summary.sort_values("slide_id", ignore_index=True), self.output_dir / "run_summary.csv")
-
-
-def interop_attrs(provenance: SlideProvenance) -> dict[str, object]:
-    """The geometry of the 20x tiles as TRIDENT (and CLAM-style readers, slide encoders such as TITAN) read it from
-    the `coords` dataset: tile side at 20x and at level 0 (``patch_size``, ``patch_size_level0``, rounded like the
-    coordinates), the magnification and µm/px the tiles were read at and those of level 0 (magnification as
-    10 / µm/px, the convention 0.5 µm/px = 20x); coordinates are level-0 (x, y) of each tile's top-left."""
-    return {
-        "patch_size": TILE_PX,
-        "patch_size_level0": round(provenance.region_extent / L0_SIDE),
-        "patch_level": 0,
-        "overlap": 0,
-        "target_mpp": L0_MPP,
-        "target_magnification": MPP_AT_1X / L0_MPP,
-        "level0_mpp": provenance.mpp,
-        "level0_magnification": round(MPP_AT_1X / provenance.mpp, 3),
-        "name": provenance.slide_id,
-        "slide_id": provenance.slide_id,
-    }
 
 
 def _rate(record: dict) -> str:

@@ -11,6 +11,9 @@ import numpy as np
 from pathme.store.atomic import atomic_h5
 from pathme.store.attrs import write_attrs
 from pathme.store.errors import StoreError
+from pathme.store.provenance import SlideProvenance
+from pathme.wsi.grid import L0_MPP, L0_SIDE, TILE_PX
+from pathme.wsi.mpp import MPP_AT_1X
 
 
 def write_features_h5(
@@ -34,3 +37,22 @@ def write_features_h5(
         file.create_dataset("features", data=features.astype(np.float32, copy=False), track_times=False)
         write_attrs(file["coords"], attrs or {})
     return path
+
+
+def interop_attrs(provenance: SlideProvenance) -> dict[str, object]:
+    """The geometry of the 20x tiles as TRIDENT (and CLAM-style readers, slide encoders such as TITAN) read it from
+    the `coords` dataset: tile side at 20x and at level 0 (``patch_size``, ``patch_size_level0``, rounded like the
+    coordinates), the magnification and µm/px the tiles were read at and those of level 0 (magnification as
+    10 / µm/px, the convention 0.5 µm/px = 20x); coordinates are level-0 (x, y) of each tile's top-left."""
+    return {
+        "patch_size": TILE_PX,
+        "patch_size_level0": round(provenance.region_extent / L0_SIDE),
+        "patch_level": 0,
+        "overlap": 0,
+        "target_mpp": L0_MPP,
+        "target_magnification": MPP_AT_1X / L0_MPP,
+        "level0_mpp": provenance.mpp,
+        "level0_magnification": round(MPP_AT_1X / provenance.mpp, 3),
+        "name": provenance.slide_id,
+        "slide_id": provenance.slide_id,
+    }
