@@ -14,8 +14,9 @@ nuclei and stroma average out): green or cyan (hue 80-170°), saturated and not 
 purple of hematoxylin-dense tissue lies at 250-300°, and dark pixels are left alone whatever their hue), or
 near-black with little colour (hematoxylin-dense tissue is dark but saturated). Patches smaller than
 ``min_ink_area_um2`` are never ink (a marker stroke is millimetres long). Where this fails: ink over tissue
-takes that tissue with it; blue-black markers as dark as dense nuclei are kept as tissue; black pigment
-(melanin, anthracosis) on little colour reads as black ink; unusually blue hematoxylin may read as blue ink.
+takes that tissue with it; blue-black markers as dark as dense nuclei, and red markers (eosin's colour), are
+kept as tissue; black pigment (melanin, anthracosis) on little colour reads as black ink; unusually blue
+hematoxylin may read as blue ink.
 The preview shows what was rejected as ink; ``ink=False`` turns the rejection off.
 """
 
