@@ -14,7 +14,6 @@ from real_inputs import (
     half_tissue,
     rgba,
     tissue_image,
-    write_72_dpi_glass,
     write_manifest,
     write_slide,
 )
@@ -34,22 +33,7 @@ def valid_tiles(plan) -> int:
     return int(sum(region.valid_l0.sum() for region in plan.regions))
 
 
-# K2: physical scale must be plausible before it is used
-
-
-def test_a_72_dpi_slide_between_good_ones_is_refused_and_the_others_are_previewed(tmp_path):
-    good = [write_slide(tmp_path / f"good{i}.tiff", tissue_image(2000, seed=i)) for i in (1, 2)]
-    write_72_dpi_glass(tmp_path / "dpi72.tiff")
-    rows = [{"slide_id": p.stem, "path": p.name} for p in (good[0], tmp_path / "dpi72.tiff", good[1])]
-    out = tmp_path / "previews"
-    assert main(["preview", "--manifest", str(write_manifest(tmp_path, rows)), "--out", str(out)]) == 1
-    summary = pd.read_csv(out / "preview_summary.csv", keep_default_na=False).set_index("slide_id")
-    assert list(summary.index) == ["good1", "dpi72", "good2"]
-    for slide_id in ("good1", "good2"):
-        assert summary.loc[slide_id, "error"] == "" and int(summary.loc[slide_id, "regions"]) == 1
-    error = summary.loc["dpi72", "error"]
-    assert "tiff resolution tags give 352.8 µm/px" in error and "0.05-5 µm/px" in error
-    assert "manifest's 'mpp' column" in error and "dpi72.tiff" in error
+# K2: physical scale must be plausible before it is used (the 72-dpi input: test_real_runs.py's mixed cohort)
 
 
 def test_an_implausible_metadata_value_gives_way_to_the_next_source():
