@@ -89,7 +89,9 @@ def test_slides_whose_mpp_came_from_the_manifest_get_their_mil_run_and_heatmaps(
     features = tmp_path / "features"
     monkeypatch.chdir(tmp_path)
     assert _extract(Path("cohort/manifest.csv"), Path("features")) == 0  # relative paths, as users type them
-    assert read_provenance(features / "s0.h5").slide_path == tmp_path / "cohort" / "s0.tiff"
+    provenance = read_provenance(features / "s0.h5")
+    assert provenance.slide_path == tmp_path / "cohort" / "s0.tiff" and provenance.mpp_source == "manifest"
+    assert provenance.open_slide().mpp_source == "its store (manifest)"  # as later stages open it
     monkeypatch.chdir(tmp_path / "cohort")
     assert _mil(features, labels, tmp_path / "mil", *MIL, "--task", "label") == 0
     _assert_complete_run(tmp_path / "mil", 8)
@@ -149,6 +151,7 @@ def test_a_cohort_of_every_bad_kind_finishes_every_good_slide_and_reports_every_
         assert (summary.loc[["good0", "good1", "rgba", "pen"], "error"] == "").all()
     assert (extracted.loc[["good0", "good1", "rgba", "pen"], "status"] == "done").all()
     assert extracted.loc["rgba", "reader_backend"] == "openslide" and "cucim" in extracted.loc["rgba", "note"]
+    assert (extracted.loc[["dpi72", "truncated", "missing"], "store"] == "").all()  # no store was written for them
     with h5py.File(tmp_path / "features" / "pen.h5", "r") as store:
         origins, valid = store["coords"][:], store["valid/L0"][:]
     tile_x = origins[:, None, 0] + np.arange(256) % 16 * 256
@@ -261,6 +264,8 @@ def test_survival_with_tied_times_names_the_flag_and_the_flag_fixes_it(tmp_path,
     cox = ["--task", "survival", "--survival-loss", "cox", "--no-heatmaps"]
     assert _mil(features, labels, tmp_path / "cox1", *MIL, *cox) == 2
     assert "set batch_size >= 2 (pathme mil --batch-size" in pathme_log.text
+    assert _mil(features, labels, tmp_path / "cox4", *MIL, *cox, "--batch-size", "4") == 0
+    assert "the validation split has 1 patient(s), 1 with an event: its Cox loss is 0" in pathme_log.text
 
 
 def test_cox_survival_runs_from_the_command_line_on_the_demo_cohort(demo_cohort, demo_features, tmp_path):

@@ -109,6 +109,7 @@ def test_a_slide_smaller_than_the_minimum_tissue_area_keeps_its_tissue(tmp_path,
     image = tissue_image(side, blob=(side / 2, side / 2, side, side))  # tissue everywhere
     plan = plan_regions(Slide.open(write_slide(tmp_path / "s.tiff", image)))
     assert plan.reason == "" and valid_tiles(plan) == (side // 256) ** 2
+    assert plan.tissue_fraction > 0.9  # tissue up to the slide's edge, not a band short of it (0.44 before)
 
 
 # K4: reader errors name the cause and the way out

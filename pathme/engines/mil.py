@@ -210,10 +210,19 @@ def train_fold(
     writer: SummaryWriter | None = None,
 ) -> tuple[ABMIL, dict[str, float]]:
     """Train with early stopping on the validation loss; returns the best model (eval mode) and its epoch/loss."""
-    if task.is_survival and task.survival_loss == "cox" and settings.batch_size < 2:
-        raise ValueError(
-            "the Cox loss compares patients within a batch: set batch_size >= 2 (pathme mil --batch-size 16)"
-        )
+    if task.is_survival and task.survival_loss == "cox":
+        if settings.batch_size < 2:
+            raise ValueError(
+                "the Cox loss compares patients within a batch: set batch_size >= 2 (pathme mil --batch-size 16)"
+            )
+        events = sum(int(val.targets[patient]["event"]) for patient in val.patients) if val.targets else 0
+        if len(val) < 2 or not events:
+            logger.warning(
+                "the validation split has %d patient(s), %d with an event: its Cox loss is 0, so early stopping and "
+                "the best epoch mean nothing; give the cohort more patients, or use the NLL (survival_loss nll)",
+                len(val),
+                events,
+            )
     torch.manual_seed(seed)
     model = model_config.build().to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)

@@ -139,6 +139,7 @@ class CohortExtractor:
                 self._write_interop(store, entry.slide_id, list(experts))
         except Exception as error:  # one slide's failure, whatever it is, is its row; the others go on
             record |= {"status": "failed", "error": failure_text(error, entry.slide_id, logger)}
+            record["store"] = str(store) if store.is_file() else ""  # a store that is there, valid or not
         record["seconds"] = round(time.perf_counter() - start, 3)
         return record
 

@@ -57,7 +57,8 @@ class SlideProvenance:
         or can no longer be read."""
         from pathme.wsi.slide import Slide  # here, so reading a store's provenance does not load MONAI
 
-        return Slide.open(self.slide_path, backend=self.reader_backend, mpp=self.mpp, slide_id=self.slide_id)
+        source = f"its store ({self.mpp_source})"
+        return Slide.open(self.slide_path, self.reader_backend, self.mpp, self.slide_id, mpp_source=source)
 
 
 def read_provenance(path: str | os.PathLike[str]) -> SlideProvenance:

@@ -74,11 +74,14 @@ def _range() -> str:
     return f"{PLAUSIBLE_MPP[0]:g}-{PLAUSIBLE_MPP[1]:g} µm/px"
 
 
-def level0_mpp(properties: Mapping[str, str], override: float | None, slide: str) -> tuple[float, str]:
+def level0_mpp(
+    properties: Mapping[str, str], override: float | None, slide: str, override_source: str = "manifest"
+) -> tuple[float, str]:
     """Return (level-0 µm/px, where it came from) or raise :class:`MissingMppError` naming the fix.
 
-    ``slide`` names the slide and its file in messages. A manifest value outside :data:`PLAUSIBLE_MPP` is a
-    :class:`SlideError`; a metadata value outside it is skipped (and named if no other source has one).
+    ``slide`` names the slide and its file in messages; ``override_source`` says where ``override`` came from. A
+    manifest value outside :data:`PLAUSIBLE_MPP` is a :class:`SlideError`; a metadata value outside it is skipped
+    (and named if no other source has one).
     """
     if override is not None:
         value = _positive(override)
@@ -89,7 +92,7 @@ def level0_mpp(properties: Mapping[str, str], override: float | None, slide: str
                 f"slide {slide}: manifest column 'mpp' is {value:g} µm/px, outside the {_range()} of a microscope "
                 "scan; correct it (for example 0.25 for 40x, 0.5 for 20x)"
             )
-        return value, "manifest"
+        return value, override_source
     candidates = (
         ("aperio MPP", _positive(properties.get("aperio.MPP"))),
         ("tiff resolution tags", _from_resolution_tags(properties)),

@@ -112,10 +112,11 @@ class Slide:
         backend: str = AUTO,
         mpp: float | None = None,
         slide_id: str | None = None,
+        mpp_source: str = "manifest",
     ) -> Slide:
-        """Open ``path`` with ``backend`` (``auto``, ``cucim`` or ``openslide``); ``mpp`` (level-0 µm/px) overrides
-        the slide's metadata. Raises SlideError naming the file (missing, damaged, undecodable, no plausible
-        µm/px) and ValueError for an unknown backend."""
+        """Open ``path`` with ``backend`` (``auto``, ``cucim`` or ``openslide``); ``mpp`` (level-0 µm/px, from
+        ``mpp_source``) overrides the slide's metadata. Raises SlideError naming the file (missing, damaged,
+        undecodable, no plausible µm/px) and ValueError for an unknown backend."""
         path = Path(path)
         slide_id = slide_id or path.stem
         readers = readers_for(backend)
@@ -133,7 +134,7 @@ class Slide:
             if note:
                 note = f"{note}; read with {name}"
                 logger.warning("slide %s: %s", slide_id, note)
-            level0, source = level0_mpp(properties, mpp, f"{slide_id} ({path})")
+            level0, source = level0_mpp(properties, mpp, f"{slide_id} ({path})", mpp_source)
             magnification = stated_magnification(properties)
             check_magnification(level0, magnification, slide_id)
             logger.info("slide %s: opened with %s, %.4f µm/px from %s", slide_id, name, level0, source)

@@ -108,7 +108,8 @@ def tissue_mask(
     mask &= darker & clean
     closing = max(1, round(config.closing_um / config.mpp))
     opening = max(1, round(config.opening_um / config.mpp))
-    mask = ndimage.binary_closing(mask, structure=disk(closing), border_value=0)
+    padded = np.pad(mask, closing, mode="edge")  # tissue cut by the slide's edge stays tissue up to that edge
+    mask = ndimage.binary_closing(padded, structure=disk(closing))[closing:-closing, closing:-closing]
     mask = ndimage.binary_opening(mask, structure=disk(opening))
     mask = ndimage.binary_fill_holes(mask)
     if ink.any():
