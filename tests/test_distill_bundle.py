@@ -14,7 +14,7 @@ from conftest import REPO
 
 from pathme.cli import main
 from pathme.data.synthetic_stores import write_store
-from pathme.engines.distill_workflow import TrainedOn, latest_checkpoint, load_checkpoint
+from pathme.engines.distill_workflow import TrainedOn, load_checkpoint, newest_readable_checkpoint
 from pathme.engines.embed import EmbedRun
 from pathme.networks import preset_config
 from pathme.store import validate_store
@@ -57,7 +57,7 @@ def test_the_run_writes_its_teacher_alone_in_a_file_plain_torch_load_reads(train
     checkpoint's teacher, and embeds exactly as the checkpoints folder does."""
     stores, output = trained
     teacher = torch.load(output / "teacher.pt", map_location="cpu", weights_only=True)
-    last = load_checkpoint(latest_checkpoint(output / "checkpoints"))
+    last = newest_readable_checkpoint(output / "checkpoints")[1]
     assert teacher["iteration"] == 4 and teacher["teacher"].keys() == last["teacher"].keys()
     assert all(torch.equal(teacher["teacher"][key], last["teacher"][key]) for key in last["teacher"])
     from_file = EmbedRun(stores, tmp_path / "file", output / "teacher.pt").run()
@@ -111,7 +111,7 @@ def test_the_pathme_commands_give_what_the_bundle_commands_give(trained, tmp_pat
 
 def test_the_teacher_file_records_what_it_was_trained_on_and_embedding_uses_it(trained):
     _, output = trained
-    for path in (output / "teacher.pt", latest_checkpoint(output / "checkpoints")):
+    for path in (output / "teacher.pt", newest_readable_checkpoint(output / "checkpoints")[0]):
         recorded = TrainedOn.of(load_checkpoint(path), path)
         assert (recorded.expert_a, recorded.expert_b, recorded.preset) == ("tiny-vit", "tiny-cnn", "tiny")
         assert recorded.input_dim == 64 and recorded.config() == preset_config("tiny", 64)

@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from pathme.data.distill import ViewConfig
 from pathme.data.synthetic_stores import write_store
-from pathme.engines.distill_workflow import DistillationRun, latest_checkpoint, load_checkpoint
+from pathme.engines.distill_workflow import DistillationRun, load_checkpoint, newest_readable_checkpoint
 from pathme.engines.schedules import Schedules
 
 DIMS = {"a": 12, "b": 10}
@@ -67,7 +67,8 @@ def test_a_resumed_run_continues_exactly(stores, tmp_path):
     _run(stores, tmp_path / "whole").run()
     whole = _scalars(tmp_path / "whole" / "tensorboard")
     checkpoint = tmp_path / "whole" / "checkpoints" / "distill_checkpoint_3.pt"
-    assert checkpoint.is_file() and latest_checkpoint(tmp_path / "whole" / "checkpoints").name.endswith("_6.pt")
+    newest, _ = newest_readable_checkpoint(tmp_path / "whole" / "checkpoints")
+    assert checkpoint.is_file() and newest.name.endswith("_6.pt")
     (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
     shutil.copy(checkpoint, tmp_path / "resumed" / "checkpoints")  # as if the run had been killed after step 3
     _run(stores, tmp_path / "resumed").run()

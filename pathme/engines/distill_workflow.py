@@ -295,24 +295,13 @@ def save_teacher(teacher: torch.nn.Module, path: Path, iteration: int, trained_o
     return write_atomic(path, lambda temp: torch.save(state, temp))
 
 
-def latest_checkpoint(folder: Path) -> Path | None:
-    """The checkpoint with the highest iteration in ``folder``, if any."""
-    found = _checkpoints(folder)
-    return found[-1] if found else None
-
-
-def _checkpoints(folder: Path) -> list[Path]:
-    """The checkpoints of ``folder``, lowest iteration first."""
-    return sorted(folder.glob("distill_checkpoint_*.pt"), key=lambda path: int(path.stem.rsplit("_", 1)[-1]))
-
-
 def newest_readable_checkpoint(folder: Path) -> tuple[Path, dict] | None:
     """(path, state) of the newest checkpoint of ``folder`` that loads; None when there is none.
 
     A checkpoint that does not load (a run killed while writing it, a truncated copy) is named, set aside as
     ``<name>.damaged`` (never deleted) and the next newest is tried; when none is left that is said too.
     """
-    found = _checkpoints(folder)
+    found = sorted(folder.glob("distill_checkpoint_*.pt"), key=lambda path: int(path.stem.rsplit("_", 1)[-1]))
     for path in reversed(found):
         try:
             return path, load_checkpoint(path)
