@@ -21,6 +21,7 @@ import pandas as pd
 
 from pathme import __version__
 from pathme.bundles import bundle_dir
+from pathme.store.schema import FEATURE_DTYPES
 from pathme.wsi.backends import AUTO, BACKENDS
 
 logger = logging.getLogger("pathme")
@@ -161,10 +162,11 @@ EXTRACT = BundleFlags(
         "device": DEVICE_HELP,
         "seed": "random seed",
         "interop_h5": "also write CLAM/TRIDENT-style h5_files/<expert>/<slide_id>.h5",
+        "feature_dtype": "dtype of the stored features (computed in float32, bf16 on a GPU)",
         **TISSUE_HELP,
     },
     required=("manifest", "output_dir"),
-    choices={"reader_backend": BACKENDS},
+    choices={"reader_backend": BACKENDS, "feature_dtype": FEATURE_DTYPES},
 )
 DISTILL = BundleFlags(
     "pathme_distillation",
@@ -234,6 +236,8 @@ MIL_TRAIN = BundleFlags(
         "num_bins": "time bins of the discrete-time survival NLL",
         "heatmaps": "write attention heatmaps (PNG, GeoJSON)",
         "thumbnail_mpp": "µm/px of the heatmaps' thumbnails",
+        "cache_bytes": "bytes of patient bags kept in memory across epochs and folds (default: an eighth of the "
+        "machine's memory; 0 reads the stores every time)",
         "device": DEVICE_HELP,
     },
     required=("features_dir", "output_dir"),

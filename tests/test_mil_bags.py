@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from pathme.data.bags import (
     BagDataset,
     BagIndex,
+    _bag_bytes,
     available_sources,
     collate_bags,
     read_slide_bag,
@@ -35,7 +36,8 @@ def origins(n_regions: int) -> np.ndarray:
 
 def tokens_for(regions: list[dict], seed: int = 0) -> np.ndarray:
     """Random PatHME tokens [R, 26, D]: prompts always finite, NaN in invalid L1 tokens (as the store allows)."""
-    tokens = np.random.default_rng(seed).standard_normal((len(regions), 26, TOKEN_DIM)).astype(np.float32)
+    tokens = np.random.default_rng(seed).standard_normal((len(regions), 26, TOKEN_DIM)).astype(np.float16)
+    tokens = tokens.astype(np.float32)  # float16 numbers: the store holds them exactly
     for row, region in enumerate(regions):
         tokens[row, 10:][~region["valid_l1"]] = np.nan
     return tokens
@@ -69,7 +71,7 @@ def test_expert_bag_holds_exactly_the_valid_l0_tiles_at_their_places(
     regions, _ = stores["s1"]
     bag = read_slide_bag(tmp_path / "regions" / "s1.h5", "expert-a")
     valid = np.stack([region["valid_l0"] for region in regions])
-    assert bag.features.shape == (valid.sum(), DIMS["expert-a"]) and bag.features.dtype == np.float32
+    assert bag.features.shape == (valid.sum(), DIMS["expert-a"]) and bag.features.dtype == np.float16  # as stored
     assert np.isfinite(bag.features).all()
     expected = np.concatenate([region["features"]["expert-a"][0][region["valid_l0"]] for region in regions])
     np.testing.assert_array_equal(bag.features, expected)
@@ -129,6 +131,21 @@ def test_sources_and_a_missing_source_is_a_clear_error(
         BagIndex(tmp_path / "regions", "pathme-mean")
 
 
+def test_expert_features_of_a_token_store_come_through_its_link(
+    tmp_path: Path, stores: dict[str, tuple[list[dict], np.ndarray]]
+) -> None:
+    through_link = read_slide_bag(tmp_path / "tokens" / "s1.h5", "expert-a")
+    direct = read_slide_bag(tmp_path / "regions" / "s1.h5", "expert-a")
+    for field in ("features", "coords", "sizes", "kinds"):
+        np.testing.assert_array_equal(getattr(through_link, field), getattr(direct, field))
+    moved = tmp_path / "archive" / "tokens"
+    moved.parent.mkdir()
+    (tmp_path / "tokens").rename(moved)  # the region stores are no longer where the (relative) link points
+    np.testing.assert_array_equal(read_slide_bag(moved / "s1.h5", "pathme").features[:10], stores["s1"][1][0, :10])
+    with pytest.raises(StoreError, match=r"archive/tokens/s1.h5: expert features are read from .*regions/s1.h5.*gone"):
+        read_slide_bag(moved / "s1.h5", "expert-a")
+
+
 def test_broken_store_and_empty_folder(tmp_path: Path) -> None:
     broken = tmp_path / "broken.h5"
     broken.write_bytes(b"not an hdf5 file")
@@ -155,7 +172,8 @@ def test_a_patient_bag_is_the_union_of_its_slides(
     item = BagDataset(index, ["p1", "p2"])[0]
     assert item["patient_id"] == "p1" and item["slide_ids"] == ["s1", "s2"]
     first, second = bags["s1"], bags["s2"]
-    torch.testing.assert_close(item["features"], torch.from_numpy(np.concatenate([first.features, second.features])))
+    union = np.concatenate([first.features, second.features], dtype=np.float32)
+    torch.testing.assert_close(item["features"], torch.from_numpy(union))
     np.testing.assert_array_equal(item["coords"].numpy(), np.concatenate([first.coords, second.coords]))
     np.testing.assert_array_equal(item["sizes"].numpy(), np.concatenate([first.sizes, second.sizes]))
     np.testing.assert_array_equal(item["kinds"].numpy(), np.concatenate([first.kinds, second.kinds]))
@@ -192,10 +210,33 @@ def test_dataset_targets_unknown_patients_and_collate(
 
 def test_dataset_pickles_into_loader_workers(tmp_path: Path, stores: dict[str, tuple[list[dict], np.ndarray]]) -> None:
     """No open HDF5 file is held, so workers read their own."""
-    dataset = BagDataset(BagIndex(tmp_path / "regions", "expert-a"), ["p1", "p2"], cache=False)
+    dataset = BagDataset(BagIndex(tmp_path / "regions", "expert-a", cache_bytes=0), ["p1", "p2"])
     copy = pickle.loads(pickle.dumps(dataset))
     torch.testing.assert_close(copy[1]["features"], dataset[1]["features"])
     loader = DataLoader(dataset, batch_size=2, num_workers=2, collate_fn=collate_bags)
     (batch,) = list(loader)
     lengths = [len(dataset[i]["features"]) for i in range(2)]
     assert batch["patient_id"] == ["p1", "p2"] and batch["mask"].sum(dim=1).tolist() == lengths
+
+
+def test_the_bag_cache_stays_within_its_byte_budget_and_changes_no_item(
+    tmp_path: Path, stores: dict[str, tuple[list[dict], np.ndarray]]
+) -> None:
+    uncached = BagDataset(BagIndex(tmp_path / "tokens", "pathme", cache_bytes=0), ["p1", "p2"])
+    reference = [uncached[i] for i in (0, 1, 0)]
+    one_patient = _bag_bytes(uncached.index.patient_bag("p1"))  # p1 is the larger patient
+    assert uncached.index._cached_bytes == 0 and not uncached.index._cache
+    for budget, kept in ((one_patient, ["p1"]), (10 * one_patient, ["p2", "p1"])):
+        index = BagIndex(tmp_path / "tokens", "pathme", cache_bytes=budget)
+        dataset = BagDataset(index, ["p1", "p2"])
+        for position, expected in zip((0, 1, 0), reference, strict=True):
+            item = dataset[position]
+            assert item["features"].dtype == torch.float32
+            torch.testing.assert_close(item["features"], expected["features"], rtol=0, atol=0)
+            np.testing.assert_array_equal(item["coords"], expected["coords"])
+        assert 0 < index._cached_bytes <= budget
+        assert list(index._cache) == kept  # least recently used first; p2 evicted when only p1 fits
+        assert index.patient_bag("p1") is index.patient_bag("p1")  # a hit reads nothing
+    assert read_slide_bag(tmp_path / "tokens" / "s1.h5", "pathme").features.dtype == np.float16  # kept as stored
+    with pytest.raises(ValueError, match="cache_bytes must be >= 0"):
+        BagIndex(tmp_path / "tokens", "pathme", cache_bytes=-1)

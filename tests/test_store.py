@@ -26,6 +26,7 @@ from pathme.store import (
     validate_store,
     write_features_h5,
 )
+from pathme.store.tokens import write_token_store
 from pathme.wsi.grid import RegionGrid
 
 EXPERTS = {"alpha": 8, "beta": 5}
@@ -51,9 +52,12 @@ def make_regions(n: int = 3, seed: int = 0) -> list[dict]:
     ]
 
 
-def write_store(path: Path, regions: list[dict] | None = None, **attrs: object) -> Path:
+def write_store(path: Path, regions: list[dict] | None = None, feature_dtype: str = "float16", **attrs: object) -> Path:
     regions = make_regions() if regions is None else regions
-    with RegionStoreWriter(path, attrs=make_attrs(**attrs), n_regions=len(regions), experts=EXPERTS) as writer:
+    writer = RegionStoreWriter(
+        path, attrs=make_attrs(**attrs), n_regions=len(regions), experts=EXPERTS, feature_dtype=feature_dtype
+    )
+    with writer:
         for index, region in enumerate(regions):
             writer.write_region(index, **region)
         return writer.commit()
@@ -68,9 +72,17 @@ def store(tmp_path: Path) -> Path:
     return write_store(tmp_path / "s1.h5")
 
 
-def test_a_store_reads_back_exactly(tmp_path):
+def as_stored(region: dict, expert: str, position: int, dtype: str) -> np.ndarray:
+    """What the store holds: valid tiles in ``dtype``, invalid ones zero (L2 is always valid)."""
+    values = region["features"][expert][position]
+    valid = (region["valid_l0"], region["valid_l1"], np.array(True))[position]
+    return np.where(valid[..., None], values, 0).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_a_store_reads_back_exactly(tmp_path, dtype):
     regions = make_regions()
-    path = write_store(tmp_path / "s1.h5", regions)
+    path = write_store(tmp_path / "s1.h5", regions, feature_dtype=dtype)
     with h5py.File(path, "r") as file:
         np.testing.assert_array_equal(file["coords"][()], [region["coords"] for region in regions])
         assert file["coords"].dtype == np.int64
@@ -79,9 +91,10 @@ def test_a_store_reads_back_exactly(tmp_path):
         for expert, dim in EXPERTS.items():
             for position, level in enumerate(("L0", "L1", "L2")):
                 stored = file[f"features/{expert}/{level}"]
-                assert stored.dtype == np.float32
-                assert stored.chunks == (1, *stored.shape[1:])
-                np.testing.assert_array_equal(stored[()], [r["features"][expert][position] for r in regions])
+                assert stored.dtype == np.dtype(dtype)
+                assert stored.chunks == (1, *stored.shape[1:])  # one region, one chunk read
+                assert (stored.compression, stored.compression_opts, stored.shuffle) == ("gzip", 1, True)
+                np.testing.assert_array_equal(stored[()], [as_stored(r, expert, position, dtype) for r in regions])
             assert file[f"features/{expert}/L0"].shape == (3, 256, dim)
     attrs = validate_store(path, experts=["beta"])
     assert attrs["slide_size"] == list(SLIDE_SIZE)
@@ -90,6 +103,7 @@ def test_a_store_reads_back_exactly(tmp_path):
     assert attrs["expert_dims"] == EXPERTS
     assert attrs["expert_digests"] == make_attrs()["expert_digests"]
     assert (attrs["schema_version"], attrs["complete"], attrs["region_extent"]) == (SCHEMA_VERSION, True, 4096.0)
+    assert (attrs["feature_dtype"], attrs["compression"]) == (dtype, "gzip-1+shuffle")
     assert (attrs["tile_px"], attrs["region_px"], attrs["l0_mpp"], attrs["l2_mpp"]) == (256, 4096, 0.5, 8.0)
     assert read_store_summary(path) == {
         "path": str(path),
@@ -237,23 +251,33 @@ DAMAGE = {
     "wrong geometry": (_set_attr("region_extent", 8192.0), "region_extent.*8192.0.*4096.0"),
     "missing dataset": (lambda file: file.__delitem__("features/beta/L1"), "dataset 'features/beta/L1' missing"),
     "shape mismatch": (
-        _set_dataset("features/beta/L1", np.zeros((3, 16, 4), np.float32)),
+        _set_dataset("features/beta/L1", np.zeros((3, 16, 4), np.float16)),
         r"'features/beta/L1' has shape \(3, 16, 4\), expected \(3, 16, 5\)",
     ),
     "dtype mismatch": (
         _set_dataset("features/alpha/L2", np.zeros((3, 8), np.float64)),
-        "'features/alpha/L2' has dtype float64, expected float32",
+        r"'features/alpha/L2' has dtype float64, expected float16 \(attribute 'feature_dtype'\)",
+    ),
+    "feature_dtype says float32": (_set_attr("feature_dtype", "float32"), "has dtype float16, expected float32"),
+    "feature_dtype unknown": (_set_attr("feature_dtype", "bfloat16"), "'feature_dtype' is 'bfloat16', expected one"),
+    "not compressed as recorded": (
+        _set_dataset("features/alpha/L2", np.zeros((3, 8), np.float16)),
+        r"'features/alpha/L2' has filters \(None, None, False\), not the gzip-1\+shuffle",
+    ),
+    "compression unknown": (_set_attr("compression", "zstd"), "'compression' is 'zstd', but this pathme writes"),
+    "version 1 store": (
+        _set_attr("schema_version", 1),
+        r"schema version 1 was written by an older .*rerun `pathme extract`",
     ),
     "fewer regions in one dataset": (_set_dataset("valid/L1", np.ones((2, 16), bool)), "'valid/L1' has shape"),
     "unlisted expert": (
-        _set_dataset("features/gamma/L2", np.zeros((3, 2), np.float32)),
+        _set_dataset("features/gamma/L2", np.zeros((3, 2), np.float16)),
         "expert.*gamma.*does not list",
     ),
     "valid/L1 inconsistent": (_poke("valid/L1", (2,), False), r"region 2 at level-0 \(8192, 0\): valid/L1 differs"),
     "NaN in L2": (_poke("features/beta/L2", (1, 3), np.nan), "region 1 .*features/beta/L2 has non-finite"),
     "coords outside": (_poke("coords", (2, 0), 9000), r"region 2 at level-0 \(9000, 0\) lies outside"),
     "duplicate coords": (_poke("coords", (2,), (0, 0)), r"regions \[0, 2\] share the level-0 position \(0, 0\)"),
-    "tokens alone": (_set_dataset("tokens", np.zeros((3, 26, 4), np.float32)), "without its companion"),
 }
 
 
@@ -317,17 +341,63 @@ def test_missing_store_is_not_done_and_says_why(tmp_path, caplog):
     assert "absent.h5: no store there" in caplog.text
 
 
-def test_reserved_token_datasets_are_checked_when_present(store):
-    tokens = np.random.default_rng(1).standard_normal((3, 26, 4)).astype(np.float32)
-    token_coords = np.zeros((3, 26, 2), np.int64)
-    _damage(
-        store, lambda f: (f.create_dataset("tokens", data=tokens), f.create_dataset("token_coords", data=token_coords))
-    )
-    validate_store(store)
-    assert read_store_summary(store)["has_tokens"]
-    _damage(store, _poke("tokens", (2, 0, 1), np.inf))  # a prompt
-    with pytest.raises(StoreError, match="region 2 .*tokens has non-finite"):
-        validate_store(store)
+TEACHER = {"teacher_digest": "sha256:" + "e" * 64, "teacher_checkpoint": "/runs/teacher.pt"}
+
+
+def write_tokens(store: Path, target: Path, dim: int = 4) -> np.ndarray:
+    """The token store of ``store`` at ``target`` with random tokens [3, 26, dim]; returns the tokens."""
+    tokens = np.random.default_rng(1).standard_normal((3, 26, dim)).astype(np.float32)
+    write_token_store(store, target, tokens, np.zeros((3, 26, 2), np.int64), TEACHER)
+    return tokens
+
+
+@pytest.fixture
+def token_store(store: Path) -> Path:
+    target = store.parent / "tokens" / store.name
+    target.parent.mkdir()
+    write_tokens(store, target)
+    return target
+
+
+def test_a_token_store_links_its_region_store_instead_of_copying_it(store, tmp_path):
+    target = tmp_path / "tokens" / "s1.h5"
+    target.parent.mkdir()
+    tokens = write_tokens(store, target, dim=64)
+    attrs = validate_store(target, experts=["alpha"], expected=TEACHER)
+    assert (attrs["region_store"], attrs["region_store_digest"]) == ("../s1.h5", file_digest(store))
+    assert attrs["slide_id"] == "s1" and attrs["feature_dtype"] == "float16"
+    with h5py.File(target, "r") as file:
+        assert "features" not in file
+        keep = np.concatenate([np.ones((3, 10), bool), file["valid/L1"][()]], axis=1)  # prompts, valid L1 tokens
+        np.testing.assert_array_equal(file["tokens"][()], np.where(keep[..., None], tokens, 0).astype(np.float16))
+        names = ("tokens", "token_coords", "coords", "valid/L0", "valid/L1")
+        own = sum(file[name].size * file[name].dtype.itemsize for name in names)
+    assert target.stat().st_size <= own + 16 * 1024  # its own arrays plus HDF5 structure and attributes
+    assert read_store_summary(target)["has_tokens"]
+    assert not read_store_summary(store)["has_tokens"]
+
+
+def test_a_token_store_whose_region_store_changed_is_refused(store, token_store):
+    write_store(store, make_regions(seed=5))  # re-extracted since: other features
+    with pytest.raises(StoreError, match=r"its region store .*s1.h5 changed after the tokens .*rerun `pathme embed`"):
+        validate_store(token_store)
+    assert not store_is_done(token_store)
+
+
+TOKEN_DAMAGE = {
+    "inf in a prompt": (_poke("tokens", (2, 0, 1), np.inf), "region 2 .*tokens has non-finite"),
+    "copied features": (_set_dataset("features/alpha/L2", np.zeros((3, 8), np.float16)), "holds no features"),
+    "tokens alone": (lambda file: file.__delitem__("token_coords"), "'tokens' without its companion"),
+    "no tokens": (lambda f: (f.__delitem__("token_coords"), f.__delitem__("tokens")), "without dataset 'tokens'"),
+}
+
+
+@pytest.mark.parametrize("case", list(TOKEN_DAMAGE))
+def test_token_store_damage_is_named(token_store, case):
+    change, message = TOKEN_DAMAGE[case]
+    _damage(token_store, change)
+    with pytest.raises(StoreError, match=f"{token_store}: .*{message}"):
+        validate_store(token_store)
 
 
 def _short_l0(region: dict) -> None:
@@ -346,6 +416,10 @@ def _nan_l2(region: dict) -> None:
     region["features"]["beta"][2][0] = np.nan
 
 
+def _huge_l2(region: dict) -> None:
+    region["features"]["beta"][2][0] = 1e6
+
+
 def _float_coords(region: dict) -> None:
     region["coords"] = (0.5, 0)
 
@@ -356,6 +430,7 @@ WRITER_REFUSALS = {
     "int flags": (_int_flags, "valid/L0 must be bool"),
     "L1 flags": (_l1_flags, "valid/L1 differs"),
     "NaN": (_nan_l2, "features/beta/L2 has non-finite"),
+    "beyond float16": (_huge_l2, "features/beta/L2: a value of 1e\\+06 exceeds the range of float16 .* float32"),
     "coords": (_float_coords, "coords must be two integers"),
 }
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from torch.utils.data import Dataset
 from pathme.store import StoreError, config_digest, read_store_summary, validate_store
 from pathme.store.provenance import SlideProvenance
 from pathme.store.schema import COORDS, FEATURES, N_PROMPTS, TOKEN_COORDS, TOKENS, VALID
+from pathme.store.tokens import is_token_store, linked_region_store
 from pathme.store.validate import BLOCK_BYTES
 from pathme.wsi.grid import L0_SIDE, L1_SIDE, raster_positions
 
@@ -45,7 +47,7 @@ class SlideBag:
     slide_id: str
     patient_id: str
     slide_path: str
-    features: np.ndarray  # [N, D] float32, finite
+    features: np.ndarray  # [N, D] finite, float16 or float32 as stored (float32 for pathme-mean)
     coords: np.ndarray  # [N, 2] int64 level-0 (x, y) top-left of what each token covers
     sizes: np.ndarray  # [N] float64 level-0 side of what each token covers
     kinds: np.ndarray  # [N] int8: REGION_KIND (prompt or region mean) or TILE_KIND
@@ -62,9 +64,9 @@ def available_sources(path: StorePath) -> list[str]:
     return _sources(summary["has_tokens"], summary["experts"])
 
 
-def _require_source(path: StorePath, file: h5py.File, attrs: Mapping[str, Any], source: str) -> None:
+def _require_source(path: StorePath, attrs: Mapping[str, Any], source: str) -> None:
     """A clear error when ``source`` is not in the store, naming what is there instead."""
-    sources = _sources(TOKENS.name in file, attrs["experts"])
+    sources = _sources(is_token_store(attrs), attrs["experts"])
     if source in sources:
         return
     missing = f"dataset '{TOKENS.name}'" if source in (PATHME, PATHME_MEAN) else f"expert '{source}'"
@@ -136,10 +138,12 @@ def _kinds(coords: np.ndarray, kind: int = REGION_KIND) -> np.ndarray:
 
 
 def _load_bag(path: StorePath, attrs: Mapping[str, Any], source: str) -> SlideBag:
-    """The bag of a store already validated (``attrs`` from :func:`validate_store`)."""
+    """The bag of a store already validated (``attrs`` from :func:`validate_store`); an expert's features of a
+    token store come from the region store it links."""
     provenance = SlideProvenance.from_attrs(attrs)
-    with h5py.File(path, "r") as file:
-        _require_source(path, file, attrs, source)
+    _require_source(path, attrs, source)
+    tokens = source in (PATHME, PATHME_MEAN)
+    with h5py.File(path if tokens else linked_region_store(path, attrs), "r") as file:
         keep, extent = _keep(file, source), provenance.region_extent
         if source == PATHME:
             features, coords, sizes, kinds = _pathme_tokens(file, keep, extent)
@@ -153,11 +157,20 @@ def _load_bag(path: StorePath, attrs: Mapping[str, Any], source: str) -> SlideBa
         slide_id=provenance.slide_id,
         patient_id=provenance.patient_id,
         slide_path=str(provenance.slide_path),
-        features=np.ascontiguousarray(features, dtype=np.float32),
+        features=np.ascontiguousarray(features),
         coords=coords.astype(np.int64),
         sizes=sizes.astype(np.float64),
         kinds=kinds.astype(np.int8),
     )
+
+
+def default_cache_bytes() -> int:
+    """The default bag cache: an eighth of this machine's physical memory (3 GiB on a 24 GiB machine)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 8
+
+
+def _bag_bytes(bags: Sequence[SlideBag]) -> int:
+    return sum(bag.features.nbytes + bag.coords.nbytes + bag.sizes.nbytes + bag.kinds.nbytes for bag in bags)
 
 
 def read_slide_bag(path: StorePath, feature_source: str) -> SlideBag:
@@ -166,10 +179,20 @@ def read_slide_bag(path: StorePath, feature_source: str) -> SlideBag:
 
 
 class BagIndex:
-    """Every store of a folder, read lazily: which slides belong to which patient."""
+    """Every store of a folder, read lazily: which slides belong to which patient.
 
-    def __init__(self, features_dir: StorePath, feature_source: str) -> None:
+    Patient bags read are kept in a least-recently-used cache of at most ``cache_bytes`` (features as stored,
+    float16 by default; :func:`default_cache_bytes` when None; 0 reads the stores every time), so memory stays
+    bounded whatever the cohort's size, and a cohort that fits is read once for all epochs and folds.
+    """
+
+    def __init__(self, features_dir: StorePath, feature_source: str, cache_bytes: int | str | None = None) -> None:
         self.features_dir, self.feature_source = Path(features_dir), feature_source
+        self.cache_bytes = default_cache_bytes() if cache_bytes is None else int(cache_bytes)
+        if self.cache_bytes < 0:
+            raise ValueError(f"cache_bytes must be >= 0, got {self.cache_bytes}")
+        self._cache: OrderedDict[str, list[SlideBag]] = OrderedDict()
+        self._cached_bytes = 0
         paths = sorted(self.features_dir.glob("*.h5"))
         if not paths:
             raise FileNotFoundError(f"no stores (*.h5) in {self.features_dir}")
@@ -177,8 +200,7 @@ class BagIndex:
         self._provenance: dict[str, SlideProvenance] = {}
         for path in paths:
             attrs = validate_store(path)
-            with h5py.File(path, "r") as file:
-                _require_source(path, file, attrs, feature_source)
+            _require_source(path, attrs, feature_source)
             provenance = SlideProvenance.from_attrs(attrs)
             if provenance.slide_id in self._stores:
                 raise ValueError(
@@ -223,15 +245,27 @@ class BagIndex:
         return reasons
 
     def feature_dim(self) -> int:
-        """Dimension of this feature source's tokens, from the first store's shapes (no features read)."""
-        path, _ = next(iter(self._stores.values()))
-        name = TOKENS.name if self.feature_source in (PATHME, PATHME_MEAN) else FEATURES["L0"].path(self.feature_source)
+        """Dimension of this feature source's tokens, from the first store (no features read)."""
+        path, attrs = next(iter(self._stores.values()))
+        if self.feature_source not in (PATHME, PATHME_MEAN):
+            return int(attrs["expert_dims"][self.feature_source])
         with h5py.File(path, "r") as file:
-            return int(file[name].shape[-1])
+            return int(file[TOKENS.name].shape[-1])
 
     def patient_bag(self, patient_id: str) -> list[SlideBag]:
-        """The bags of the patient's slides, in slide id order."""
-        return [_load_bag(*self._stores[slide], self.feature_source) for slide in self.patient_slides(patient_id)]
+        """The bags of the patient's slides, in slide id order (from the cache when there)."""
+        bags = self._cache.get(patient_id)
+        if bags is not None:
+            self._cache.move_to_end(patient_id)
+            return bags
+        bags = [_load_bag(*self._stores[slide], self.feature_source) for slide in self.patient_slides(patient_id)]
+        size = _bag_bytes(bags)
+        if size <= self.cache_bytes:
+            while self._cached_bytes + size > self.cache_bytes:
+                self._cached_bytes -= _bag_bytes(self._cache.popitem(last=False)[1])
+            self._cache[patient_id] = bags
+            self._cached_bytes += size
+        return bags
 
 
 def _target_tensor(value: float | int) -> torch.Tensor:
@@ -240,9 +274,9 @@ def _target_tensor(value: float | int) -> torch.Tensor:
 
 
 def _patient_item(patient_id: str, bags: Sequence[SlideBag]) -> dict[str, Any]:
-    """The union of a patient's slide bags, each token tagged with the index of its slide."""
+    """The union of a patient's slide bags (features as float32), each token tagged with the index of its slide."""
     return {
-        "features": torch.from_numpy(np.concatenate([bag.features for bag in bags])),
+        "features": torch.from_numpy(np.concatenate([bag.features for bag in bags], dtype=np.float32)),
         "patient_id": patient_id,
         "slide_index": torch.cat([torch.full((len(bag.features),), i, dtype=torch.long) for i, bag in enumerate(bags)]),
         "slide_ids": [bag.slide_id for bag in bags],
@@ -253,14 +287,14 @@ def _patient_item(patient_id: str, bags: Sequence[SlideBag]) -> dict[str, Any]:
 
 
 class BagDataset(Dataset):
-    """One item per patient: the union of its slides' bags (concatenated in slide_id order)."""
+    """One item per patient: the union of its slides' bags (concatenated in slide_id order), read through the
+    index's bounded cache (:class:`BagIndex`)."""
 
     def __init__(
         self,
         index: BagIndex,
         patients: Sequence[str],
         targets: Mapping[str, dict[str, float | int]] | None = None,
-        cache: bool = True,
     ) -> None:
         known = set(index.slide_patients.values())
         unknown = [patient for patient in patients if patient not in known]
@@ -269,19 +303,14 @@ class BagDataset(Dataset):
         unlabelled = [patient for patient in patients if targets is not None and patient not in targets]
         if unlabelled:
             raise ValueError(f"patient(s) without targets: {', '.join(unlabelled[:10])}")
-        self.index, self.patients, self.targets, self.cache = index, list(patients), targets, cache
-        self._items: dict[str, dict[str, Any]] = {}
+        self.index, self.patients, self.targets = index, list(patients), targets
 
     def __len__(self) -> int:
         return len(self.patients)
 
     def __getitem__(self, position: int) -> dict[str, Any]:
         patient = self.patients[position]
-        item = self._items.get(patient)
-        if item is None:
-            item = _patient_item(patient, self.index.patient_bag(patient))
-            if self.cache:
-                self._items[patient] = item
+        item = _patient_item(patient, self.index.patient_bag(patient))
         targets = self.targets[patient] if self.targets is not None else {}
         return item | {key: _target_tensor(value) for key, value in targets.items()}
 

@@ -152,16 +152,16 @@ class RegionStoreDataset(Dataset):
         valid_l0 = torch.from_numpy(file[VALID["L0"].name][region])
         valid_l1 = torch.from_numpy(file[VALID["L1"].name][region])
 
-        def features(expert: str, level: str, valid: Tensor) -> Tensor:
-            values = torch.from_numpy(file[FEATURES[level].path(expert)][region])
-            return torch.where(valid[:, None], values, torch.zeros((), dtype=values.dtype))
+        def features(expert: str, level: str) -> Tensor:
+            """float32 (stored float16 or float32); invalid tiles are zeros in the store."""
+            return torch.from_numpy(file[FEATURES[level].path(expert)][region]).float()
 
         return {
-            "l0": features(self.expert_a, "L0", valid_l0),
-            "l1": features(self.expert_a, "L1", valid_l1),
+            "l0": features(self.expert_a, "L0"),
+            "l1": features(self.expert_a, "L1"),
             "l0_valid": valid_l0,
             "l1_valid": valid_l1,
-            "kd": features(self.expert_b, "L0", valid_l0),
+            "kd": features(self.expert_b, "L0"),
             "index": torch.tensor(index, dtype=torch.long),
         }
 

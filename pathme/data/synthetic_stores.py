@@ -14,16 +14,18 @@ SLIDE_SIZE = (9000, 5000)
 
 
 def region_arrays(rule: str, rng: np.random.Generator, dims: dict[str, int]) -> dict:
-    """One region's validity and features; invalid tiles hold NaN, which the store allows and readers must hide."""
+    """One region's validity and features; invalid tiles hold NaN, which the writer zeroes. Values are float16
+    numbers (as float32), so a float16 store holds them exactly."""
     valid_l0 = {"full": np.ones(256, bool), "empty": np.zeros(256, bool), "sparse": rng.random(256) < 0.5}[rule]
     valid_l1 = np.zeros(16, dtype=bool)
     np.logical_or.at(valid_l1, L0_PARENT, valid_l0)
     features = {}
     for expert, dim in dims.items():
-        l0 = rng.standard_normal((256, dim)).astype(np.float32)
-        l1 = rng.standard_normal((16, dim)).astype(np.float32)
+        l0, l1, l2 = (
+            rng.standard_normal(shape).astype(np.float16).astype(np.float32) for shape in ((256, dim), (16, dim), dim)
+        )
         l0[~valid_l0], l1[~valid_l1] = np.nan, np.nan
-        features[expert] = [l0, l1, rng.standard_normal(dim).astype(np.float32)]
+        features[expert] = [l0, l1, l2]
     return {"valid_l0": valid_l0, "valid_l1": valid_l1, "features": features}
 
 

@@ -1,4 +1,4 @@
-"""Region tokens from a trained teacher: every region store in, one token store (store + ``tokens``) per slide out.
+"""Region tokens from a trained teacher: one token store per region store, linked to it (pathme.store.tokens).
 
 The teacher is loaded strictly from a distillation checkpoint or ``teacher.pt`` (state dicts,
 ``weights_only=True``), and its network and input expert are what the file records it was trained on
@@ -107,7 +107,7 @@ class EmbedRun:
     def _embed_store(self, teacher: PatHME, recorded: TrainedOn, store: Path, digest: str) -> dict[str, object]:
         """Write the token store of ``store`` unless a valid one is there; the summary row's status and size."""
         target = self.output_dir / store.name
-        expected = {"teacher_digest": digest, "source_digest": file_digest(store)}
+        expected = {"teacher_digest": digest, "region_store_digest": file_digest(store)}
         if store_is_done(target, expected=expected, experts=[recorded.expert_a]):
             return {"status": "skipped (valid store)"}
         attrs = validate_store(store, experts=[recorded.expert_a])
@@ -118,7 +118,8 @@ class EmbedRun:
             )
         extent = SlideProvenance.from_attrs(attrs).region_extent
         tokens, coords = self._embed(teacher, store, recorded.expert_a, extent)
-        write_token_store(store, target, tokens, coords, expected | {"teacher_checkpoint": str(self.checkpoint)})
+        made_by = {"teacher_digest": digest, "teacher_checkpoint": str(self.checkpoint)}
+        write_token_store(store, target, tokens, coords, made_by)
         return {"status": "done", "regions": len(tokens)}
 
     @torch.inference_mode()
@@ -130,7 +131,11 @@ class EmbedRun:
             batches = []
             for start in range(0, len(origins), self.batch_size):
                 part = slice(start, start + self.batch_size)
-                batch = [torch.as_tensor(a[part]).to(self.device) for a in (l0_all, valid_l0, l1_all, valid_l1)]
+                l0, l1 = (torch.from_numpy(a[part]).float() for a in (l0_all, l1_all))  # stored float16 or 32
+                batch = [
+                    t.to(self.device)
+                    for t in (l0, torch.from_numpy(valid_l0[part]), l1, torch.from_numpy(valid_l1[part]))
+                ]
                 batches.append(teacher.region_tokens(*batch).float().cpu().numpy())
         dim, prompts = teacher.config.embed_dim, teacher.config.num_prompts
         tokens = np.concatenate(batches) if batches else np.zeros((0, prompts + L1_SIDE**2, dim), np.float32)

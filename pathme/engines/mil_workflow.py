@@ -171,6 +171,7 @@ class MILRun:
     heatmaps: bool = True
     thumbnail_mpp: float = 16.0
     device: torch.device | str | None = None
+    cache_bytes: int | None = None  # patient bags kept in memory (BagIndex); None: an eighth of the machine's
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
@@ -180,7 +181,7 @@ class MILRun:
 
     def prepare(self) -> tuple[BagIndex, Labels, list, MILTask]:
         """Everything checked before training: stores, labels, folds and the task's head."""
-        index = BagIndex(self.features_dir, self.feature_source)
+        index = BagIndex(self.features_dir, self.feature_source, self.cache_bytes)
         labels = _load_labels(self.labels, self.task, index, seed=self.seed)
         # both paths check the folds (no shared patient, every class in every split) before returning them
         folds = labels.folds if labels.folds is not None else make_folds(labels, self.num_folds, self.seed)
@@ -306,7 +307,7 @@ class MILPredict:
         task, source = loaded[0][1], loaded[0][2]
         if any(t != task or s != source for _, t, s in loaded):
             raise ValueError(f"fold models in {self.models_dir} disagree on task or feature source")
-        index = BagIndex(self.features_dir, source)
+        index = BagIndex(self.features_dir, source, cache_bytes=0)  # each patient is read once
         targets = None
         patients = sorted(set(index.slide_patients.values()))
         if self.labels is not None:

@@ -29,7 +29,7 @@ from pathme.extract.loader import RegionDataset, SlideSource, region_loader
 from pathme.store import RegionStoreWriter, config_digest, read_store_summary, store_is_done, write_features_h5
 from pathme.store.interop import interop_attrs
 from pathme.store.provenance import read_provenance, slide_attrs
-from pathme.store.schema import COORDS, FEATURES, VALID
+from pathme.store.schema import COORDS, FEATURE_DTYPES, FEATURES, VALID
 from pathme.wsi.backends import AUTO
 from pathme.wsi.errors import SlideError, failure_text
 from pathme.wsi.grid import L0_MPP, L0_SIDE, L1_MPP, L2_MPP, REGION_PX, TILE_PX, raster_positions
@@ -82,10 +82,13 @@ class CohortExtractor:
     tissue: TissueConfig = field(default_factory=TissueConfig)
     interop_h5: bool = False
     seed: int = 0
+    feature_dtype: str = "float16"
 
     def __post_init__(self) -> None:
         if not self.experts:
             raise ValueError("experts: give at least one expert name (see pathme.encoders.list_experts())")
+        if self.feature_dtype not in FEATURE_DTYPES:
+            raise ValueError(f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, got {self.feature_dtype!r}")
         if self.batch_size < 1 or self.num_workers < 0:
             raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {self.batch_size}, {self.num_workers}")
         self.output_dir = Path(self.output_dir)
@@ -100,6 +103,7 @@ class CohortExtractor:
             "tissue": asdict(self.tissue),
             "geometry": {"tile_px": TILE_PX, "region_px": REGION_PX, "mpp": [L0_MPP, L1_MPP, L2_MPP]},
             "seed": self.seed,
+            "feature_dtype": self.feature_dtype,
         }
 
     def run(self) -> pd.DataFrame:
@@ -173,7 +177,9 @@ class CohortExtractor:
         )
         dims = {name: expert.dim for name, expert in experts.items()}
         with (
-            RegionStoreWriter(store, attrs=attrs, n_regions=len(plan.regions), experts=dims) as writer,
+            RegionStoreWriter(
+                store, attrs=attrs, n_regions=len(plan.regions), experts=dims, feature_dtype=self.feature_dtype
+            ) as writer,
             tqdm(total=len(plan.regions), desc=entry.slide_id, unit="region", leave=False, disable=None) as bar,
         ):
             tiles = encode_regions(iter(loader), plan.regions, experts, writer, self.batch_size, self.device, bar)
@@ -193,7 +199,7 @@ class CohortExtractor:
             tile_xy = np.rint(origins[:, None, :] + offsets[None]).astype(np.int64)
             for name in experts:
                 target = self.output_dir / "h5_files" / name / f"{slide_id}.h5"
-                features = handle[FEATURES["L0"].path(name)][:]
+                features = handle[FEATURES["L0"].path(name)][:].astype(np.float32)  # as CLAM/TRIDENT write them
                 attrs = interop_attrs(provenance) | {"expert": name}
                 write_features_h5(target, tile_xy[valid], features[valid], attrs=attrs)
 

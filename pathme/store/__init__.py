@@ -1,7 +1,8 @@
 """The region store: one HDF5 file per slide with every expert's features of every region at L0, L1 and L2.
 
 Written atomically (:class:`RegionStoreWriter`), checked completely before reuse (:func:`validate_store`,
-:func:`store_is_done`); the layout is in :mod:`pathme.store.schema`.
+:func:`store_is_done`); the layout is in :mod:`pathme.store.schema`: float16 features by default, compressed
+chunks of one region, and token stores (:mod:`pathme.store.tokens`) that link their region store.
 """
 
 from pathme.store.digests import config_digest, file_digest

@@ -8,15 +8,20 @@ Datasets (``D``: the expert's feature dimension; for ``tokens`` the network's to
 * ``coords`` [R, 2] int64: level-0 (x, y) of each region's top-left corner;
 * ``valid/L0`` [R, 256] bool and ``valid/L1`` [R, 16] bool: tile validity (an L1 tile is valid when any of its
   16 L0 children is); invalid tiles keep a row in every array but their values mean nothing;
-* ``features/<expert>/L0`` [R, 256, D], ``.../L1`` [R, 16, D], ``.../L2`` [R, D] float32: one expert's
-  features of every tile at 20x, 5x and 1.25x;
-* reserved for the PatHME output, written by a later stage and checked when present: ``tokens`` [R, 26, D]
-  float32 (10 scale prompts, then the 16 L1 tokens in raster order) and ``token_coords`` [R, 26, 2] int64
-  (level-0 (x, y) of the top-left of what each token stands for: the region for a prompt, its tile for an
-  L1 token).
+* ``features/<expert>/L0`` [R, 256, D], ``.../L1`` [R, 16, D], ``.../L2`` [R, D] in the store's
+  ``feature_dtype`` (float16 by default, float32 on request): one expert's features of every tile at 20x, 5x and
+  1.25x; invalid tiles are stored as zeros, which the chunk compression (:data:`COMPRESSION`) reduces to almost
+  nothing, so a store costs about the float16 size of its *valid* features.
+
+A token store (:mod:`pathme.store.tokens`, the PatHME stage) has the same attributes, ``coords`` and ``valid``
+plus :data:`TOKEN_ATTRS`, no ``features`` (it links its region store instead of copying it), and
+``tokens`` [R, 26, D] in ``feature_dtype`` (10 scale prompts, then the 16 L1 tokens in raster order) with
+``token_coords`` [R, 26, 2] int64 (level-0 (x, y) of the top-left of what each token stands for: the region for a
+prompt, its tile for an L1 token).
 
 Attributes are :data:`REQUIRED_ATTRS` (given by the caller) plus :data:`WRITER_ATTRS`; ``complete`` is set
-only when every region is written, just before the file is renamed into place.
+only when every region is written, just before the file is renamed into place. Version 1 stores (float32,
+uncompressed, tokens beside copied features) are refused with the command that rewrites them.
 """
 
 from __future__ import annotations
@@ -28,7 +33,14 @@ import numpy as np
 
 from pathme.wsi.grid import L0_MPP, L0_SIDE, L1_MPP, L1_SIDE, L2_MPP, REGION_PX, TILE_PX, RegionGrid
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+FEATURE_DTYPES = ("float16", "float32")  # the `feature_dtype` choices; computed in float32 (bf16 on CUDA) either way
+#: the HDF5 filter of feature and token chunks, chosen by measurement (docs/benchmarks.md, scripts/bench_store.py):
+#: gzip level 1 after byte shuffling is built into every HDF5 (stores open anywhere with plain h5py), gives ~0.9x
+#: the float16 size of valid features and near zero for background tiles, and decodes ~500 UNI-size regions/s
+#: per core
+COMPRESSION = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+COMPRESSION_NAME = "gzip-1+shuffle"
 N_PROMPTS = 10  # scale prompts in front of the L1 tokens of a region's PatHME output
 TOKENS_PER_REGION = N_PROMPTS + L1_SIDE * L1_SIDE
 
@@ -42,7 +54,11 @@ class DatasetSpec:
 
     name: str
     trailing: tuple[int | str, ...]
-    dtype: np.dtype
+    dtype: np.dtype | None  # None: the store's feature_dtype
+
+    def dtype_in(self, feature_dtype: str) -> np.dtype:
+        """This dataset's dtype in a store of the given ``feature_dtype``."""
+        return self.dtype if self.dtype is not None else np.dtype(feature_dtype)
 
     def path(self, expert: str = "") -> str:
         return self.name.format(expert=expert)
@@ -61,12 +77,12 @@ VALID = {
     "L1": DatasetSpec("valid/L1", (L1_SIDE * L1_SIDE,), np.dtype(bool)),
 }
 FEATURES = {
-    "L0": DatasetSpec("features/{expert}/L0", (L0_SIDE * L0_SIDE, "D"), np.dtype(np.float32)),
-    "L1": DatasetSpec("features/{expert}/L1", (L1_SIDE * L1_SIDE, "D"), np.dtype(np.float32)),
-    "L2": DatasetSpec("features/{expert}/L2", ("D",), np.dtype(np.float32)),
+    "L0": DatasetSpec("features/{expert}/L0", (L0_SIDE * L0_SIDE, "D"), None),
+    "L1": DatasetSpec("features/{expert}/L1", (L1_SIDE * L1_SIDE, "D"), None),
+    "L2": DatasetSpec("features/{expert}/L2", ("D",), None),
 }
 FEATURES_GROUP = "features"
-TOKENS = DatasetSpec("tokens", (TOKENS_PER_REGION, "D"), np.dtype(np.float32))
+TOKENS = DatasetSpec("tokens", (TOKENS_PER_REGION, "D"), None)
 TOKEN_COORDS = DatasetSpec("token_coords", (TOKENS_PER_REGION, 2), np.dtype(np.int64))
 
 #: attributes the caller supplies: name -> (kind, meaning); kinds are checked by :mod:`pathme.store.checks`
@@ -96,6 +112,8 @@ OPTIONAL_ATTRS: dict[str, str] = {
 #: attributes the writer adds: name -> meaning
 WRITER_ATTRS: dict[str, str] = {
     "schema_version": "version of this schema",
+    "feature_dtype": "dtype of the stored features and tokens: float16 or float32",
+    "compression": "HDF5 filter of the feature and token chunks",
     "tile_px": "tile side in pixels at every scale",
     "region_px": "region side in pixels at l0_mpp",
     "l0_mpp": "µm per pixel of the L0 tiles (20x)",
@@ -104,6 +122,15 @@ WRITER_ATTRS: dict[str, str] = {
     "region_extent": "region side in level-0 pixels of this slide",
     "created_with": "library versions of the writer",
     "complete": "True once every region is written",
+}
+
+
+#: attributes a token store adds to its region store's: name -> meaning
+TOKEN_ATTRS: dict[str, str] = {
+    "region_store": "the region store the tokens came from, relative to the token store's folder",
+    "region_store_digest": "digest of that region store's file when the tokens were computed",
+    "teacher_checkpoint": "the distillation checkpoint whose teacher computed the tokens",
+    "teacher_digest": "digest of that checkpoint",
 }
 
 

@@ -1,22 +1,67 @@
-"""The PatHME stage of a store: a copy of the region store with the teacher's region tokens added.
+"""The PatHME stage of a store: a token store holds a slide's region tokens and links its region store.
 
-Written as its own file (one file per slide and stage), published atomically, so the extraction store it came
-from is never modified and a half-written token store never appears.
+A token store has its region store's attributes, ``coords`` and ``valid`` flags, the teacher's ``tokens`` and
+``token_coords``, and :data:`~pathme.store.schema.TOKEN_ATTRS`: the region store's path (relative to the token
+store's folder, so the two folders move together) and digest. It never copies the region store's features: a
+reader that wants an expert's features follows the link (:func:`linked_region_store`), and a region store that
+changed after the tokens were computed is refused there and by validation. Written as its own file, published
+atomically, so the region store is never modified and a half-written token store never appears.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 
-from pathme.store.atomic import AtomicTarget
+from pathme.store.atomic import AtomicTarget, open_h5
+from pathme.store.attrs import read_attrs, write_attrs
+from pathme.store.digests import file_digest
 from pathme.store.errors import StoreError
-from pathme.store.schema import COORDS, TOKEN_COORDS, TOKENS
+from pathme.store.schema import COORDS, N_PROMPTS, TOKEN_COORDS, TOKENS, VALID
+from pathme.store.writer import create_region_dataset, stored_values
+
+LINK, LINK_DIGEST = "region_store", "region_store_digest"
+
+
+def is_token_store(attrs: Mapping[str, Any]) -> bool:
+    """Whether a store's attributes are a token store's (it links a region store)."""
+    return LINK in attrs
+
+
+def _link_target(path: Path, attrs: Mapping[str, Any]) -> Path:
+    return (path.parent / str(attrs[LINK])).resolve()
+
+
+def check_region_store_link(path: str | os.PathLike[str], attrs: Mapping[str, Any]) -> None:
+    """StoreError when the region store a token store links is there but is not the file its tokens came from
+    (re-extracted or modified since): the tokens no longer describe it. A region store that is gone is not an
+    error here: the tokens stand alone, and only reading expert features through the link needs it."""
+    target = _link_target(Path(path), attrs)
+    if target.is_file() and file_digest(target) != attrs[LINK_DIGEST]:
+        raise StoreError(
+            f"{path}: its region store {target} changed after the tokens were computed "
+            f"({LINK_DIGEST} {attrs[LINK_DIGEST]} vs {file_digest(target)} now): rerun `pathme embed`"
+        )
+
+
+def linked_region_store(path: str | os.PathLike[str], attrs: Mapping[str, Any]) -> Path:
+    """The region store holding the expert features of a token store (itself for a region store); StoreError
+    naming both files when it is gone. Its digest is checked by validation (:func:`check_region_store_link`)."""
+    path = Path(path)
+    if not is_token_store(attrs):
+        return path
+    target = _link_target(path, attrs)
+    if not target.is_file():
+        raise StoreError(
+            f"{path}: expert features are read from its region store {target}, which is gone; keep the token and "
+            "region store folders side by side (the link is relative), or read the region stores' folder"
+        )
+    return target
 
 
 def write_token_store(
@@ -26,26 +71,36 @@ def write_token_store(
     token_coords: np.ndarray,
     attrs: Mapping[str, str | int | float],
 ) -> Path:
-    """Copy ``source`` to ``target`` with ``tokens`` [R, T, D] float32, ``token_coords`` [R, T, 2] int64 and
-    ``attrs`` (e.g. the teacher checkpoint's digest) added; returns ``target``."""
-    tokens = np.asarray(tokens, dtype=TOKENS.dtype)
-    token_coords = np.asarray(token_coords, dtype=TOKEN_COORDS.dtype)
+    """Write the token store ``target`` of the region store ``source``: ``tokens`` [R, T, D] (float32, stored in
+    the region store's ``feature_dtype``; L1 tokens of invalid tiles zeroed), ``token_coords`` [R, T, 2] int64,
+    ``attrs`` (the teacher checkpoint and its digest) and the link to ``source``; returns ``target``.
+
+    StoreError when the shapes do not fit the region store or a token overflows the feature dtype."""
+    source, target = Path(source), Path(target)
     atomic = AtomicTarget(target)
     try:
-        shutil.copyfile(source, atomic.temp)
-        with h5py.File(atomic.temp, "r+", locking=False) as file:
-            regions = file[COORDS.name].shape[0]
-            expected = (regions, *TOKEN_COORDS.trailing)
-            if tokens.shape[:2] != expected[:2] or token_coords.shape != expected:
+        with h5py.File(source, "r") as region_store, open_h5(atomic) as file:
+            region_attrs = read_attrs(region_store)
+            regions, dtype = region_store[COORDS.name].shape[0], str(region_attrs["feature_dtype"])
+            expected = TOKEN_COORDS.shape(regions)
+            if np.shape(tokens)[:2] != expected[:2] or np.shape(token_coords) != expected:
                 raise StoreError(
-                    f"{target}: tokens {tokens.shape} / token_coords {token_coords.shape} do not fit {regions} regions "
-                    f"of {TOKENS.trailing[0]} tokens"
+                    f"{target}: tokens {np.shape(tokens)} / token_coords {np.shape(token_coords)} do not fit "
+                    f"{regions} regions of {TOKENS.trailing[0]} tokens"
                 )
-            for spec, data in ((TOKENS, tokens), (TOKEN_COORDS, token_coords)):
-                chunks = (1, *data.shape[1:]) if len(data) else None
-                file.create_dataset(spec.name, data=data, chunks=chunks, track_times=False)
-            for key, value in attrs.items():
-                file.attrs[key] = value
+            link = os.path.relpath(source.resolve(), target.resolve().parent)
+            write_attrs(file, region_attrs | dict(attrs) | {LINK: link, LINK_DIGEST: file_digest(source)})
+            for spec in (COORDS, *VALID.values()):
+                create_region_dataset(file, spec, regions, dtype)[...] = region_store[spec.name][()]
+            valid_l1 = region_store[VALID["L1"].name][()]
+            keep = np.concatenate([np.ones((regions, N_PROMPTS), bool), valid_l1], axis=1)
+            try:
+                values = stored_values(np.asarray(tokens, np.float32), keep, dtype)
+            except ValueError as error:
+                raise StoreError(f"{target}: tokens: {error}") from error
+            dim = values.shape[-1]
+            create_region_dataset(file, TOKENS, regions, dtype, dim=dim)[...] = values
+            create_region_dataset(file, TOKEN_COORDS, regions, dtype)[...] = np.asarray(token_coords, np.int64)
     except BaseException:
         atomic.discard()
         raise

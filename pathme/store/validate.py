@@ -19,7 +19,10 @@ from pathme.store.attrs import Plain, read_attrs, to_plain
 from pathme.store.checks import attrs_problem, coords_problem, regions_problem, tokens_problem
 from pathme.store.errors import StoreError
 from pathme.store.schema import (
+    COMPRESSION,
+    COMPRESSION_NAME,
     COORDS,
+    FEATURE_DTYPES,
     FEATURES,
     FEATURES_GROUP,
     SCHEMA_VERSION,
@@ -30,6 +33,7 @@ from pathme.store.schema import (
     DatasetSpec,
     geometry_attrs,
 )
+from pathme.store.tokens import check_region_store_link, is_token_store
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +61,10 @@ def validate_store(
 ) -> dict[str, Plain]:
     """Check the store at ``path`` completely; return its attributes, or raise StoreError naming the problem.
 
-    ``experts``: names whose features must be present. ``expected``: attribute name -> value that must match
-    exactly (e.g. ``slide_digest``, ``config_digest``, the ``expert_digests`` mapping).
+    A token store is checked for its tokens instead of features, and against the digest of the region store it
+    links when that is there (:func:`~pathme.store.tokens.check_region_store_link`). ``experts``: names whose
+    features must be present (in the linked region store, for a token store). ``expected``: attribute name ->
+    value that must match exactly (e.g. ``slide_digest``, ``config_digest``, the ``expert_digests`` mapping).
     """
     path = Path(path)
 
@@ -68,6 +74,8 @@ def validate_store(
     def check(file: h5py.File) -> dict[str, Plain]:
         attrs = _check_attrs(read_attrs(file), expected or {}, experts or (), fail)
         _check_contents(file, attrs, fail)
+        if is_token_store(attrs):
+            check_region_store_link(path, attrs)
         return attrs
 
     return _read(path, check)
@@ -78,14 +86,24 @@ def _check_attrs(
 ) -> dict[str, Any]:
     if attrs.get("complete") is not True:
         fail("not complete: its writer never committed it")
-    if attrs.get("schema_version") != SCHEMA_VERSION:
-        fail(f"schema version {attrs.get('schema_version')!r}, but this pathme reads version {SCHEMA_VERSION}")
+    version = attrs.get("schema_version")
+    if isinstance(version, int) and version < SCHEMA_VERSION:
+        fail(
+            f"schema version {version} was written by an older pathme (this one reads version {SCHEMA_VERSION}): "
+            "rerun `pathme extract` to rewrite region stores (it redoes such slides), then `pathme embed` for tokens"
+        )
+    if version != SCHEMA_VERSION:
+        fail(f"schema version {version!r}, but this pathme reads version {SCHEMA_VERSION}")
     problem = attrs_problem(attrs)
     if problem:
         fail(problem)
     missing = [name for name in WRITER_ATTRS if name not in attrs]
     if missing:
         fail(f"missing attribute(s) {', '.join(missing)}")
+    if attrs["feature_dtype"] not in FEATURE_DTYPES:
+        fail(f"attribute 'feature_dtype' is {attrs['feature_dtype']!r}, expected one of {', '.join(FEATURE_DTYPES)}")
+    if attrs["compression"] != COMPRESSION_NAME:
+        fail(f"attribute 'compression' is {attrs['compression']!r}, but this pathme writes {COMPRESSION_NAME!r}")
     for name, value in geometry_attrs(attrs["slide_size"], attrs["mpp"]).items():
         if attrs[name] != value:
             fail(f"attribute '{name}' is {attrs[name]!r}, expected {value!r} for this geometry")
@@ -106,36 +124,48 @@ def _dataset(
     spec: DatasetSpec,
     n_regions: int,
     fail: Callable[[str], NoReturn],
+    feature_dtype: str,
     expert: str = "",
     dim: int | None = None,
 ) -> h5py.Dataset:
-    """The dataset of ``spec``, after checking it exists with the schema's dtype and shape."""
-    name = spec.path(expert)
+    """The dataset of ``spec``, after checking it exists with the schema's dtype, shape and (for features and
+    tokens) compression."""
+    name, dtype = spec.path(expert), spec.dtype_in(feature_dtype)
     dataset = file.get(name)
     if not isinstance(dataset, h5py.Dataset):
         fail(f"dataset '{name}' missing")
-    if dataset.dtype != spec.dtype:
-        fail(f"dataset '{name}' has dtype {dataset.dtype}, expected {spec.dtype}")
+    if dataset.dtype != dtype:
+        fail(f"dataset '{name}' has dtype {dataset.dtype}, expected {dtype} (attribute 'feature_dtype')")
     if dataset.shape != spec.shape(n_regions, dim):
         fail(f"dataset '{name}' has shape {dataset.shape}, expected {spec.shape(n_regions, dim)}")
+    filters = (dataset.compression, dataset.compression_opts, dataset.shuffle)
+    if spec.dtype is None and n_regions and filters != tuple(COMPRESSION.values()):
+        fail(f"dataset '{name}' has filters {filters}, not the {COMPRESSION_NAME} its attribute 'compression' names")
     return dataset
 
 
 def _check_contents(file: h5py.File, attrs: dict[str, Any], fail: Callable[[str], NoReturn]) -> None:
-    """Dataset presence, shapes and dtypes, then flags, coordinates and finiteness region block by block."""
+    """Dataset presence, shapes and dtypes, then flags, coordinates and finiteness region block by block; a token
+    store has tokens instead of features (:mod:`pathme.store.tokens`)."""
     stored = file.get(COORDS.name)
     n_regions = stored.shape[0] if isinstance(stored, h5py.Dataset) and stored.ndim else 0
-    coords = _dataset(file, COORDS, n_regions, fail)[()]
-    valid = {level: _dataset(file, spec, n_regions, fail)[()] for level, spec in VALID.items()}
+    dtype = attrs["feature_dtype"]
+    coords = _dataset(file, COORDS, n_regions, fail, dtype)[()]
+    valid = {level: _dataset(file, spec, n_regions, fail, dtype)[()] for level, spec in VALID.items()}
     dims = attrs["expert_dims"]
+    token_store = is_token_store(attrs)
     features = {
-        expert: [_dataset(file, spec, n_regions, fail, expert, dim) for spec in FEATURES.values()]
-        for expert, dim in dims.items()
+        expert: [_dataset(file, spec, n_regions, fail, dtype, expert, dim) for spec in FEATURES.values()]
+        for expert, dim in ({} if token_store else dims).items()
     }
+    if token_store and FEATURES_GROUP in file:
+        fail("a token store links its region store (attribute 'region_store') and holds no features")
     unlisted = sorted(set(file.get(FEATURES_GROUP, {})) - set(dims))
     if unlisted:
         fail(f"features of expert(s) {', '.join(unlisted)} that attribute 'experts' does not list")
-    tokens = _tokens(file, n_regions, fail)
+    tokens = _tokens(file, n_regions, fail, dtype)
+    if token_store and tokens is None:
+        fail("a token store without dataset 'tokens'")
     problem = coords_problem(coords, attrs["slide_size"])
     if problem:
         fail(problem)
@@ -156,7 +186,9 @@ def _check_contents(file: h5py.File, attrs: dict[str, Any], fail: Callable[[str]
             fail(f"region {index} at level-0 {tuple(coords[index].tolist())}: {first[1]}")
 
 
-def _tokens(file: h5py.File, n_regions: int, fail: Callable[[str], NoReturn]) -> h5py.Dataset | None:
+def _tokens(
+    file: h5py.File, n_regions: int, fail: Callable[[str], NoReturn], feature_dtype: str
+) -> h5py.Dataset | None:
     """The PatHME output, checked when present: ``tokens`` and ``token_coords`` come together."""
     present = [spec.name for spec in (TOKENS, TOKEN_COORDS) if spec.name in file]
     if not present:
@@ -166,8 +198,8 @@ def _tokens(file: h5py.File, n_regions: int, fail: Callable[[str], NoReturn]) ->
     tokens = file[TOKENS.name]
     if tokens.ndim != len(TOKENS.trailing) + 1 or not tokens.shape[-1]:
         fail(f"dataset 'tokens' has shape {tokens.shape}, expected ({n_regions}, {TOKENS.trailing[0]}, D)")
-    _dataset(file, TOKEN_COORDS, n_regions, fail)
-    return _dataset(file, TOKENS, n_regions, fail, dim=tokens.shape[-1])
+    _dataset(file, TOKEN_COORDS, n_regions, fail, feature_dtype)
+    return _dataset(file, TOKENS, n_regions, fail, feature_dtype, dim=tokens.shape[-1])
 
 
 def store_is_done(

@@ -3,6 +3,8 @@
 The store is built under a temporary name beside its final path and renamed into place only by
 :meth:`RegionStoreWriter.commit`, after every region is written and ``complete`` is set; an exception or a kill
 before that leaves nothing at the final path, so a rerun can never mistake a partial store for a finished one.
+Features are stored in the store's ``feature_dtype`` with invalid tiles zeroed (:func:`stored_values`) and
+compressed chunks of one region each (:data:`~pathme.store.schema.COMPRESSION`).
 """
 
 from __future__ import annotations
@@ -20,9 +22,49 @@ from pathme.store.atomic import AtomicTarget, open_h5
 from pathme.store.attrs import JSON_ATTRS, to_plain, write_attrs
 from pathme.store.checks import attrs_problem, coords_problem, regions_problem
 from pathme.store.errors import StoreError
-from pathme.store.schema import COORDS, FEATURES, SCHEMA_VERSION, VALID, WRITER_ATTRS, DatasetSpec, geometry_attrs
+from pathme.store.schema import (
+    COMPRESSION,
+    COMPRESSION_NAME,
+    COORDS,
+    FEATURE_DTYPES,
+    FEATURES,
+    SCHEMA_VERSION,
+    VALID,
+    WRITER_ATTRS,
+    DatasetSpec,
+    geometry_attrs,
+)
 
 FeatureTriple = Sequence[np.ndarray]  # (L0 [256, D], L1 [16, D], L2 [D])
+
+
+def stored_values(values: np.ndarray, keep: np.ndarray, feature_dtype: str) -> np.ndarray:
+    """``values`` [..., D] as stored: rows where ``keep`` [...] is False zeroed (so they compress to nothing; their
+    values mean nothing), the rest cast to ``feature_dtype``. ValueError when a kept value is finite before the
+    cast and not after (beyond float16's ±65504), which would otherwise turn into inf in the store."""
+    with np.errstate(over="ignore"):  # overflow is reported below, naming the value
+        array = np.where(keep[..., None], values, 0).astype(feature_dtype)
+    overflow = keep[..., None] & np.isfinite(values) & ~np.isfinite(array)
+    if overflow.any():
+        largest, limit = float(np.abs(np.where(overflow, values, 0)).max()), float(np.finfo(feature_dtype).max)
+        raise ValueError(
+            f"a value of {largest:.6g} exceeds the range of {feature_dtype} (max {limit:g}); "
+            "store this expert's features as float32 (feature_dtype float32, or --feature-dtype float32)"
+        )
+    return array
+
+
+def create_region_dataset(
+    file: h5py.File, spec: DatasetSpec, n_regions: int, feature_dtype: str, expert: str = "", dim: int | None = None
+) -> h5py.Dataset:
+    """An empty dataset of ``spec`` with one region per chunk (one read per region), each chunk with a Fletcher-32
+    checksum so flipped bytes fail the read; features and tokens (dtype ``feature_dtype``) are also compressed."""
+    shape = spec.shape(n_regions, dim)
+    layout: dict[str, object] = {}
+    if n_regions:  # no chunks of 0 rows
+        layout = {"chunks": (1, *shape[1:]), "fletcher32": True} | (COMPRESSION if spec.dtype is None else {})
+    dtype = spec.dtype_in(feature_dtype)
+    return file.create_dataset(spec.path(expert), shape=shape, dtype=dtype, track_times=False, **layout)
 
 
 class RegionStoreWriter:
@@ -31,17 +73,27 @@ class RegionStoreWriter:
     same path removes the stale temporary file).
 
     ``attrs`` are the :data:`~pathme.store.schema.REQUIRED_ATTRS` (``experts`` and ``expert_dims`` may be left
-    out: they follow from ``experts``, the expert name -> feature dimension mapping). Use it as a context
-    manager and call :meth:`commit` inside: leaving the block without a commit discards the file.
+    out: they follow from ``experts``, the expert name -> feature dimension mapping). ``feature_dtype``: float16
+    (default) or float32. Use it as a context manager and call :meth:`commit` inside: leaving the block without a
+    commit discards the file.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, attrs: Mapping[str, object], n_regions: int, experts: Mapping[str, int]
+        self,
+        path: str | os.PathLike[str],
+        *,
+        attrs: Mapping[str, object],
+        n_regions: int,
+        experts: Mapping[str, int],
+        feature_dtype: str = "float16",
     ):
         self.path = Path(path)
         self.n_regions = int(n_regions)
         if self.n_regions < 0:
             raise StoreError(f"{self.path}: n_regions must be >= 0, got {self.n_regions}")
+        if feature_dtype not in FEATURE_DTYPES:
+            raise StoreError(f"{self.path}: feature_dtype {feature_dtype!r} is not one of {', '.join(FEATURE_DTYPES)}")
+        self.feature_dtype = feature_dtype
         self.dims = {name: int(dim) for name, dim in experts.items()}
         self.attrs = self._checked_attrs(attrs)
         self._coords = np.zeros(COORDS.shape(self.n_regions), dtype=COORDS.dtype)
@@ -76,13 +128,15 @@ class RegionStoreWriter:
         self.slide_size = cast(list[int], plain["slide_size"])
         versions = {"h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version, "numpy": np.__version__}
         geometry = geometry_attrs(self.slide_size, cast(float, plain["mpp"]))
-        return {**plain, **geometry, "schema_version": SCHEMA_VERSION, "created_with": versions}
+        written = {
+            "schema_version": SCHEMA_VERSION,
+            "feature_dtype": self.feature_dtype,
+            "compression": COMPRESSION_NAME,
+        }
+        return {**plain, **geometry, **written, "created_with": versions}
 
     def _create(self, file: h5py.File, spec: DatasetSpec, expert: str = "", dim: int | None = None) -> None:
-        """One region per chunk, each with a Fletcher-32 checksum so flipped bytes fail the read."""
-        shape = spec.shape(self.n_regions, dim)
-        layout = {"chunks": (1, *shape[1:]), "fletcher32": True} if self.n_regions else {}  # no chunks of 0 rows
-        file.create_dataset(spec.path(expert), shape=shape, dtype=spec.dtype, track_times=False, **layout)
+        create_region_dataset(file, spec, self.n_regions, self.feature_dtype, expert, dim)
 
     def __enter__(self) -> RegionStoreWriter:
         return self
@@ -100,13 +154,14 @@ class RegionStoreWriter:
         return StoreError(f"{self.path}: region {index}: {problem}")
 
     def _array(self, index: int, name: str, value: object, spec: DatasetSpec, dim: int | None = None) -> np.ndarray:
-        """``value`` as the dataset's dtype, after checking its shape (and that flags are already bool)."""
+        """``value`` after checking its shape (and that flags are already bool); flags and coordinates in the
+        dataset's dtype, features as float32 until :func:`stored_values`."""
         array = np.asarray(value)
         if spec.dtype == bool and array.dtype != bool:
             raise self._fail(index, f"{name} must be bool, got {array.dtype}")
         if array.shape != spec.region_shape(dim):
             raise self._fail(index, f"{name} has shape {array.shape}, expected {spec.region_shape(dim)}")
-        return array.astype(spec.dtype, copy=False)
+        return array.astype(spec.dtype_in("float32"), copy=False)
 
     def write_region(
         self,
@@ -144,12 +199,19 @@ class RegionStoreWriter:
         found = regions_problem(flags[0][None], flags[1][None], batch)
         if found:
             raise self._fail(index, found[1])
+        keeps = (*flags, np.array(True))  # the L2 tile is always kept
+        stored = {}
+        for expert, values in arrays.items():
+            for spec, value, keep in zip(FEATURES.values(), values, keeps, strict=True):
+                try:
+                    stored[spec.path(expert)] = stored_values(value, keep, self.feature_dtype)
+                except ValueError as error:
+                    raise self._fail(index, f"{spec.path(expert)}: {error}") from error
         self._file[COORDS.name][index] = position
         for spec, flag in zip(VALID.values(), flags, strict=True):
             self._file[spec.name][index] = flag
-        for expert, values in arrays.items():
-            for spec, value in zip(FEATURES.values(), values, strict=True):
-                self._file[spec.path(expert)][index] = value
+        for name, value in stored.items():
+            self._file[name][index] = value
         self._coords[index] = position
         self._written[index] = True
 
