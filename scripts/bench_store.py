@@ -28,6 +28,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import torch
 
 from pathme.data.synthetic_stores import store_attrs
 from pathme.store import RegionStoreWriter
@@ -103,20 +104,17 @@ def write_plain(path: Path, regions: list[dict], dtype: str, filters: dict) -> N
 
 
 def region_reads_per_s(path: Path, n_regions: int, repeats: int, rng: np.random.Generator) -> float:
-    """Regions/s read as :class:`~pathme.data.distill_dataset.RegionStoreDataset` reads an item."""
+    """Regions/s read as :class:`~pathme.data.distill_dataset.RegionStoreDataset` reads an item: the flags, then
+    expert A's L0 and L1 and expert B's L0 chunks as float32 tensors."""
     expert_a, expert_b = DIMS
     order = np.concatenate([rng.permutation(n_regions) for _ in range(repeats)])
+    features = (f"features/{expert_a}/L0", f"features/{expert_a}/L1", f"features/{expert_b}/L0")
     with h5py.File(path, "r") as file:
         start = time.perf_counter()
         for region in order:
-            for name in (
-                "valid/L0",
-                "valid/L1",
-                f"features/{expert_a}/L0",
-                f"features/{expert_a}/L1",
-                f"features/{expert_b}/L0",
-            ):
-                np.asarray(file[name][region], dtype=np.float32 if name.startswith("features") else None)
+            flags = [torch.from_numpy(file[name][region]) for name in ("valid/L0", "valid/L1")]
+            tensors = [torch.from_numpy(file[name][region]).float() for name in features]
+            del flags, tensors
         return len(order) / (time.perf_counter() - start)
 
 

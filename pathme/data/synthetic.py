@@ -10,7 +10,7 @@ Each pyramid level is an area (box) downsample of level 0, so a level's pixels a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,9 @@ def _aperio_description(width: int, height: int, mpp: float | None, magnificatio
     return "|".join(fields)
 
 
+Render = Callable[[int, int, int, int, int], np.ndarray]  # (level, x, y, width, height) -> that box's pixels
+
+
 def write_pyramid(
     path: str | Path,
     image: np.ndarray,
@@ -53,17 +56,54 @@ def write_pyramid(
     ``round(W / d_k) x round(H / d_k)``. ``mpp=None`` writes a slide with no µm/px anywhere (no resolution
     tags, no ``MPP`` field).
     """
-    if flavour not in ("tiff", "svs"):
-        raise ValueError(f"unknown synthetic slide flavour {flavour!r}: use 'tiff' or 'svs'")
     if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))) or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) uint8 image, got {image.shape} {image.dtype}")
+    height, width = image.shape[:2]
+    sizes = level_sizes((width, height), downsamples)
+    current: dict[int, np.ndarray] = {}
+
+    def render(level: int, x: int, y: int, box_width: int, box_height: int) -> np.ndarray:
+        if level not in current:  # one level in memory at a time
+            current.clear()
+            current[level] = downsample_area(image, sizes[level])
+        return current[level][y : y + box_height, x : x + box_width]
+
+    channels = image.shape[2] if image.ndim == 3 else 0
+    return write_tiled_pyramid(
+        path, (width, height), render, mpp, flavour, downsamples, magnification, compression, channels
+    )
+
+
+def level_sizes(size: tuple[int, int], downsamples: Sequence[float]) -> list[tuple[int, int]]:
+    """(width, height) of each level: ``round(W / d) x round(H / d)``, at least 1 x 1."""
     if downsamples[0] != 1:
         raise ValueError("the first downsample must be 1 (level 0)")
-    height, width = image.shape[:2]
-    sizes = [(max(1, round(width / d)), max(1, round(height / d))) for d in downsamples]
-    with tifffile.TiffWriter(path, bigtiff=False) as tif:
-        for level, size in enumerate(sizes):
-            pixels = downsample_area(image, size)
+    return [(max(1, round(size[0] / d)), max(1, round(size[1] / d))) for d in downsamples]
+
+
+def write_tiled_pyramid(
+    path: str | Path,
+    size: tuple[int, int],
+    render: Render,
+    mpp: float | None,
+    flavour: str = "tiff",
+    downsamples: Sequence[float] = (1, 4, 16),
+    magnification: float | None = None,
+    compression: str = "zlib",
+    channels: int = 3,
+) -> list[tuple[int, int]]:
+    """Write a tiled multi-level slide of level-0 ``size`` (width, height) whose pixels ``render(level, x, y, w,
+    h)`` gives box by box (uint8 [h, w, channels], or [h, w] when ``channels`` is 0), one 256 x 256 tile at a
+    time, so a slide larger than memory can be written; returns each level's (width, height). Flavours and
+    ``mpp`` as in :func:`write_pyramid`. BigTIFF when level 0 holds more than 2**31 bytes.
+    """
+    if flavour not in ("tiff", "svs"):
+        raise ValueError(f"unknown synthetic slide flavour {flavour!r}: use 'tiff' or 'svs'")
+    sizes = level_sizes(size, downsamples)
+    width, height = size
+    sample = (channels,) if channels else ()
+    with tifffile.TiffWriter(path, bigtiff=width * height * max(1, channels) > 2**31) as tif:
+        for level, (level_width, level_height) in enumerate(sizes):
             extra: dict = {}
             if flavour == "svs" and level == 0:
                 extra["description"] = _aperio_description(width, height, mpp, magnification)
@@ -71,9 +111,20 @@ def write_pyramid(
                 per_cm = 1e4 / (mpp * downsamples[level])
                 extra["resolution"] = (per_cm, per_cm)
                 extra["resolutionunit"] = "CENTIMETER"
+
+            def tiles(level: int = level, level_width: int = level_width, level_height: int = level_height):
+                for y in range(0, level_height, TILE):
+                    for x in range(0, level_width, TILE):
+                        box = render(level, x, y, min(TILE, level_width - x), min(TILE, level_height - y))
+                        tile = np.zeros((TILE, TILE, *sample), np.uint8)  # edge tiles padded
+                        tile[: box.shape[0], : box.shape[1]] = box
+                        yield tile
+
             tif.write(
-                pixels,
-                photometric="minisblack" if image.ndim == 2 else "rgb",
+                tiles(),
+                shape=(level_height, level_width, *sample),
+                dtype=np.uint8,
+                photometric="rgb" if channels else "minisblack",
                 tile=(TILE, TILE),
                 compression=compression,
                 subfiletype=0 if level == 0 else 1,
