@@ -3,9 +3,10 @@
 A token store has its region store's attributes, ``coords`` and ``valid`` flags, the teacher's ``tokens`` and
 ``token_coords``, and :data:`~pathme.store.schema.TOKEN_ATTRS`: the region store's path (relative to the token
 store's folder, so the two folders move together) and digest. It never copies the region store's features: a
-reader that wants an expert's features follows the link (:func:`linked_region_store`), and a region store that
-changed after the tokens were computed is refused there and by validation. Written as its own file, published
-atomically, so the region store is never modified and a half-written token store never appears.
+reader that wants an expert's features follows the link (:func:`linked_region_store`), and validation refuses a
+token store whose region store changed after its tokens were computed (:func:`check_region_store_link`). Written
+as its own file, published atomically, so the region store is never modified and a half-written token store never
+appears.
 """
 
 from __future__ import annotations
