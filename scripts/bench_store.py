@@ -32,6 +32,7 @@ import torch
 
 from pathme.data.synthetic_stores import store_attrs
 from pathme.store import RegionStoreWriter
+from pathme.store.writer import stored_values
 from pathme.wsi.grid import L0_PARENT, REGION_PX, RegionGrid
 
 DIMS = {"uni": 1024, "gigapath": 1536}
@@ -81,7 +82,7 @@ def write_with_writer(path: Path, regions: list[dict]) -> None:
 
 
 def write_plain(path: Path, regions: list[dict], dtype: str, filters: dict) -> None:
-    """The same datasets and chunks as the writer, with other dtype and filters (invalid rows zeroed)."""
+    """The same datasets and chunks as the writer, with other dtype and filters (values as the writer stores them)."""
     n = len(regions)
     with h5py.File(path, "w", libver=("v110", "v110")) as file:
         for level, key in (("L0", "valid_l0"), ("L1", "valid_l1")):
@@ -100,7 +101,7 @@ def write_plain(path: Path, regions: list[dict], dtype: str, filters: dict) -> N
                 )
                 for index, region in enumerate(regions):
                     keep = (region["valid_l0"], region["valid_l1"], np.array(True))[position]
-                    data[index] = np.where(keep[..., None], region["features"][expert][position], 0).astype(dtype)
+                    data[index] = stored_values(region["features"][expert][position], keep, dtype)
 
 
 def region_reads_per_s(path: Path, n_regions: int, repeats: int, rng: np.random.Generator) -> float:

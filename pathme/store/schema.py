@@ -37,8 +37,8 @@ SCHEMA_VERSION = 2
 FEATURE_DTYPES = ("float16", "float32")  # the `feature_dtype` choices; computed in float32 (bf16 on CUDA) either way
 #: the HDF5 filter of feature and token chunks, chosen by measurement (docs/benchmarks.md, scripts/bench_store.py):
 #: gzip level 1 after byte shuffling is built into every HDF5 (stores open anywhere with plain h5py), gives ~0.9x
-#: the float16 size of valid features and near zero for background tiles, and decodes ~500 UNI-size regions/s
-#: per core
+#: the float16 size of valid features and near zero for background tiles; one core decodes ~110 regions/s of
+#: distillation reads at UNI + Prov-GigaPath sizes (Zstd, an extra package, read 2.5x faster at the same size)
 COMPRESSION = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
 COMPRESSION_NAME = "gzip-1+shuffle"
 N_PROMPTS = 10  # scale prompts in front of the L1 tokens of a region's PatHME output
