@@ -77,10 +77,14 @@ def texture(sample: Path, mpp: float, side: int = 2048) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([tile, tile[:, ::-1]], axis=1))
 
 
+def is_built(path: Path) -> bool:
+    """Whether :func:`build_slide` completed the slide at ``path`` (its marker is written last)."""
+    return path.with_suffix(".done").is_file()
+
+
 def build_slide(path: Path, width: int, height: int, mpp: float, sample: Path) -> Path:
     """The slide at ``path`` (kept when already complete), see the module docstring."""
-    done = path.with_suffix(".done")
-    if done.is_file():
+    if is_built(path):
         return path
     rng = np.random.default_rng(width + height)
     mask = tissue_mask(width, height, rng)
@@ -97,7 +101,7 @@ def build_slide(path: Path, width: int, height: int, mpp: float, sample: Path) -
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_tiled_pyramid(path, (width, height), render, mpp, "svs", DOWNSAMPLES, 0.25 * 40 / mpp, "jpeg")
-    done.write_text(json.dumps({"tissue_share": float(mask.mean())}))
+    path.with_suffix(".done").write_text(json.dumps({"tissue_share": float(mask.mean())}))
     return path
 
 

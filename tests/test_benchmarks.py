@@ -4,9 +4,13 @@ from the code they describe (the full runs and their figures are in docs/benchma
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import venv
+from pathlib import Path
 
+import pytest
 from conftest import REPO
 
 
@@ -15,9 +19,15 @@ def run_script(name: str, *args: str) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_bench_scale_builds_a_slide_extracts_it_and_projects_a_cohort(tmp_path, cmu_slide):
+@pytest.fixture(scope="module")
+def scale_cache(tmp_path_factory) -> Path:
+    """Where bench_scale.py and gpu_bench.py build their smallest slide: built once for both."""
+    return tmp_path_factory.mktemp("scale")
+
+
+def test_bench_scale_builds_a_slide_extracts_it_and_projects_a_cohort(tmp_path, cmu_slide, scale_cache):
     out = tmp_path / "scale.json"
-    run_script("bench_scale.py", "--smallest", "--cache", str(tmp_path / "cache"), "--json", str(out))
+    run_script("bench_scale.py", "--smallest", "--cache", str(scale_cache), "--json", str(out))
     results = json.loads(out.read_text())
     (row,) = results["rows"]
     assert row["size"] == "4096 x 3072" and 0.3 <= row["tissue_share"] <= 0.5  # blobs cover about a third
@@ -41,3 +51,49 @@ def test_bench_store_compares_storage_choices_with_the_writer(tmp_path):
     ours, v1 = rows["float16-gzip1-shuffle (pathme)"], rows["float32-raw"]
     assert ours["x_float16_valid"] <= 1.2 < v1["x_float16_valid"]  # the goal: <= 1.2x the valid features' float16
     assert ours["size_vs_v1"] < 0.3 and v1["size_vs_v1"] == 1.0
+
+
+def gpu_bench(*args: str, python: str = sys.executable, **env: str) -> subprocess.CompletedProcess:
+    command = [str(REPO / "scripts" / "gpu_bench.sh"), *args]
+    return subprocess.run(command, capture_output=True, text=True, env=os.environ | {"PYTHON": python} | env)
+
+
+def test_gpu_bench_runs_every_stage_without_what_a_bare_gpu_machine_lacks(tmp_path, cmu_slide, scale_cache):
+    """The tiny mode on the CPU with nibabel, fire, tensorboard and OpenSlide unimportable, as on the bare GPU
+    machines: every stage runs and reports the figures the full run puts in docs/benchmarks.md."""
+    absent = tmp_path / "absent"
+    absent.mkdir()
+    for module in ("nibabel", "fire", "tensorboard", "openslide"):
+        (absent / f"{module}.py").write_text(f"raise ImportError('{module} is not on the bare GPU machine')\n")
+    out = tmp_path / "gpu.json"
+    args = ["--tiny", "--json", str(out), "--sample-dir", str(cmu_slide.parent), "--work-dir", str(scale_cache)]
+    result = gpu_bench(*args, PYTHONPATH=str(absent))
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(out.read_text())
+    assert set(found["stages_s"]) == {"machine", "encoder_only", "distillation", "slide", "gpu_decode", "end_to_end"}
+    assert not [stage for stage in found["stages_s"] if "error" in found[stage]], found
+    assert found["machine"]["versions"]["torch"] and found["machine"]["cpus"] >= 1
+    for expert in ("tiny-vit", "tiny-cnn"):
+        rates = found["encoder_only"][expert]
+        assert rates["best_tiles_per_s"] == max(rates["tiles_per_s"].values()) > 0
+    (step,) = found["distillation"]
+    assert step["preset"] == "tiny" and step["regions_per_second"] > 0
+    decode = found["gpu_decode"]
+    assert decode["regions"] >= 1 and decode["cpu_regions_per_s"] > 0
+    assert decode["gpu"] == "works" or "Error" in decode["gpu"]  # the exact error where the GPU path fails
+    e2e = found["end_to_end"]
+    assert [run["experts"] for run in e2e["runs"]] == [["tiny-vit"], ["tiny-vit", "tiny-cnn"], ["tiny-cnn"]]
+    assert len({run["tiles_per_slide"] for run in e2e["runs"]}) == 1  # every run encodes the same tiles
+    assert e2e["tiny-vit_end_to_end_over_encoder_only"] > 0 and e2e["one_decode_over_separate_runs"] > 0
+
+
+def test_gpu_bench_sets_a_bare_python_up_from_carried_wheels_only(tmp_path):
+    """A python without MONAI, Ignite, cuCIM or imagecodecs: --dry-run names them; a run without their wheels
+    stops before anything else, saying how to bring them."""
+    venv.create(tmp_path / "bare", with_pip=False)
+    bare, cache = str(tmp_path / "bare" / "bin" / "python"), str(tmp_path / "cache")
+    result = gpu_bench("--dry-run", python=bare, GPU_BENCH_CACHE=cache)
+    assert result.returncode == 0 and "monai pytorch-ignite cucim imagecodecs" in result.stdout
+    assert "nothing" in gpu_bench("--dry-run").stdout  # this venv has them all
+    result = gpu_bench("--tiny", python=bare, GPU_BENCH_CACHE=cache)
+    assert result.returncode == 2 and "scripts/gpu_bench.sh --fetch" in result.stderr

@@ -240,3 +240,27 @@ def test_the_bag_cache_stays_within_its_byte_budget_and_changes_no_item(
     assert read_slide_bag(tmp_path / "tokens" / "s1.h5", "pathme").features.dtype == np.float16  # kept as stored
     with pytest.raises(ValueError, match="cache_bytes must be >= 0"):
         BagIndex(tmp_path / "tokens", "pathme", cache_bytes=-1)
+
+
+def test_evaluation_keeps_copies_not_views_of_each_step(
+    tmp_path: Path, stores: dict[str, tuple[list[dict], np.ndarray]]
+) -> None:
+    """A prediction that viewed its step's tensors held 2-4 MB of heap per patient evaluated (measured on UNI-size
+    bags: 744 -> 1,172 MB RSS over 100 patients, 794 MB with copies), so validation grew with the cohort."""
+    from pathme.engines.mil import MILModelConfig, MILTask, create_mil_evaluator, make_loader
+
+    dataset = BagDataset(
+        BagIndex(tmp_path / "regions", "expert-a", cache_bytes=0),
+        ["p1", "p2"],
+        {"p1": {"target": 1}, "p2": {"target": 0}},
+    )
+    model = MILModelConfig(in_dim=DIMS["expert-a"], num_outputs=2).build()
+    evaluator = create_mil_evaluator(model, MILTask("label", ("a", "b")), torch.device("cpu"))
+    evaluator.run(make_loader(dataset, 2, shuffle=False, seed=0))
+    arrays = [
+        value for record in evaluator.state.predictions for value in record.values() if isinstance(value, np.ndarray)
+    ]
+    assert len(arrays) == 2 * 6 and all(array.flags.owndata for array in arrays)
+    assert [len(record["attention"]) for record in evaluator.state.predictions] == [
+        len(dataset[i]["features"]) for i in (0, 1)
+    ]

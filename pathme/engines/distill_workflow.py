@@ -13,7 +13,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,7 +21,6 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver, ProgressBar
 from torch.utils.data import DataLoader, DistributedSampler, Subset
-from torch.utils.tensorboard import SummaryWriter
 
 from pathme.data.distill import (
     RegionStoreDataset,
@@ -43,6 +42,9 @@ from pathme.engines.distill import (
 from pathme.engines.schedules import Schedules
 from pathme.networks import PatHME, PatHMEConfig, preset_config
 from pathme.store.atomic import set_aside, write_atomic
+
+if TYPE_CHECKING:  # tensorboard is imported where a run writes to it, not by every reader of this module
+    from torch.utils.tensorboard import SummaryWriter
 
 logger = logging.getLogger(__name__)
 
@@ -274,6 +276,8 @@ class DistillationRun:
                         parts["teacher"], self.output_dir / TEACHER_FILE, trainer.state.iteration, parts["trained_on"]
                     )
                 return {}
+        from torch.utils.tensorboard import SummaryWriter
+
         writer = SummaryWriter(self.output_dir / "tensorboard") if rank == 0 else None
         _attach_logging(trainer, writer, self.log_every)
         if rank == 0 and sys.stderr.isatty():  # a bar per epoch with the running total loss
