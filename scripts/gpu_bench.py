@@ -11,12 +11,12 @@ Stages, in this order; the JSON is rewritten after each, so a run cut short keep
    extraction) at each batch size of ``--batch-sizes``, the best one, and the peak GPU memory.
 4. ``distillation``: the ``paper`` preset through the real Ignite trainer of ``bench_distillation.py`` (bf16):
    regions/s and GPU memory at each batch of ``--distill-batches`` until one does not fit.
-5. ``gpu_decode``: cuCIM's ``read_region(..., device="cuda")`` of the slide's regions: regions/s against the CPU
-   read of the same regions, or the exact error.
-6. ``end_to_end``: ``CohortExtractor`` (tissue, reader workers, one decode for every expert and scale, stores
+5. ``end_to_end``: ``CohortExtractor`` (tissue, reader workers, one decode for every expert and scale, stores
    written) on copies of the slide at the best batch size: UNI alone at each worker count of ``--workers``, then
    at the best count UNI + Prov-GigaPath on one decode and Prov-GigaPath alone. Rates come from the extraction
    summary's per-slide seconds (model building excluded) of every copy but the first (the warm-up).
+6. ``gpu_decode``: cuCIM's ``read_region(..., device="cuda")`` of the slide's regions: regions/s against the CPU
+   read of the same regions, or the exact error; last, because a CUDA fault would spoil every later stage.
 
 Ratios: UNI end-to-end over encoder-only (goal >= 0.95), the two experts on one decode against two separate
 runs (goal >= 1.5x). ``--tiny`` runs every stage in seconds on the CPU (tiny experts, a 4,096 x 3,072 slide):
@@ -141,15 +141,14 @@ def distillation(preset: str, batch_sizes: list[int], iterations: int, folder: P
     write_store(dataset, "bench_slide", "bench_patient", ["full"] * max(batch_sizes), DISTILL_EXPERTS)
     rows = []
     for batch_size in batch_sizes:
+        if torch.cuda.is_available():  # each row's peak its own, not an earlier stage's
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
         try:
             rows.append(bench_preset(preset, dataset, batch_size, iterations))
         except torch.OutOfMemoryError as error:
             rows.append({"preset": preset, "batch_size": batch_size, "error": f"out of memory: {error}"[:300]})
             break
-        finally:
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
     return rows
 
 
@@ -287,9 +286,9 @@ def main() -> None:
             return {"size_px": [width, height], "mpp": mpp, "MB": round(slide_path.stat().st_size / 1e6)}
 
         stage("slide", slide, started)
-        stage("gpu_decode", lambda: gpu_decode(slide_path, 2 if args.tiny else 8))
         rates = {name: found for name, found in results["encoder_only"].items() if name != "error"}
         stage("end_to_end", lambda: end_to_end(slide_path, experts, rates, workers, work))
+        stage("gpu_decode", lambda: gpu_decode(slide_path, 2 if args.tiny else 8))  # last: a CUDA fault is sticky
 
 
 if __name__ == "__main__":
