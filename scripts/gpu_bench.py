@@ -39,6 +39,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from traceback import format_exc
 
 import numpy as np
 import torch
@@ -135,20 +136,20 @@ def encoder_only(names: tuple[str, ...], batch_sizes: list[int], batches: int, d
     return results
 
 
-def distillation(preset: str, batch_sizes: list[int], iterations: int, folder: Path) -> list[dict]:
+def distillation(preset: str, batch_sizes: list[int], iterations: int) -> list[dict]:
     """``bench_distillation``'s timed steps of ``preset`` at each batch size, until one does not fit."""
-    dataset = folder / "distill_stores"
-    write_store(dataset, "bench_slide", "bench_patient", ["full"] * max(batch_sizes), DISTILL_EXPERTS)
     rows = []
-    for batch_size in batch_sizes:
-        if torch.cuda.is_available():  # each row's peak its own, not an earlier stage's
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-        try:
-            rows.append(bench_preset(preset, dataset, batch_size, iterations))
-        except torch.OutOfMemoryError as error:
-            rows.append({"preset": preset, "batch_size": batch_size, "error": f"out of memory: {error}"[:300]})
-            break
+    with tempfile.TemporaryDirectory() as dataset:
+        write_store(Path(dataset), "bench_slide", "bench_patient", ["full"] * max(batch_sizes), DISTILL_EXPERTS)
+        for batch_size in batch_sizes:
+            if torch.cuda.is_available():  # each row's peak its own, not an earlier stage's
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            try:
+                rows.append(bench_preset(preset, Path(dataset), batch_size, iterations))
+            except torch.OutOfMemoryError as error:
+                rows.append({"preset": preset, "batch_size": batch_size, "error": f"out of memory: {error}"[:300]})
+                break
     return rows
 
 
@@ -181,16 +182,17 @@ def gpu_decode(slide_path: Path, regions: int) -> dict:
     return found
 
 
-def extraction(slide_path: Path, copies: int, names: tuple[str, ...], batch_size: int, workers: int, out: Path) -> dict:
-    """``CohortExtractor`` on ``copies`` manifest rows of the slide: tiles/s per expert over every copy but the
-    first, from the summary's per-slide seconds (models built before the first slide, not counted)."""
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = out / "manifest.csv"
-    manifest.write_text("slide_id,path\n" + "".join(f"copy{i},{slide_path}\n" for i in range(copies)))
-    weights = dict.fromkeys(names, "random")
-    summary = CohortExtractor(
-        manifest, out / "stores", list(names), weights, batch_size=batch_size, num_workers=workers
-    ).run()
+def extraction(slide_path: Path, copies: int, names: tuple[str, ...], batch_size: int, workers: int) -> dict:
+    """``CohortExtractor`` on ``copies`` manifest rows of the slide, into a fresh folder (stores of an earlier run
+    would be skipped as done): tiles/s per expert over every copy but the first, from the summary's per-slide
+    seconds (models built before the first slide, not counted)."""
+    with tempfile.TemporaryDirectory() as folder:
+        manifest = Path(folder) / "manifest.csv"
+        manifest.write_text("slide_id,path\n" + "".join(f"copy{i},{slide_path}\n" for i in range(copies)))
+        weights = dict.fromkeys(names, "random")
+        summary = CohortExtractor(
+            manifest, Path(folder) / "stores", list(names), weights, batch_size=batch_size, num_workers=workers
+        ).run()
     if (summary["status"] != "done").any():
         raise RuntimeError(f"extraction failed: {summary.to_dict('records')}")
     timed_rows = summary.iloc[1:] if copies > 1 else summary
@@ -206,7 +208,7 @@ def extraction(slide_path: Path, copies: int, names: tuple[str, ...], batch_size
     }
 
 
-def end_to_end(slide_path: Path, experts: tuple[str, ...], rates: dict, workers: list[int], work: Path) -> dict:
+def end_to_end(slide_path: Path, experts: tuple[str, ...], rates: dict, workers: list[int]) -> dict:
     """The first expert alone at each worker count, then, at the best count, every expert on one decode and the
     second alone; batch sizes are each run's experts' best encoder-only ones (256 where that stage failed)."""
 
@@ -214,12 +216,10 @@ def end_to_end(slide_path: Path, experts: tuple[str, ...], rates: dict, workers:
         return min(rates.get(name, {}).get("best_batch_size", 256) for name in names)
 
     first, second = experts
-    runs = [
-        extraction(slide_path, 3, (first,), batch(first), count, work / f"e2e_{first}_{count}") for count in workers
-    ]
+    runs = [extraction(slide_path, 3, (first,), batch(first), count) for count in workers]
     best = max(runs, key=lambda run: run["tiles_per_s"])
-    both = extraction(slide_path, 2, experts, batch(*experts), best["workers"], work / "e2e_both")
-    alone = extraction(slide_path, 2, (second,), batch(second), best["workers"], work / "e2e_second")
+    both = extraction(slide_path, 2, experts, batch(*experts), best["workers"])
+    alone = extraction(slide_path, 2, (second,), batch(second), best["workers"])
     separate = 1 / (1 / best["tiles_per_s"] + 1 / alone["tiles_per_s"])  # tiles/s of one run per expert
     found = {"runs": [*runs, both, alone], f"{first}_tiles_per_s": best["tiles_per_s"]}
     if first in rates:
@@ -237,7 +237,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", help="reader workers tried (default: 8 and cores - 1)")
     parser.add_argument("--distill-batches", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--sample-dir", type=Path, default=Path(".cache/gpu_bench"), help="holds the sample slide")
-    parser.add_argument("--work-dir", type=Path, help="slide and stores (default: a temporary folder)")
+    parser.add_argument("--work-dir", type=Path, help="where the slide is built and kept (default: a temporary folder)")
     args = parser.parse_args()
     if args.tiny:
         args.batch_sizes, args.distill_batches, args.workers = [8, 16], [2], [1]
@@ -254,7 +254,7 @@ def main() -> None:
         try:
             results[name] = measure()
         except Exception as error:  # a GPU run is scarce: keep every other stage's figures
-            results[name] = {"error": f"{type(error).__name__}: {error}"[:2000]}
+            results[name] = {"error": f"{type(error).__name__}: {error}"[:2000], "traceback": format_exc()[-4000:]}
         results["stages_s"][name] = round(time.perf_counter() - started, 1)
         args.json.write_text(json.dumps(results, indent=2, default=str))
         print(
@@ -276,7 +276,7 @@ def main() -> None:
             builder.start()
         stage("encoder_only", lambda: encoder_only(experts, args.batch_sizes, 2 if args.tiny else 10, device))
         preset, iterations = ("tiny", 1) if args.tiny else ("paper", 5)
-        stage("distillation", lambda: distillation(preset, args.distill_batches, iterations, work))
+        stage("distillation", lambda: distillation(preset, args.distill_batches, iterations))
         if builder is not None:
             builder.join()
 
@@ -287,7 +287,7 @@ def main() -> None:
 
         stage("slide", slide, started)
         rates = {name: found for name, found in results["encoder_only"].items() if name != "error"}
-        stage("end_to_end", lambda: end_to_end(slide_path, experts, rates, workers, work))
+        stage("end_to_end", lambda: end_to_end(slide_path, experts, rates, workers))
         stage("gpu_decode", lambda: gpu_decode(slide_path, 2 if args.tiny else 8))  # last: a CUDA fault is sticky
 
 

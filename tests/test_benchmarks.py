@@ -97,3 +97,18 @@ def test_gpu_bench_sets_a_bare_python_up_from_carried_wheels_only(tmp_path):
     assert "nothing" in gpu_bench("--dry-run").stdout  # this venv has them all
     result = gpu_bench("--tiny", python=bare, GPU_BENCH_CACHE=cache)
     assert result.returncode == 2 and "scripts/gpu_bench.sh --fetch" in result.stderr
+
+
+def test_gpu_bench_extraction_measures_again_where_it_ran_before(scale_cache, cmu_slide):
+    """A second run (the same slide, the same work folder) encodes the slide again instead of skipping stores
+    left by the first, which had made every rerun of gpu_bench.sh end in 'extraction failed'."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from bench_scale import SMALLEST, build_slide
+        from gpu_bench import extraction
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    ((name, (width, height, mpp)),) = SMALLEST.items()
+    slide = build_slide(scale_cache / f"{name}.svs", width, height, mpp, cmu_slide)
+    first, again = (extraction(slide, 1, ("tiny-cnn",), 16, 0) for _ in range(2))
+    assert first["tiles_per_slide"] == again["tiles_per_slide"] > 0 and again["tiles_per_s"] > 0
