@@ -3,6 +3,7 @@ count, each built on the meta device (no memory, no weights)."""
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -54,7 +55,9 @@ def card_count(text: str) -> tuple[float, float]:
     return value, max(0.5 * 10**-decimals * scale, 0.01 * value)
 
 
+@functools.cache
 def meta_expert(name: str) -> Expert:
+    """The expert's architecture on the meta device, built once per test session (giant ViTs take seconds)."""
     with torch.device("meta"):
         model = create_model(get_spec(name))
     return Expert(get_spec(name), model, "random", "meta")
@@ -88,9 +91,7 @@ def test_transform_and_embedding_follow_the_card(name: str) -> None:
 @pytest.mark.parametrize("name", REAL)
 def test_parameter_count_matches_the_card(name: str) -> None:
     spec = get_spec(name)
-    with torch.device("meta"):
-        model = create_model(spec)
-    count = sum(parameter.numel() for parameter in model.parameters())
+    count = sum(parameter.numel() for parameter in meta_expert(name).model.parameters())
     if spec.wheel is not None:  # the ImageNet CNNs' published counts include their 1280 x 1000 classifier
         count += 1280 * 1000 + 1000
     value, tolerance = card_count(spec.params)
