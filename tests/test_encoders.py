@@ -106,7 +106,7 @@ def test_forward_refuses_tiles_that_are_not_uint8_rgb(tiles: torch.Tensor) -> No
 
 
 def test_real_expert_without_weights_says_what_to_give() -> None:
-    with pytest.raises(WeightsError, match=r"needs weights: give a weight file path .*'hub'.*'random'"):
+    with pytest.raises(WeightsError, match=r"needs weights .*a weight file .*or a folder .*'hub'.*'random'"):
         build_expert("uni")
 
 

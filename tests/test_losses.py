@@ -113,14 +113,16 @@ def ibot_inputs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return student, teacher, masks
 
 
-def test_ibot_matches_hand_value():
+def test_ibot_averages_over_every_sample_counting_an_unmasked_one_as_zero():
+    """DINOv2's iBOT normalisation (the paper kept its defaults): sample 1 has no masked token and counts as 0, so
+    the loss is the sum of the two masked samples' means over all 3 samples, not their mean (1.5x larger)."""
     student, teacher, masks = ibot_inputs()
     center = np.array([[0.1, 0.0, -0.3]])
     loss = IBOTLoss(3, student_temp=0.1)
     loss.center.copy_(t(center))
     value = loss(t(student), t(teacher), torch.tensor(masks), 0.07).item()
     per_sample = [ce(teacher[b][masks[b]], student[b][masks[b]], center, 0.07, 0.1).mean() for b in (0, 2)]
-    assert value == pytest.approx(np.mean(per_sample), rel=1e-5)
+    assert value == pytest.approx(sum(per_sample) / 3, rel=1e-5)
 
 
 def test_ibot_without_masked_tokens_is_zero_with_a_graph():

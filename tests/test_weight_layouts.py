@@ -213,3 +213,49 @@ def test_a_transformers_checkpoint_missing_a_projection_names_it(tmp_path: Path)
     tiny = replace(spec, timm_kwargs=dict(spec.timm_kwargs, **TINY_SIZE, patch_size=14, mlp_ratio=2.0))
     with pytest.raises(WeightsError, match=r"blocks\.1\.attn\.qkv\.weight lacks one of the query, key and value"):
         load_weights(tiny, tmp_path / "model.safetensors")
+
+
+def test_an_unreachable_hub_fails_at_once_or_uses_another_cached_file(
+    monkeypatch: pytest.MonkeyPatch, tiles, tmp_path: Path
+) -> None:
+    """Online but without a connection: one clear message (not a retry round per file name), or the cached file."""
+    import huggingface_hub.constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from pathme.encoders import weights
+
+    calls = []
+
+    def unreachable(repo_id, filename, revision=None):
+        calls.append(filename)
+        raise LocalEntryNotFoundError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(weights, "hf_hub_download", unreachable)
+    with pytest.raises(WeightsError, match=r"'timm:test_vit': could not reach the Hugging Face hub .*Name or service"):
+        build_expert("timm:test_vit", "hub")
+    assert calls == ["model.safetensors"]
+    reference = build_expert("timm:test_vit", "random", seed=2)
+    hf_cache_repo(tmp_path, "timm/test_vit.r160_in1k", {"pytorch_model.bin": reference.model.state_dict()})
+    loaded = build_expert("timm:test_vit", "hub")  # model.safetensors unreachable, pytorch_model.bin cached
+    assert torch.equal(encode(loaded, tiles), encode(reference, tiles))
+
+
+def test_path_errors_name_the_expert_and_stray_weights_are_refused(tmp_path: Path) -> None:
+    from pathme.extract import CohortExtractor
+
+    with pytest.raises(WeightsError, match=r"expert 'tiny-vit': weight file not found: .*absent\.pt"):
+        build_expert("tiny-vit", tmp_path / "absent.pt")
+    with pytest.raises(WeightsError, match=r"expert 'uni' needs weights \(`--weights uni=\.\.\.`"):
+        build_expert("uni")
+    with pytest.raises(ValueError, match=r"weights: \['unii'\] name\(s\) no expert of this run \['uni'\]"):
+        CohortExtractor(tmp_path / "manifest.csv", tmp_path / "out", ["uni"], {"unii": "hub"})
+
+
+def test_a_shallower_or_deeper_variant_is_named(tmp_path: Path) -> None:
+    shallow = build_expert("timm:resnet18", "random").model.state_dict()
+    message = _failure(dict(shallow), tmp_path, "timm:resnet34")
+    assert "Likely: the file has fewer layers: a shallower variant" in message
+    deep = build_expert("timm:resnet34", "random").model.state_dict()
+    assert "Likely: the file has more layers: a deeper variant" in _failure(dict(deep), tmp_path, "timm:resnet18")

@@ -1,4 +1,4 @@
-"""Slide and patient bags for attention MIL (METHOD.md section 5): the valid tokens of a store with their places.
+"""Slide and patient bags for attention MIL (docs/method.md section 5): the valid tokens of a store with their places.
 
 A bag holds only what stands for tissue: invalid tiles (NaN in the store) never enter, so a model needs no NaN
 handling. Every token keeps the level-0 box it covers, so attention maps back onto the slide. Stores are opened

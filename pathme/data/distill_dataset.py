@@ -2,7 +2,7 @@
 
 Why lazy and per process: a cohort's features do not fit in memory, and an h5py file handle must not cross a
 fork, so each DataLoader worker opens its own handles on first use. Why a patient list: distillation must be
-able to leave out a fold's test patients (METHOD.md section 6).
+able to leave out a fold's test patients (docs/method.md section 6).
 """
 
 from __future__ import annotations

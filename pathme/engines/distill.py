@@ -29,7 +29,7 @@ LOSS_TERMS = ("dino", "ibot", "koleo", "kd", "hmsa")
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the loss terms (METHOD.md section 4); hmsa_consistency already divides by 0.1."""
+    """Weights of the loss terms (docs/method.md section 4); hmsa_consistency already divides by 0.1."""
 
     dino: float = 1.0
     ibot: float = 1.0

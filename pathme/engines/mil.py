@@ -1,4 +1,4 @@
-"""Attention-MIL training and evaluation as Ignite engines (METHOD.md section 5).
+"""Attention-MIL training and evaluation as Ignite engines (docs/method.md section 5).
 
 One fold: train on its training patients, keep the weights with the lowest validation loss (early stopping),
 predict its test patients. The task decides the head: classes with cross-entropy on logits, or survival with the

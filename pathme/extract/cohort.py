@@ -86,7 +86,13 @@ class CohortExtractor:
 
     def __post_init__(self) -> None:
         if not self.experts:
-            raise ValueError("experts: give at least one expert name (see pathme.encoders.list_experts())")
+            raise ValueError("experts: give at least one expert name (see `pathme experts`)")
+        stray = sorted(set(self.weights) - set(self.experts))
+        if stray:
+            raise ValueError(
+                f"weights: {stray} name(s) no expert of this run {list(self.experts)}; give weights as "
+                "<expert>=<file, folder, hub or random> for the experts listed in experts"
+            )
         if self.feature_dtype not in FEATURE_DTYPES:
             raise ValueError(f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, got {self.feature_dtype!r}")
         if self.batch_size < 1 or self.num_workers < 0:

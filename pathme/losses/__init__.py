@@ -1,4 +1,4 @@
-"""PatHME training losses (METHOD.md section 4): one small module per term.
+"""PatHME training losses (docs/method.md section 4): one small module per term.
 
 Cross-scale DINO and iBOT (centred, sharpened teacher targets), KoLeo, multi-expert KD and HMSA consistency.
 Every loss takes gradients through the student only.

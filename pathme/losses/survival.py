@@ -1,4 +1,4 @@
-"""Survival objectives for slide-level MIL (METHOD.md section 5): discrete-time NLL over K bins, and Cox.
+"""Survival objectives for slide-level MIL (docs/method.md section 5): discrete-time NLL over K bins, and Cox.
 
 The discrete-time model follows Zadeh & Schmid 2020 as used by Chen et al. (Patch-GCN, MCAT): a hazard per bin,
 h_k = sigmoid(logit_k), survival S_k = prod_{j<=k} (1 - h_j). Everything is computed in log space with

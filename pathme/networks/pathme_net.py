@@ -20,7 +20,7 @@ _EMBED_PREFIXES = ("projector.", "pos_embed.", "cls_token", "mask_token")
 
 
 class PatHME(nn.Module):
-    """Features of a region's tiles in, region tokens out (see METHOD.md section 3).
+    """Features of a region's tiles in, region tokens out (see docs/method.md section 3).
 
     Sequences are [CLS, patches] for L0 and [CLS, prompts, patches] for L1. Missing tiles are zeroed on entry,
     masked as keys in every attention and zeroed on exit, so they affect no output.
