@@ -202,7 +202,9 @@ def test_any_timm_model_is_an_expert(name: str, pooling: str, dim: int, tiles: t
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("name", "million_params"), [("uni", 303), ("gigapath", 1135)])
+# Prov-GigaPath's count and dims are checked on the meta device (test_expert_zoo.py); its real-size forward (50 s
+# of CI) reads the class token the same way as UNI's, so UNI alone runs here
+@pytest.mark.parametrize(("name", "million_params"), [("uni", 303)])
 def test_real_class_token_experts_build_with_documented_dims(name: str, million_params: int) -> None:
     expert = build_expert(name, "random")
     assert round(sum(p.numel() for p in expert.model.parameters()) / 1e6) == million_params
