@@ -27,7 +27,6 @@ def _timm_blocks(expected: Mapping[str, torch.Tensor]) -> list[str]:
 def _flat_blocks(
     state: Mapping[str, torch.Tensor],
     expected: Mapping[str, torch.Tensor],
-    source: str,
     prefix: str,
     first: int,
     fixed: Mapping[str, str],
@@ -64,7 +63,6 @@ def torchvision_mobilenet_v2(
     return _flat_blocks(
         state,
         expected,
-        source,
         "features.",
         1,
         {
@@ -87,7 +85,6 @@ def efficientnet_pytorch(state: Mapping[str, torch.Tensor], expected: Mapping[st
     return _flat_blocks(
         state,
         expected,
-        source,
         "_blocks.",
         0,
         {
