@@ -1,12 +1,21 @@
 """A deterministic demo cohort of multi-level slides built from real H&E pixels, with known answers.
 
 Why: the pipeline (regions -> features -> distillation -> MIL) needs slides whose labels are learnable and whose
-signal sits at a known place. Tissue is a mosaic of real tiles from the CMU-1 sample slide; "positive" slides
-carry one planted tumour-like block (dense, hematoxylin-heavy texture made from the same real pixels) aligned to
-the L1 grid, and their patients have shorter survival. Each positive patient has a tumour grade in [0, 1]: the
-planted texture is darker (more hematoxylin) and survival shorter the higher the grade, so survival carries a
-continuous signal that a model can read from the pixels, not only the class. Everything comes from one seeded
-numpy Generator, so the same seed gives byte-identical files.
+signal sits at a known place. Tissue is a mosaic of real 256-px tiles from the CMU-1 sample slide, half from its
+nuclei-richer ("dense") tiles and half from the others ("sparse"). Every slide carries two independent tasks:
+
+* **planted** (the easy control, ``labels.csv``): "positive" slides carry one planted tumour-like block (dense,
+  hematoxylin-heavy texture made from the same real pixels) aligned to the L1 grid, visible in any of its 20x
+  tiles. Each positive patient has a grade in [0, 1]: the texture is darker and survival shorter the higher it is.
+* **context** (``labels_context.csv``): the label lives in how tiles are *arranged*, not in any tile. Both classes
+  use the same two pools in the same proportion (exactly half of a slide's tissue cells dense); a negative
+  ("scattered") slide places the dense cells at random, a positive ("organised") slide places them where a smooth
+  random field is highest, so they form patches whose size grows with the patient's grade (and survival
+  shortens with it). Each 20x tile is one pool tile in a random orientation, so the multiset of a slide's 20x tiles
+  has the same distribution in both classes; the difference shows at 5x and 1.25x, where an L1 tile or a region
+  is mostly one pool or a mix of both.
+
+Everything comes from one seeded numpy Generator, so the same seed gives byte-identical files.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 from skimage.color import hed2rgb, rgb2hed
 from tqdm import tqdm
 
@@ -47,6 +57,7 @@ CENSOR_MONTHS = (24.0, 120.0)  # uniform censoring window
 TWO_SLIDE_EVERY = 4  # every 4th patient has two slides
 TUMOUR_H_GAIN = (1.6, 1.2)  # hematoxylin optical-density gain of the planted texture: 1.6 + 1.2 x grade
 TUMOUR_E_GAIN = 0.4
+CONTEXT_SIGMA = (1.0, 2.0)  # smoothing (sd, in 256-px cells) of an organised slide's field: 1 + 2 x grade
 PLANTED_COLUMNS = [
     "slide_id",
     "region_x",
@@ -65,18 +76,50 @@ PLANTED_COLUMNS = [
 
 @dataclass(frozen=True)
 class PlannedSlide:
-    """What one slide will be: its ids, file name, format and whether it carries the planted block."""
+    """What one slide will be: its ids, file name, format, whether it carries the planted block and whether its
+    tissue is organised (the context task), with the patient's grade of each (0 for negatives)."""
 
     slide_id: str
     patient_id: str
     filename: str
     flavour: str
     planted: bool
-    grade: float  # tumour grade of the patient (0 for negatives)
+    grade: float
+    organised: bool = False
+    context_grade: float = 0.0
+
+
+@dataclass(frozen=True)
+class PatientTruth:
+    """One task's truth per patient (arrays indexed by patient): label, grade in [0, 1] (0 for negatives), survival
+    time in months and event (1: death observed, 0: censored)."""
+
+    labels: np.ndarray
+    grades: np.ndarray
+    times: np.ndarray
+    events: np.ndarray
+
+    def rows(self) -> list[list]:
+        """labels.csv rows: patient_id, label, time, event."""
+        return [
+            [_patient_id(i), int(label), f"{time:.2f}", int(event)]
+            for i, (label, time, event) in enumerate(zip(self.labels, self.times, self.events, strict=True))
+        ]
+
+
+def draw_truth(n_patients: int, rng: np.random.Generator) -> PatientTruth:
+    """Half the patients positive, a uniform grade for each positive, and survival from label and grade."""
+    labels = draw_labels(n_patients, rng)
+    grades = np.where(labels == 1, rng.uniform(0.0, 1.0, size=n_patients), 0.0)
+    return PatientTruth(labels, grades, *draw_survival(labels, grades, rng))
 
 
 def make_demo_cohort(out_dir: Path, source: Path, n_slides: int = 8, seed: int = 0) -> Path:
-    """Write slides, ``manifest.csv``, ``labels.csv`` and ``planted.csv`` under ``out_dir``; return the manifest."""
+    """Write slides, ``manifest.csv``, ``labels.csv`` (the planted task), ``labels_context.csv`` (the context task)
+    and ``planted.csv`` under ``out_dir``; return the manifest.
+
+    Raises ValueError when ``n_slides`` < 2 or the source slide is not at about 0.5 µm/px, FileNotFoundError when it
+    is missing."""
     if n_slides < 2:
         raise ValueError(f"n_slides must be at least 2 (one positive and one negative patient), got {n_slides}")
     source = Path(source)
@@ -86,19 +129,19 @@ def make_demo_cohort(out_dir: Path, source: Path, n_slides: int = 8, seed: int =
     (out_dir / "slides").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     tiles = harvest_tiles(source)
-    stains = tumour_stains(tiles)
+    pools = split_pools(tiles)
+    stains = tumour_stains(pools[1])
     patients = assign_patients(n_slides)
-    labels = draw_labels(patients[-1] + 1, rng)
-    grades = np.where(labels == 1, rng.uniform(0.0, 1.0, size=len(labels)), 0.0)
-    times, events = draw_survival(labels, grades, rng)
-    plan = plan_slides(patients, labels, grades, rng)
+    planted = draw_truth(patients[-1] + 1, rng)
+    context = draw_truth(patients[-1] + 1, rng)
+    plan = plan_slides(patients, planted, context, rng)
     planted_rows = []
     for slide in tqdm(plan, desc="demo slides", unit="slide", disable=not sys.stderr.isatty()):
         tumour = tumour_tiles(stains, slide.grade) if slide.planted else stains[:0]
-        planted_rows += _write_slide(out_dir / "slides" / slide.filename, slide, tiles, tumour, rng)
+        planted_rows += _write_slide(out_dir / "slides" / slide.filename, slide, pools, tumour, rng)
     _write_csv(out_dir / "planted.csv", PLANTED_COLUMNS, planted_rows)
-    label_rows = [[_patient_id(i), int(labels[i]), f"{times[i]:.2f}", int(events[i])] for i in range(len(labels))]
-    _write_csv(out_dir / "labels.csv", ["patient_id", "label", "time", "event"], label_rows)
+    for name, truth in (("labels.csv", planted), ("labels_context.csv", context)):
+        _write_csv(out_dir / name, ["patient_id", "label", "time", "event"], truth.rows())
     manifest_rows = [[s.slide_id, f"slides/{s.filename}", s.patient_id] for s in plan]
     manifest = out_dir / "manifest.csv"
     _write_csv(manifest, ["slide_id", "path", "patient_id"], manifest_rows)
@@ -123,6 +166,18 @@ def harvest_tiles(source: Path) -> np.ndarray:
     if len(tiles) < 8:
         raise ValueError(f"source slide {source} has only {len(tiles)} tissue tiles of {TILE} px; need at least 8")
     return np.stack(tiles)
+
+
+def split_pools(tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sparse, dense): the source tiles below and at or above the median mean hematoxylin optical density."""
+    hematoxylin = _mean_hematoxylin(tiles)
+    dense = hematoxylin >= np.median(hematoxylin)
+    return tiles[~dense], tiles[dense]
+
+
+def _mean_hematoxylin(tiles: np.ndarray) -> np.ndarray:
+    """[N] mean hematoxylin optical density (skimage ``rgb2hed``) of each RGB tile of [N, H, W, 3]."""
+    return np.array([rgb2hed(tile)[..., 0].mean() for tile in tiles])
 
 
 def _stain_maps(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -163,42 +218,100 @@ def draw_survival(labels: np.ndarray, grades: np.ndarray, rng: np.random.Generat
 
 
 def plan_slides(
-    patients: list[int], labels: np.ndarray, grades: np.ndarray, rng: np.random.Generator
+    patients: list[int], planted: PatientTruth, context: PatientTruth, rng: np.random.Generator
 ) -> list[PlannedSlide]:
-    """Ids, formats (even: SVS, odd: TIFF) and the planted flag: a positive patient's first slide always has it,
-    a second slide has it by a coin flip."""
+    """Ids, formats (even: SVS, odd: TIFF), the planted flag (a planted-positive patient's first slide always has
+    the block, a second slide by a coin flip) and the organised flag (every slide of a context-positive patient)."""
     plan = []
     for index, patient in enumerate(patients):
         first = index == 0 or patients[index - 1] != patient
         flavour = "svs" if index % 2 == 0 else "tiff"
-        planted = bool(labels[patient] == 1 and (first or rng.random() < 0.5))
+        has_block = bool(planted.labels[patient] == 1 and (first or rng.random() < 0.5))
         slide_id = f"demo_{index:03d}"
-        grade = float(grades[patient])
-        plan.append(PlannedSlide(slide_id, _patient_id(patient), f"{slide_id}.{flavour}", flavour, planted, grade))
+        plan.append(
+            PlannedSlide(
+                slide_id,
+                _patient_id(patient),
+                f"{slide_id}.{flavour}",
+                flavour,
+                has_block,
+                float(planted.grades[patient]),
+                bool(context.labels[patient] == 1),
+                float(context.grades[patient]),
+            )
+        )
     return plan
 
 
 def _write_slide(
-    path: Path, slide: PlannedSlide, tiles: np.ndarray, tumour: np.ndarray, rng: np.random.Generator
+    path: Path,
+    slide: PlannedSlide,
+    pools: tuple[np.ndarray, np.ndarray],
+    tumour: np.ndarray,
+    rng: np.random.Generator,
 ) -> list[list]:
     """Draw and write one slide (atomically); return its planted.csv rows."""
+    image, rows = draw_slide(slide, pools, tumour, rng)
+    partial = path.with_name(f".{path.name}.partial")
+    magnification = MAGNIFICATION if slide.flavour == "svs" else None
+    write_pyramid(partial, image, MPP, slide.flavour, DOWNSAMPLES, magnification, compression="jpeg")
+    os.replace(partial, path)
+    return rows
+
+
+def draw_slide(
+    slide: PlannedSlide, pools: tuple[np.ndarray, np.ndarray], tumour: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, list[list]]:
+    """One slide's level-0 image, [H, W, 3] uint8 at 0.5 µm/px, and its planted.csv rows.
+
+    ``pools`` are the (sparse, dense) source tiles (:func:`split_pools`), ``tumour`` the planted texture's tiles
+    (:func:`tumour_tiles`, empty unless ``slide.planted``)."""
     width, height = (BASE_SIDE + int(rng.integers(*EXTRA_SIDE)) for _ in range(2))
     focus = _draw_focus(width, height, rng)
     mask = _tissue_mask(width, height, focus, rng)
+    block = np.zeros_like(mask)
+    if slide.planted:
+        block[focus[1] // TILE : focus[1] // TILE + BLOCK_TILES, focus[0] // TILE : focus[0] // TILE + BLOCK_TILES] = (
+            True
+        )
+    dense = tissue_types(mask & ~block, _full_cells(width, height), slide.organised, slide.context_grade, rng)
     lut = _stain_lut(rng)
     image = np.empty((height, width, 3), dtype=np.uint8)
-    _paste_cells(image, mask, lut[np.arange(3), tiles], _glass_tiles(rng), rng)
+    tissue = tuple(lut[np.arange(3), pool] for pool in pools)
+    _paste_cells(image, mask, dense, tissue, _glass_tiles(rng), rng)
     rows = []
     if slide.planted:
         x, y = focus
         side = BLOCK_TILES * TILE
         image[y : y + side, x : x + side] = _mosaic(lut[np.arange(3), tumour], side // tumour.shape[1], rng)
         rows.append(_planted_row(slide.slide_id, x, y, slide.grade))
-    partial = path.with_name(f".{path.name}.partial")
-    magnification = MAGNIFICATION if slide.flavour == "svs" else None
-    write_pyramid(partial, image, MPP, slide.flavour, DOWNSAMPLES, magnification, compression="jpeg")
-    os.replace(partial, path)
-    return rows
+    return image, rows
+
+
+def _full_cells(width: int, height: int) -> np.ndarray:
+    """[rows, cols] bool: the 256-px cells that lie wholly inside a width x height image."""
+    full = np.zeros((math.ceil(height / TILE), math.ceil(width / TILE)), dtype=bool)
+    full[: height // TILE, : width // TILE] = True
+    return full
+
+
+def tissue_types(
+    tissue: np.ndarray, full: np.ndarray, organised: bool, grade: float, rng: np.random.Generator
+) -> np.ndarray:
+    """[rows, cols] bool, True where a tissue cell takes a dense tile (the context task).
+
+    Of the ``tissue`` cells that are ``full`` (wholly inside the slide), exactly half (rounded down) are dense in
+    both classes: those with the highest score, the score being white noise for a scattered slide (a uniformly
+    random half) and the same noise smoothed by a Gaussian of sd 1 + 2 x ``grade`` cells for an organised one
+    (patches). Clipped edge cells are dense by a fair coin in both classes. So a slide's multiset of full 20x tiles
+    has one distribution whatever its class; only where the dense ones are differs."""
+    score = rng.standard_normal(tissue.shape)
+    if organised:
+        score = gaussian_filter(score, CONTEXT_SIGMA[0] + CONTEXT_SIGMA[1] * grade, mode="wrap")
+    cells = np.flatnonzero(tissue & full)
+    dense = (rng.random(tissue.shape) < 0.5) & tissue & ~full
+    dense.flat[cells[np.argsort(-score.flat[cells], kind="stable")[: len(cells) // 2]]] = True
+    return dense
 
 
 def _draw_focus(width: int, height: int, rng: np.random.Generator) -> tuple[int, int]:
@@ -261,13 +374,20 @@ def _oriented(tile: np.ndarray, code: int) -> np.ndarray:
 
 
 def _paste_cells(
-    image: np.ndarray, mask: np.ndarray, tissue: np.ndarray, glass: np.ndarray, rng: np.random.Generator
+    image: np.ndarray,
+    mask: np.ndarray,
+    dense: np.ndarray,
+    tissue: tuple[np.ndarray, np.ndarray],
+    glass: np.ndarray,
+    rng: np.random.Generator,
 ) -> None:
-    """Fill every 256-px cell with a random tissue or glass tile in a random orientation, clipped at the edge."""
-    pool = np.concatenate([tissue, glass])
-    picks = np.where(
-        mask, rng.integers(len(tissue), size=mask.shape), len(tissue) + rng.integers(len(glass), size=mask.shape)
-    )
+    """Fill every 256-px cell with a random tile of its pool (glass outside ``mask``, else dense or sparse tissue)
+    in a random orientation, clipped at the edge."""
+    sparse, dense_tiles = tissue
+    pool = np.concatenate([sparse, dense_tiles, glass])
+    starts = np.where(~mask, len(sparse) + len(dense_tiles), np.where(dense, len(sparse), 0))
+    sizes = np.where(~mask, len(glass), np.where(dense, len(dense_tiles), len(sparse)))
+    picks = starts + (rng.random(mask.shape) * sizes).astype(np.int64)
     codes = rng.integers(8, size=mask.shape)
     height, width = image.shape[:2]
     for (row, col), pick in np.ndenumerate(picks):
@@ -276,13 +396,11 @@ def _paste_cells(
         image[y : y + h, x : x + w] = _oriented(pool[pick], codes[row, col])[:h, :w]
 
 
-def tumour_stains(tiles: np.ndarray) -> np.ndarray:
-    """Stain densities (HED) of the nuclei-richer half of the source tiles at half size (twice the nuclei per
+def tumour_stains(dense: np.ndarray) -> np.ndarray:
+    """Stain densities (HED) of the dense pool's tiles (:func:`split_pools`) at half size (twice the nuclei per
     area): the raw material of the planted texture."""
     half = TILE // 2
-    stains = rgb2hed(np.stack([downsample_area(tile, (half, half)) for tile in tiles]))
-    hematoxylin = stains[..., 0].mean(axis=(1, 2))
-    return stains[hematoxylin >= np.median(hematoxylin)]
+    return rgb2hed(np.stack([downsample_area(tile, (half, half)) for tile in dense]))
 
 
 def tumour_tiles(stains: np.ndarray, grade: float) -> np.ndarray:
