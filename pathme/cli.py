@@ -220,7 +220,8 @@ MIL_TRAIN = BundleFlags(
         "labels": "labels CSV (patient_id or slide_id, the task column[s], fold[s]); evaluate needs it, predict takes "
         "none (default null)",
         "task": "the class column of the labels, or 'survival' (time, event)",
-        "feature_source": "'pathme', 'pathme-mean' or an expert name (raw features)",
+        "feature_source": "'pathme', 'pathme-mean' or an expert name (raw 20x features; '<expert>@5x' or "
+        "'<expert>@1.25x' for its 5x tiles or 1.25x regions)",
         "num_folds": "folds generated when the labels have none",
         "seed": "random seed",
         "gated": "gated attention",

@@ -118,6 +118,35 @@ def test_pathme_mean_is_one_token_per_region_with_tissue(
     assert (bag.kinds == 0).all()
 
 
+def test_expert_bag_at_5x_and_1_25x_holds_the_valid_l1_tiles_and_the_regions_with_tissue(
+    tmp_path: Path, stores: dict[str, tuple[list[dict], np.ndarray]]
+) -> None:
+    regions, _ = stores["s1"]
+    valid = np.stack([region["valid_l1"] for region in regions])
+    bag = read_slide_bag(tmp_path / "tokens" / "s1.h5", "expert-b@5x")  # through the token store's link
+    expected = np.concatenate([region["features"]["expert-b"][1][region["valid_l1"]] for region in regions])
+    np.testing.assert_array_equal(bag.features, expected)
+    rows, cols = np.divmod(np.arange(16), 4)
+    tile_xy = np.stack([cols, rows], axis=1) * (EXTENT // 4)
+    np.testing.assert_array_equal(bag.coords, (origins(len(RULES))[:, None, :] + tile_xy[None])[valid])
+    np.testing.assert_array_equal(bag.sizes, np.full(valid.sum(), EXTENT / 4))
+    assert (bag.kinds == 1).all()
+    region = read_slide_bag(tmp_path / "regions" / "s1.h5", "expert-a@1.25x")
+    tissue = valid.any(axis=1)
+    expected = np.stack([r["features"]["expert-a"][2] for r, t in zip(regions, tissue, strict=True) if t])
+    np.testing.assert_array_equal(region.features, expected)
+    np.testing.assert_array_equal(region.coords, origins(len(RULES))[tissue])
+    np.testing.assert_array_equal(region.sizes, np.full(tissue.sum(), EXTENT))
+    assert (region.kinds == 0).all()
+    index = BagIndex(tmp_path / "tokens", "expert-a@5x")
+    assert index.feature_dim() == DIMS["expert-a"]
+    assert index.token_counts()["p2"] == stores["s3"][0][1]["valid_l1"].sum()
+    with pytest.raises(ValueError, match=r"unknown scale '@10x'; use @5x, @1\.25x"):
+        read_slide_bag(tmp_path / "regions" / "s1.h5", "expert-a@10x")
+    with pytest.raises(ValueError, match=r"expert 'uni' missing.*<expert>@5x"):
+        read_slide_bag(tmp_path / "regions" / "s1.h5", "uni@5x")
+
+
 def test_sources_and_a_missing_source_is_a_clear_error(
     tmp_path: Path, stores: dict[str, tuple[list[dict], np.ndarray]]
 ) -> None:

@@ -9,7 +9,9 @@ Feature sources:
 * ``"pathme"``: the PatHME region tokens: the 10 scale prompts of every region with tissue, then its valid L1
   tokens (invalid ones are dropped);
 * ``"pathme-mean"``: one token per region with tissue, the mean of its valid PatHME tokens (prompts included);
-* any other name: an expert's L0 (20x) features, valid by ``valid/L0``.
+* an expert's name: its L0 (20x) features, valid by ``valid/L0``;
+* ``"<expert>@5x"``: its L1 (5x) features, valid by ``valid/L1``; ``"<expert>@1.25x"``: its L2 feature, one per
+  region with tissue (the baselines of docs/benchmarks.md "What distillation adds").
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from pathme.wsi.grid import L0_SIDE, L1_SIDE, raster_positions
 
 PATHME, PATHME_MEAN = "pathme", "pathme-mean"
 REGION_KIND, TILE_KIND = 0, 1
+#: the suffix of an expert source naming a scale other than 20x, and the store level it reads
+SCALES = {"5x": "L1", "1.25x": "L2"}
 
 StorePath = str | os.PathLike[str]
 
@@ -53,6 +57,19 @@ class SlideBag:
     kinds: np.ndarray  # [N] int8: REGION_KIND (prompt or region mean) or TILE_KIND
 
 
+def expert_level(source: str) -> tuple[str, str]:
+    """(expert, store level) of an expert source: ``"uni"`` -> ("uni", "L0"), ``"uni@5x"`` -> ("uni", "L1"),
+    ``"uni@1.25x"`` -> ("uni", "L2"). Raises ValueError for an unknown scale suffix."""
+    expert, _, scale = source.partition("@")
+    if not scale:
+        return expert, "L0"
+    if scale not in SCALES:
+        raise ValueError(
+            f"feature source '{source}': unknown scale '@{scale}'; use @{', @'.join(SCALES)} or none (20x)"
+        )
+    return expert, SCALES[scale]
+
+
 def _sources(has_tokens: bool, experts: Iterable[str]) -> list[str]:
     """PatHME sources first, then experts sorted (one order, whichever attribute listed them)."""
     return ([PATHME, PATHME_MEAN] if has_tokens else []) + sorted(experts)
@@ -67,21 +84,30 @@ def available_sources(path: StorePath) -> list[str]:
 def _require_source(path: StorePath, attrs: Mapping[str, Any], source: str) -> None:
     """A clear error when ``source`` is not in the store, naming what is there instead."""
     sources = _sources(is_token_store(attrs), attrs["experts"])
-    if source in sources:
-        return
-    missing = f"dataset '{TOKENS.name}'" if source in (PATHME, PATHME_MEAN) else f"expert '{source}'"
+    if source in (PATHME, PATHME_MEAN):
+        if source in sources:
+            return
+        missing = f"dataset '{TOKENS.name}'"
+    else:
+        expert = expert_level(source)[0]
+        if expert in attrs["experts"]:
+            return
+        missing = f"expert '{expert}'"
     raise ValueError(
         f"{path}: feature source '{source}' is not in this store ({missing} missing); "
-        f"it has: {', '.join(sources) or 'none'}"
+        f"it has: {', '.join(sources) or 'none'} (an expert at 5x or 1.25x: <expert>@5x, <expert>@1.25x)"
     )
 
 
 def _keep(file: h5py.File, source: str) -> np.ndarray:
     """[R, T] which tokens of each region enter the bag (before any per-region pooling)."""
-    if source not in (PATHME, PATHME_MEAN):
+    level = None if source in (PATHME, PATHME_MEAN) else expert_level(source)[1]
+    if level == "L0":
         return file[VALID["L0"].name][()]
     valid_l1 = file[VALID["L1"].name][()]
     tissue = valid_l1.any(axis=1, keepdims=True)
+    if level is not None:
+        return valid_l1 if level == "L1" else tissue
     return np.concatenate([np.repeat(tissue, N_PROMPTS, axis=1), valid_l1], axis=1)
 
 
@@ -126,11 +152,23 @@ def _mean_tokens(file: h5py.File, keep: np.ndarray, extent: float) -> tuple[np.n
     return _gather(file[TOKENS.name], keep, _region_means), coords, np.full(len(coords), extent), _kinds(coords)
 
 
-def _expert_tokens(file: h5py.File, keep: np.ndarray, extent: float, expert: str) -> tuple[np.ndarray, ...]:
-    offsets = raster_positions(L0_SIDE, L0_SIDE)[:, ::-1] * (extent / L0_SIDE)  # (x, y) of each tile
+def _select_regions(data: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    return data[keep[:, 0]]
+
+
+def _expert_tokens(file: h5py.File, keep: np.ndarray, extent: float, source: str) -> tuple[np.ndarray, ...]:
+    """An expert's features at the source's scale: every valid tile of a region at 20x or 5x, or the region."""
+    expert, level = expert_level(source)
+    side = {"L0": L0_SIDE, "L1": L1_SIDE, "L2": 1}[level]
+    offsets = raster_positions(side, side)[:, ::-1] * (extent / side)  # (x, y) of each tile
     coords = np.rint(file[COORDS.name][()][:, None, :] + offsets[None]).astype(np.int64)[keep]
-    features = _gather(file[FEATURES["L0"].path(expert)], keep, _select)
-    return features, coords, np.full(len(coords), extent / L0_SIDE), _kinds(coords, TILE_KIND)
+    features = _gather(file[FEATURES[level].path(expert)], keep, _select_regions if level == "L2" else _select)
+    return (
+        features,
+        coords,
+        np.full(len(coords), extent / side),
+        _kinds(coords, REGION_KIND if side == 1 else TILE_KIND),
+    )
 
 
 def _kinds(coords: np.ndarray, kind: int = REGION_KIND) -> np.ndarray:
@@ -248,7 +286,7 @@ class BagIndex:
         """Dimension of this feature source's tokens, from the first store (no features read)."""
         path, attrs = next(iter(self._stores.values()))
         if self.feature_source not in (PATHME, PATHME_MEAN):
-            return int(attrs["expert_dims"][self.feature_source])
+            return int(attrs["expert_dims"][expert_level(self.feature_source)[0]])
         with h5py.File(path, "r") as file:
             return int(file[TOKENS.name].shape[-1])
 

@@ -19,7 +19,7 @@ import pandas as pd
 
 from pathme import __version__
 from pathme.bundles import bundle_dir, run_bundle
-from pathme.data.bags import PATHME, PATHME_MEAN
+from pathme.data.bags import PATHME, PATHME_MEAN, expert_level
 from pathme.engines.distill_workflow import TEACHER_FILE, TrainedOn, load_checkpoint
 from pathme.engines.mil import load_fold_model
 from pathme.engines.mil_workflow import fold_models
@@ -73,10 +73,11 @@ class AppModels:
         if not models.mil_runs:
             raise FileNotFoundError(f"{root}: no MIL run with fold models in {root / 'mil'}/<task>/fold_<k>/model.pt")
         for task, source in models.mil_sources.items():
-            if source not in (PATHME, PATHME_MEAN, *models.experts):
+            if source not in (PATHME, PATHME_MEAN) and expert_level(source)[0] not in models.experts:
                 known = [PATHME, PATHME_MEAN, *models.experts]
                 raise ValueError(
-                    f"{root / 'mil' / task}: its fold models take {source!r} features; this app makes {known}"
+                    f"{root / 'mil' / task}: its fold models take {source!r} features; this app makes {known} "
+                    "(an expert also at @5x and @1.25x)"
                 )
         return models
 
