@@ -422,11 +422,15 @@ def build_parser() -> argparse.ArgumentParser:
     gdc.add_argument("--slides", type=Path, required=True, help="folder gdc-client downloaded the slides into")
     gdc.add_argument("--clinical", type=Path, required=True, help="the cart's clinical TSV (clinical.tsv)")
     gdc.add_argument("--out", type=Path, required=True, help="folder for manifest.csv and labels_<task>.csv")
-    gdc.add_argument("--label-column", help="clinical column of the class label (e.g. a subtype); default: none")
+    gdc.add_argument(
+        "--label-column",
+        help="clinical column of the class label (e.g. a subtype), with or without its node prefix "
+        "(diagnoses.primary_diagnosis or primary_diagnosis); default: none",
+    )
     gdc.add_argument(
         "--patient-column",
         default="case_submitter_id",
-        help="clinical column of the TCGA patient id (default %(default)s)",
+        help="clinical column of the TCGA patient id (default %(default)s, cases.submitter_id in the 2025 layout)",
     )
     gdc.add_argument("--no-survival", action="store_true", help="no labels_survival.csv (vital status, days)")
     gdc.add_argument(

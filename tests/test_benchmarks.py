@@ -3,6 +3,7 @@ from the code they describe (the full runs and their figures are in docs/benchma
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -10,8 +11,11 @@ import sys
 import venv
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import REPO
+
+from pathme.data.synthetic_stores import write_store
 
 
 def run_script(name: str, *args: str) -> None:
@@ -112,3 +116,28 @@ def test_gpu_bench_extraction_measures_again_where_it_ran_before(scale_cache, cm
     slide = build_slide(scale_cache / f"{name}.svs", width, height, mpp, cmu_slide)
     first, again = (extraction(slide, 1, ("tiny-cnn",), 16, 0) for _ in range(2))
     assert first["tiles_per_slide"] == again["tiles_per_slide"] > 0 and again["tiles_per_s"] > 0
+
+
+def test_bench_value_counts_instances_per_source_and_tabulates_each_task_metric(tmp_path):
+    """The value benchmark's table: one row per signal, task and source, with that task's metric, the mean valid
+    instances per slide of the source (20x tiles, 5x tiles, regions) and MIL seconds per fold."""
+    spec = importlib.util.spec_from_file_location("bench_value", REPO / "scripts" / "bench_value.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    regions = write_store(tmp_path, "s1", "p1", ["full", "empty", "full"], {"tiny-vit": 4})
+    write_store(tmp_path, "s2", "p2", ["full"], {"tiny-vit": 4})
+    assert bench.instances_per_slide(tmp_path, "tiny-vit") == (2 * 256 + 256) / 2
+    assert bench.instances_per_slide(tmp_path, "tiny-vit@5x") == (2 * 16 + 16) / 2
+    assert bench.instances_per_slide(tmp_path, "tiny-vit@1.25x") == 1.5 and regions[1]["valid_l0"].sum() == 0
+    results = pd.DataFrame(
+        [
+            {"signal": "context", "task": "label", "features": "pathme", "metric": "auroc", "mean": 0.8, "sd": 0.1},
+            {"signal": "context", "task": "label", "features": "pathme", "metric": "f1", "mean": 0.7, "sd": 0.1},
+            {"signal": "context", "task": "survival", "features": "x", "metric": "c_index", "mean": 0.6, "sd": 0.05},
+        ]
+    ).assign(seconds=[10.0, 10.0, 5.0])
+    lines = bench.table(results, folds=5, instances={"pathme": 100.4, "x": 7.0}).splitlines()
+    assert lines[2:] == [
+        "| context | label | pathme | auroc 0.800 ± 0.100 | 100 | 2.0 |",
+        "| context | survival | x | c_index 0.600 ± 0.050 | 7 | 1.0 |",
+    ]

@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 
 from pathme.cli import main
-from pathme.demo import TASKS
+from pathme.demo import SIGNALS, TASKS
 from pathme.deploy.pipeline import AppModels
 
 README_COMMANDS = ["make demo", "make test"]
@@ -113,10 +113,12 @@ def test_the_demo_runs_the_whole_pipeline_and_prints_the_metrics_table(tmp_path,
     assert len(list((out / "tokens").glob("*.h5"))) == 8
     metrics = pd.read_csv(out / "mil" / "metrics.csv")
     assert set(metrics["task"]) == {"label", "survival"} and set(metrics["features"]) == {"pathme", "tiny-vit"}
-    for run in ("label_pathme", "survival_tiny-vit"):
+    assert set(metrics["signal"]) == set(SIGNALS)
+    for run in ("planted_label_pathme", "context_survival_tiny-vit"):
         assert list((out / "mil" / run / "heatmaps").glob("*.png"))
     app_models = AppModels.load(out / "app_models")  # the Deploy app's model folder, ready to use
-    assert set(app_models.mil_runs) == {f"{task}_{source}" for task in TASKS for source in ("pathme", "tiny-vit")}
+    runs = {f"{signal}_{task}_{source}" for signal in SIGNALS for task in TASKS for source in ("pathme", "tiny-vit")}
+    assert set(app_models.mil_runs) == runs
 
 
 #: which pathme command runs each bundle config

@@ -30,8 +30,27 @@ def clinical_rows() -> list[list[str]]:
     ]
 
 
-def write_tsv(path: Path, rows: list[list[str]]) -> Path:
-    path.write_text("\n".join("\t".join(row) for row in [CLINICAL_COLUMNS, *rows]) + "\n")
+#: the same cases in the GDC's layout since 2025 (Data Release 42, Data Portal 2.4.0): columns named <node>.<name>,
+#: a row per diagnosis, follow-up and treatment; the last follow-up is the largest of their days
+NODE_COLUMNS = ["cases.case_id", "cases.submitter_id", "project.project_id", "demographic.vital_status"]
+NODE_COLUMNS += ["demographic.days_to_death", "diagnoses.days_to_last_follow_up", "follow_ups.days_to_follow_up"]
+NODE_COLUMNS += ["treatments.treatment_type", "diagnoses.subtype"]
+
+
+def node_rows() -> list[list[str]]:
+    return [
+        ["u1", "TCGA-A1-A0SB", "TCGA-BRCA", "Alive", "'--", "120", "31", "Radiation Therapy", "LumA"],
+        ["u1", "TCGA-A1-A0SB", "TCGA-BRCA", "Alive", "'--", "120", "259", "Pharmaceutical Therapy", "LumA"],  # last
+        ["u1", "TCGA-A1-A0SB", "TCGA-BRCA", "Alive", "'--", "120", "'--", "'--", "LumA"],
+        ["u2", "TCGA-A2-A04P", "TCGA-BRCA", "Dead", "548", "'--", "300", "Radiation Therapy", "Basal"],  # died later
+        ["u3", "TCGA-BH-A0BZ", "TCGA-BRCA", "Dead", "'--", "'--", "'--", "'--", "LumB"],
+        ["u4", "TCGA-E2-A15K", "TCGA-BRCA", "Alive", "'--", "1200", "'--", "'--", "'--"],  # two diagnoses
+        ["u4", "TCGA-E2-A15K", "TCGA-BRCA", "Alive", "'--", "800", "'--", "'--", "'--"],
+    ]
+
+
+def write_tsv(path: Path, rows: list[list[str]], columns: list[str] = CLINICAL_COLUMNS) -> Path:
+    path.write_text("\n".join("\t".join(row) for row in [columns, *rows]) + "\n")
     return path
 
 
@@ -116,6 +135,57 @@ def test_clinical_files_that_cannot_label_name_the_file_and_the_fix(download: Pa
         )
     with pytest.raises(GDCError, match="clinical file .*absent.tsv: file not found"):
         cohort_from_gdc(download, tmp_path / "absent.tsv", tmp_path / "out")
+
+
+def test_the_2025_node_prefixed_clinical_tsv_gives_the_cohort_of_the_old_layout(download: Path, tmp_path: Path) -> None:
+    old = cohort_from_gdc(download, write_tsv(tmp_path / "old.tsv", clinical_rows()), tmp_path / "old", "subtype")
+    clinical = write_tsv(tmp_path / "clinical.tsv", node_rows(), NODE_COLUMNS)
+    new = cohort_from_gdc(download, clinical, tmp_path / "new", label_column="subtype")
+    assert (new.slides, new.patients, sorted(new.labels)) == (old.slides, old.patients, sorted(old.labels))
+    for written, expected in [(new.manifest, old.manifest), *((new.labels[k], old.labels[k]) for k in old.labels)]:
+        assert written.read_bytes() == expected.read_bytes(), written.name
+    survival = pd.read_csv(new.labels["survival"]).set_index("patient_id")["time"].to_dict()
+    assert survival == {"TCGA-A1-A0SB": 259, "TCGA-A2-A04P": 548, "TCGA-E2-A15K": 1200}  # largest days; death wins
+    # the columns may also be named with their node prefix, or by a bare name (submitter_id: the cases node's)
+    named = cohort_from_gdc(download, clinical, tmp_path / "named", "diagnoses.subtype", "submitter_id")
+    by_prefix = pd.read_csv(named.labels["diagnoses.subtype"]).set_axis(["patient_id", "subtype"], axis=1)
+    assert by_prefix.equals(pd.read_csv(old.labels["subtype"]))
+
+
+def test_a_label_of_the_2025_layout_comes_from_the_primary_diagnosis_when_one_is_marked(
+    download: Path, tmp_path: Path
+) -> None:
+    """Since DR42 a TCGA case may have several diagnoses with different values; the marked primary one decides."""
+    columns = [*NODE_COLUMNS, "diagnoses.diagnosis_is_primary_disease"]
+    rows = [[*row, "true"] for row in node_rows()]
+    rows.append(["u4", "TCGA-E2-A15K", "TCGA-BRCA", "Alive", "'--", "1500", "'--", "'--", "Normal", "false"])
+    rows[5][-2] = "LumA"  # the primary diagnosis of TCGA-E2-A15K; its second one says Normal
+    cohort = cohort_from_gdc(download, write_tsv(tmp_path / "c.tsv", rows, columns), tmp_path / "out", "subtype")
+    labels = pd.read_csv(cohort.labels["subtype"]).set_index("patient_id")["subtype"].to_dict()
+    assert labels["TCGA-E2-A15K"] == "LumA"
+    survival = pd.read_csv(cohort.labels["survival"]).set_index("patient_id")["time"].to_dict()
+    assert survival["TCGA-E2-A15K"] == 1500  # follow-up days: the largest over every diagnosis
+    unmarked = [row[:-1] for row in rows]
+    with pytest.raises(GDCError, match=r"TCGA-E2-A15K has diagnoses.subtype \['LumA', 'Normal'\]; keep one"):
+        cohort_from_gdc(download, write_tsv(tmp_path / "u.tsv", unmarked, NODE_COLUMNS), tmp_path / "u", "subtype")
+
+
+def test_2025_clinical_files_that_cannot_label_name_the_file_and_the_fix(download: Path, tmp_path: Path) -> None:
+    rows = node_rows()
+    rows[1][3] = "Dead"  # one patient's rows disagree on a value that is not days
+    with pytest.raises(GDCError, match=r"TCGA-A1-A0SB has demographic.vital_status \['Alive', 'Dead'\]; keep one"):
+        cohort_from_gdc(download, write_tsv(tmp_path / "c.tsv", rows, NODE_COLUMNS), tmp_path / "out")
+    rows = clinical_rows()
+    rows[1][5] = "260"  # the old layout repeats a case per treatment: its days must agree, as before 2025
+    with pytest.raises(GDCError, match=r"TCGA-A1-A0SB has days_to_last_follow_up \['259', '260'\]; keep one"):
+        cohort_from_gdc(download, write_tsv(tmp_path / "c.tsv", rows), tmp_path / "out")
+    columns = [*NODE_COLUMNS[:5], "diagnoses.days_to_recurrence", *NODE_COLUMNS[6:]]  # no days to last follow-up
+    with pytest.raises(GDCError, match=r"no column\(s\) \['days_to_last_follow_up'\].*<node>.<name>.*--patient-col"):
+        cohort_from_gdc(download, write_tsv(tmp_path / "c.tsv", node_rows(), columns), tmp_path / "out")
+    columns = [*NODE_COLUMNS[:-2], "exposures.subtype", "family_histories.subtype"]  # two nodes, neither preferred
+    with pytest.raises(GDCError, match=r"'subtype' is in several columns .*--label-column"):
+        cohort_from_gdc(download, write_tsv(tmp_path / "c.tsv", node_rows(), columns), tmp_path / "out", "subtype")
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_pathme_command_writes_the_cohort_and_says_where(download: Path, tmp_path: Path, capsys) -> None:

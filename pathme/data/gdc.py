@@ -2,7 +2,14 @@
 
 The GDC Data Portal and ``gdc-client`` put each slide in a folder named by its file UUID, under a file name
 that starts with the TCGA barcode (``TCGA-A1-A0SB-01Z-00-DX1.<uuid>.svs``); the clinical TSV of a cart
-(``clinical.tsv``) has one or more rows per case keyed by ``case_submitter_id``, with ``'--`` for no value.
+(``clinical.tsv``) has one or more rows per case, with ``'--`` for no value. It comes in two layouts, both read:
+before 2025 its columns were bare property names (``case_submitter_id``, ``vital_status``, ``days_to_death``,
+``days_to_last_follow_up``); since the GDC's Data Release 42 and Data Portal 2.4.0 (January-March 2025) they carry
+the node they belong to (``cases.submitter_id``, ``demographic.vital_status``, ``demographic.days_to_death``,
+``diagnoses.days_to_last_follow_up``, ``follow_ups.days_to_follow_up``), with a row per diagnosis and follow-up.
+A column is found by its name, else as ``<node>.<name>``; the patient's follow-up time is the largest of those
+diagnosis and follow-up days, as the GDC advises for DR42
+(https://docs.gdc.cancer.gov/Data/Release_Notes/Data_Release_Notes/).
 The patient is the barcode's first 12 characters (project, tissue source site, participant), per the TCGA
 barcode reference (https://docs.gdc.cancer.gov/Encyclopedia/pages/TCGA_Barcode/). Diagnostic slides are the
 formalin-fixed ones, ``DX`` in the barcode's slide field; frozen sections (``TS``, ``BS``) are not used.
@@ -30,7 +37,16 @@ logger = logging.getLogger(__name__)
 BARCODE = re.compile(r"^(?P<patient>TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})-\d{2}[A-Z]-\d{2}-(?P<slide>[A-Z]{2}[A-Z0-9]*)$")
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff")
 GDC_MISSING = frozenset({"", "'--", "--", "na", "nan", "not reported", "unknown", "[not available]"})
-VITAL_STATUS, DAYS_TO_DEATH, DAYS_TO_FOLLOW_UP = "vital_status", "days_to_death", "days_to_last_follow_up"
+VITAL_STATUS, DAYS_TO_DEATH = "vital_status", "days_to_death"
+#: follow-up days: per diagnosis (both layouts), and per follow-up (2025 layout, optional); the largest is the last
+DAYS_TO_LAST_FOLLOW_UP, DAYS_TO_FOLLOW_UP = "days_to_last_follow_up", "days_to_follow_up"
+#: the nodes of ``<node>.<name>`` columns (2025 layout), in the order a name under several of them is taken from
+NODES = ("cases", "demographic", "diagnoses", "follow_ups")
+RENAMED = {"case_submitter_id": "cases.submitter_id"}  # old name -> 2025 name, where more than a prefix changed
+#: since DR42 a TCGA case may have several diagnoses; the GDC marks the primary one (its help desk, quoted in
+#: https://github.com/BioinformaticsFMRP/TCGAbiolinks/issues/644): diagnosis values come from it when it is marked
+PRIMARY_DIAGNOSIS_FLAG = "diagnoses.diagnosis_is_primary_disease"
+LAYOUTS = "by its name (GDC before 2025) or as <node>.<name> (since 2025, e.g. demographic.vital_status)"
 SHOWN = 10  # unmapped slides named in an error
 
 
@@ -59,24 +75,75 @@ def _missing(value: str) -> bool:
     return value.strip().lower() in GDC_MISSING
 
 
-def read_clinical(path: Path, columns: list[str], patient_column: str) -> pd.DataFrame:
-    """One row per patient of the clinical TSV with ``columns`` ('' for no value); GDCError when a column is absent
-    or one patient's rows disagree on a value (clinical.tsv repeats a case once per treatment or diagnosis)."""
+def _find_column(columns: list[str], name: str, path: Path) -> str | None:
+    """The column that is ``name``: itself, else ``<node>.<name>`` (``case_submitter_id``: ``cases.submitter_id``),
+    from the first of NODES when several nodes have it; None when there is none."""
+    if name in columns:
+        return name
+
+    def rank(column: str) -> int:
+        node = column.split(".")[0]
+        return NODES.index(node) if node in NODES else len(NODES)
+
+    prefixed = [column for column in columns if column == RENAMED.get(name) or column.endswith(f".{name}")]
+    ranked = sorted((rank(column), column) for column in prefixed)
+    if len(ranked) > 1 and ranked[0][0] == ranked[1][0]:
+        raise GDCError(
+            f"clinical file {path}: {name!r} is in several columns {[column for _, column in ranked]}; "
+            "name the one to use with --patient-column / --label-column"
+        )
+    return ranked[0][1] if ranked else None
+
+
+def _days(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        return float("-inf")
+
+
+def _primary_diagnosis_rows(group: pd.DataFrame) -> pd.DataFrame:
+    """A patient's rows of its primary diagnosis when the file marks one (2025 layout), else all its rows."""
+    if PRIMARY_DIAGNOSIS_FLAG not in group.columns:
+        return group
+    primary = group[group[PRIMARY_DIAGNOSIS_FLAG].str.strip().str.lower() == "true"]
+    return primary if len(primary) else group
+
+
+def read_clinical(
+    path: Path,
+    columns: list[str],
+    patient_column: str,
+    largest: tuple[str, ...] = (),
+    optional: tuple[str, ...] = (),
+) -> pd.DataFrame:
+    """One row per patient of the clinical TSV with ``columns`` ('' for no value), each found in either layout;
+    GDCError when a column not ``optional`` is absent or one patient's rows disagree on a value (clinical.tsv
+    repeats a case once per treatment or diagnosis). ``largest`` columns found as ``<node>.<name>`` take the
+    patient's largest value instead: the 2025 layout's rows per diagnosis and follow-up differ by design. Other
+    ``diagnoses.*`` values come from the primary diagnosis's rows when ``diagnosis_is_primary_disease`` marks one
+    (days to last follow-up stay the largest over every diagnosis: the patient was seen alive then)."""
     raw = read_text_csv(path, "clinical file", GDCError, "download the cart's clinical TSV from the GDC portal", "\t")
-    absent = [column for column in [patient_column, *columns] if column not in raw.columns]
+    found = {name: _find_column(list(raw.columns), name, path) for name in [patient_column, *columns]}
+    absent = [name for name, column in found.items() if column is None and name not in optional]
     if absent:
         raise GDCError(
-            f"clinical file {path}: no column(s) {absent}; it has {list(raw.columns)[:12]}... "
+            f"clinical file {path}: no column(s) {absent}, looked for {LAYOUTS}; it has {list(raw.columns)[:12]}... "
             "name the right ones with --patient-column / --label-column"
         )
     rows = []
-    for patient, group in raw.groupby(patient_column, sort=True):
+    for patient, group in raw.groupby(found[patient_column], sort=True):
         row = {"patient_id": patient}
-        for column in columns:
-            values = sorted({value.strip() for value in group[column] if not _missing(value)})
+        primary = _primary_diagnosis_rows(group)
+        for name in columns:
+            column = found[name]
+            source = primary if column and column.startswith("diagnoses.") and name not in largest else group
+            values = sorted({value.strip() for value in source[column] if not _missing(value)}) if column else []
+            if name in largest and column != name and values:
+                values = [max(values, key=_days)]
             if len(values) > 1:
                 raise GDCError(f"clinical file {path}: patient {patient} has {column} {values}; keep one value")
-            row[column] = values[0] if values else ""
+            row[name] = values[0] if values else ""
         rows.append(row)
     return pd.DataFrame(rows, columns=["patient_id", *columns])
 
@@ -109,8 +176,8 @@ def _survival(table: pd.DataFrame, clinical: Path) -> pd.DataFrame:
     """patient_id, time (days), event (1 = died) of the patients with a vital status and a usable time."""
     dead = table[VITAL_STATUS].str.lower() == "dead"
     alive = table[VITAL_STATUS].str.lower() == "alive"
-    days = table[DAYS_TO_DEATH].where(dead, table[DAYS_TO_FOLLOW_UP])
-    time = pd.to_numeric(days, errors="coerce")
+    follow_up = table[[DAYS_TO_LAST_FOLLOW_UP, DAYS_TO_FOLLOW_UP]].apply(pd.to_numeric, errors="coerce").max(axis=1)
+    time = pd.to_numeric(table[DAYS_TO_DEATH], errors="coerce").where(dead, follow_up)
     usable = (dead | alive) & time.notna() & (time >= 0)
     if not usable.all():
         logger.info(
@@ -132,7 +199,9 @@ def cohort_from_gdc(
 ) -> GDCCohort:
     """Write ``manifest.csv`` (slide_id, path, patient_id) of the diagnostic slides under ``slides_dir``, and per
     task a labels CSV of the patients with that task's values: ``labels_<label_column>.csv`` (patient_id, the
-    label) and ``labels_survival.csv`` (patient_id, time in days, event), from the clinical TSV.
+    label) and ``labels_survival.csv`` (patient_id, time in days, event), from the clinical TSV in either layout;
+    ``label_column`` and ``patient_column`` may be given with or without their node prefix. Time is the days to
+    death of the dead, else the largest days to last follow-up (or, 2025 layout, to follow-up) of the patient's rows.
 
     Raises GDCError naming every slide that cannot be mapped (and why) unless ``drop_unmapped``; then they go to
     ``unmapped.csv``. Also raises it when nothing would be labelled or no slide is found.
@@ -142,8 +211,9 @@ def cohort_from_gdc(
         raise GDCError("nothing to label: give --label-column, keep survival, or both")
     columns = [label_column] if label_column else []
     if survival:
-        columns += [VITAL_STATUS, DAYS_TO_DEATH, DAYS_TO_FOLLOW_UP]
-    table = read_clinical(clinical, columns, patient_column)
+        columns += [VITAL_STATUS, DAYS_TO_DEATH, DAYS_TO_LAST_FOLLOW_UP, DAYS_TO_FOLLOW_UP]
+    follow_ups = (DAYS_TO_LAST_FOLLOW_UP, DAYS_TO_FOLLOW_UP)
+    table = read_clinical(clinical, columns, patient_column, largest=follow_ups, optional=(DAYS_TO_FOLLOW_UP,))
     files = _slide_files(slides_dir)
     if not files:
         raise GDCError(f"GDC download folder {slides_dir}: no slide ({', '.join(SLIDE_SUFFIXES)}) found under it")
