@@ -412,7 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.set_defaults(run=_sample_data)
 
     cohort = commands.add_parser("demo-cohort", help="build a labelled demo cohort from real H&E pixels")
-    cohort.add_argument("--out", type=Path, required=True, help="cohort folder (slides/, manifest.csv, labels.csv)")
+    cohort.add_argument(
+        "--out", type=Path, required=True, help="cohort folder (slides/, manifest.csv, labels.csv, labels_context.csv)"
+    )
     cohort.add_argument("--slides", type=int, default=8, help="number of slides (default 8)")
     cohort.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
     cohort.add_argument("--source", type=Path, help="H&E slide to take pixels from (default: the CMU sample)")
