@@ -107,6 +107,19 @@ def test_manifest_and_labels_from_barcodes_and_the_clinical_tsv(download: Path, 
     assert load_labels(cohort.labels["subtype"], "subtype", tokens).classes == ["Basal", "LumA", "LumB"]
 
 
+def test_a_patient_with_zero_days_to_event_is_left_out_of_the_survival_labels_mil_reads(
+    download: Path, tmp_path: Path
+) -> None:
+    """MIL refuses a survival time of 0 (pathme.data.labels); the builder must not write one."""
+    rows = clinical_rows()
+    rows[3][4] = "0"  # TCGA-BH-A0BZ died on the day of diagnosis
+    cohort = cohort_from_gdc(download, write_tsv(tmp_path / "c.tsv", rows), tmp_path / "out")
+    survival = pd.read_csv(cohort.labels["survival"])
+    assert "TCGA-BH-A0BZ" not in set(survival["patient_id"]) and len(survival) == 3
+    tokens = dict.fromkeys(pd.read_csv(cohort.manifest)["patient_id"], 1)
+    assert load_labels(cohort.labels["survival"], "survival", tokens).table.shape[0] == 3
+
+
 def test_slides_it_cannot_map_are_refused_each_with_its_reason(download: Path, tmp_path: Path) -> None:
     clinical = write_tsv(tmp_path / "clinical.tsv", clinical_rows()[:3])  # no TCGA-BH-A0BZ, no TCGA-E2-A15K
     gdc_slide(download, "TCGA-A1-A0SB-01A-01-TS1")  # a frozen section

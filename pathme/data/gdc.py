@@ -178,10 +178,11 @@ def _survival(table: pd.DataFrame, clinical: Path) -> pd.DataFrame:
     alive = table[VITAL_STATUS].str.lower() == "alive"
     follow_up = table[[DAYS_TO_LAST_FOLLOW_UP, DAYS_TO_FOLLOW_UP]].apply(pd.to_numeric, errors="coerce").max(axis=1)
     time = pd.to_numeric(table[DAYS_TO_DEATH], errors="coerce").where(dead, follow_up)
-    usable = (dead | alive) & time.notna() & (time >= 0)
+    usable = (dead | alive) & time.notna() & (time > 0)  # MIL's survival labels need a time > 0
     if not usable.all():
         logger.info(
-            "%s: %d patient(s) without a vital status or days to event, not in the survival labels",
+            "%s: %d patient(s) without a vital status or a positive number of days to event, not in the survival "
+            "labels",
             clinical,
             int((~usable).sum()),
         )
