@@ -271,9 +271,7 @@ def draw_slide(
     mask = _tissue_mask(width, height, focus, rng)
     block = np.zeros_like(mask)
     if slide.planted:
-        block[focus[1] // TILE : focus[1] // TILE + BLOCK_TILES, focus[0] // TILE : focus[0] // TILE + BLOCK_TILES] = (
-            True
-        )
+        block[_block_cells(focus)] = True
     dense = tissue_types(mask & ~block, _full_cells(width, height), slide.organised, slide.context_grade, rng)
     lut = _stain_lut(rng)
     image = np.empty((height, width, 3), dtype=np.uint8)
@@ -339,9 +337,14 @@ def _tissue_mask(width: int, height: int, focus: tuple[int, int], rng: np.random
     while mask.mean() < target:
         centre = (rng.uniform(0, rows), rng.uniform(0, cols))
         mask |= _ellipse(cell_y, cell_x, centre, rng.uniform(3.0, 8.0, size=2), rng.uniform(0, math.pi))
-    row0, col0 = focus[1] // TILE, focus[0] // TILE
-    mask[row0 : row0 + BLOCK_TILES, col0 : col0 + BLOCK_TILES] = True
+    mask[_block_cells(focus)] = True
     return mask
+
+
+def _block_cells(focus: tuple[int, int]) -> tuple[slice, slice]:
+    """(rows, cols) of the 256-px cells the block at level-0 ``focus`` (x, y) covers."""
+    row0, col0 = focus[1] // TILE, focus[0] // TILE
+    return slice(row0, row0 + BLOCK_TILES), slice(col0, col0 + BLOCK_TILES)
 
 
 def _ellipse(
