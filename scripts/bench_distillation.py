@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine, Events
 
-from pathme.data.synthetic_stores import write_store
+from pathme.demo.synthetic_stores import write_store
 from pathme.engines.distill_workflow import DistillationRun
 
 EXPERTS = {"prov-gigapath": 1536, "uni": 1024}

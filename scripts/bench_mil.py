@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pathme.data.synthetic_stores import write_store
+from pathme.demo.synthetic_stores import write_store
 from pathme.engines.embed import token_coords
 from pathme.store.tokens import write_token_store
 from pathme.wsi.grid import REGION_PX, RegionGrid

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pathme.data.sample import fetch_sample_slide
-from pathme.data.synthetic import write_pyramid
+from pathme.demo.sample_data import fetch_sample_slide
+from pathme.demo.synthetic_slides import write_pyramid
 from pathme.wsi.grid import L0_SIDE, L1_SIDE, REGION_PX, TILE_PX, RegionGrid
 from pathme.wsi.reading import read_at_mpp
 from pathme.wsi.regions import Region, SlidePlan, plan_regions

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pathme.data.cohort import MPP as COHORT_MPP
-from pathme.data.cohort import harvest_tiles
-from pathme.data.sample import fetch_sample_slide
-from pathme.data.synthetic import downsample_area, write_tiled_pyramid
+from pathme.demo.cohort_generator import MPP as COHORT_MPP
+from pathme.demo.cohort_generator import harvest_tiles
+from pathme.demo.sample_data import fetch_sample_slide
+from pathme.demo.synthetic_slides import downsample_area, write_tiled_pyramid
 from pathme.wsi.grid import TILE_PX
 
 DOWNSAMPLES = (1, 4, 16, 32)
@@ -159,7 +159,7 @@ def paper_store(store: Path, out: Path) -> dict:
     and its token store (768-d tokens, the paper preset's): MB per region of each."""
     import h5py
 
-    from pathme.data.synthetic_stores import store_attrs
+    from pathme.demo.synthetic_stores import store_attrs
     from pathme.engines.embed import token_coords
     from pathme.store import RegionStoreWriter, read_store_attrs
     from pathme.store.tokens import write_token_store

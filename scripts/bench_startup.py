@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(".cache"), help="where the sample slide is (fetched)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    from pathme.data.sample import fetch_sample_slide
+    from pathme.demo.sample_data import fetch_sample_slide
 
     slide = fetch_sample_slide(args.cache).resolve()
     with tempfile.TemporaryDirectory() as folder:

@@ -30,7 +30,7 @@ import h5py
 import numpy as np
 import torch
 
-from pathme.data.synthetic_stores import store_attrs
+from pathme.demo.synthetic_stores import store_attrs
 from pathme.store import RegionStoreWriter
 from pathme.store.writer import stored_values
 from pathme.wsi.grid import L0_PARENT, REGION_PX, RegionGrid

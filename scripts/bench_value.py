@@ -1,12 +1,12 @@
 """Benchmark: what PatHME distillation adds over raw expert features, on a task where it should and one where it
 need not.
 
-The demo cohort (``pathme.data.cohort``) carries two signals on the same slides: ``planted`` (a dark block that any
-of its 20x tiles shows: the easy control) and ``context`` (the arrangement of two tile pools: the multiset of a
-slide's 20x tiles is the same in both classes, tests/test_cohort.py, so only 5x / 1.25x context tells them apart).
-With the demo's stages (``pathme.demo``), this script extracts features of the evaluated cohort and of a separate
-distillation cohort (other patients, another seed), distils a teacher on the latter, embeds the former, and runs
-the same cross-validated ABMIL (patient-level folds, seeds fixed) on every feature source:
+The demo cohort (``pathme.demo.cohort_generator``) carries two signals on the same slides: ``planted`` (a dark block
+that any of its 20x tiles shows: the easy control) and ``context`` (the arrangement of two tile pools: the multiset
+of a slide's 20x tiles is the same in both classes, tests/test_demo_cohort.py, so only 5x / 1.25x context tells them
+apart). With the demo's stages (``pathme.demo.walkthrough``), this script extracts features of the evaluated cohort
+and of a separate distillation cohort (other patients, another seed), distils a teacher on the latter, embeds the
+former, and runs the same cross-validated ABMIL (patient-level folds, seeds fixed) on every feature source:
 
 * ``pathme``: PatHME region tokens [R x 26] (10 prompts + 16 5x tokens per region with tissue);
 * ``pathme-mean``: one mean token per region [R];
@@ -39,7 +39,14 @@ import pandas as pd
 import torch
 
 from pathme.data.bags import BagIndex
-from pathme.demo import DemoSettings, distill_teacher, embed_tokens, extract_features, mil_runs, prepare_cohorts
+from pathme.demo.walkthrough import (
+    DemoSettings,
+    distill_teacher,
+    embed_tokens,
+    extract_features,
+    mil_runs,
+    prepare_cohorts,
+)
 
 METRICS = {"label": "auroc", "survival": "c_index"}
 #: teacher variants of --ablations: the distillation bundle ids each replaces, given --distill-iterations

@@ -47,7 +47,7 @@ from bench_distillation import EXPERTS as DISTILL_EXPERTS
 from bench_distillation import bench_preset
 from bench_scale import SLIDES, SMALLEST, build_slide, is_built
 
-from pathme.data.synthetic_stores import write_store
+from pathme.demo.synthetic_stores import write_store
 from pathme.encoders import build_expert
 from pathme.extract import CohortExtractor
 from pathme.extract.loader import SlideSource
@@ -261,7 +261,7 @@ def main() -> None:
             f"gpu_bench: {name} ({results['stages_s'][name]} s): {json.dumps(results[name], default=str)}", flush=True
         )
 
-    from pathme.data.sample import fetch_sample_slide
+    from pathme.demo.sample_data import fetch_sample_slide
 
     with tempfile.TemporaryDirectory() as temporary:
         work = args.work_dir or Path(temporary)

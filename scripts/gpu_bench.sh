@@ -36,7 +36,7 @@ if [[ ${1:-} == --fetch ]]; then
         --platform manylinux_2_28_x86_64 --dest "$CACHE/wheels" \
         "monai==$(pin monai)" "pytorch-ignite==$(pin pytorch-ignite)" "imagecodecs==$(pin imagecodecs)" \
         "cucim-cu$cuda==$(pin cucim-cu13)"
-    PYTHONPATH=$ROOT "$PYTHON" -c "from pathme.data.sample import fetch_sample_slide; fetch_sample_slide('$CACHE')"
+    PYTHONPATH=$ROOT "$PYTHON" -c "from pathme.demo.sample_data import fetch_sample_slide; fetch_sample_slide('$CACHE')"
     du -sh "$CACHE"
     exit 0
 fi

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pathme.data.synthetic import write_pyramid
+from pathme.demo.synthetic_slides import write_pyramid
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ def cache_dir() -> Path:
 @pytest.fixture(scope="session")
 def cmu_slide(cache_dir: Path) -> Path:
     """The real H&E slide cmu_small_region.svs (2220 x 2967 px, 0.499 µm/px), checked by sha256."""
-    from pathme.data.sample import fetch_sample_slide
+    from pathme.demo.sample_data import fetch_sample_slide
 
     return fetch_sample_slide(cache_dir)
 
@@ -73,7 +73,7 @@ DEMO_EXPERTS = ["tiny-vit", "tiny-cnn"]
 @pytest.fixture(scope="session")
 def demo_cohort(cmu_slide: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A demo cohort from real H&E pixels (slides, manifest.csv, labels.csv, planted.csv); returns its folder."""
-    from pathme.data.cohort import make_demo_cohort
+    from pathme.demo.cohort_generator import make_demo_cohort
 
     return make_demo_cohort(tmp_path_factory.mktemp("demo") / "cohort", cmu_slide, n_slides=DEMO_SLIDES).parent
 
@@ -93,7 +93,7 @@ def demo_features(demo_cohort: Path) -> Path:
 def demo_teacher(cmu_slide: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The ``teacher.pt`` of a tiny teacher distilled on *other* slides than the demo cohort (a second cohort,
     seed 1), so no patient evaluated by MIL was seen in distillation."""
-    from pathme.data.cohort import make_demo_cohort
+    from pathme.demo.cohort_generator import make_demo_cohort
     from pathme.engines.distill_workflow import DistillationRun
     from pathme.extract import CohortExtractor
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import tifffile
 
-from pathme.data.synthetic import write_pyramid
+from pathme.demo.synthetic_slides import write_pyramid
 
 GLASS = 243
 PINK, PURPLE = np.array([225.0, 130.0, 180.0]), np.array([120.0, 60.0, 150.0])

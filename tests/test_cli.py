@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 
 from pathme.cli import main
-from pathme.demo import SIGNALS, TASKS
+from pathme.demo.walkthrough import SIGNALS, TASKS
 from pathme.deploy.pipeline import AppModels
 
 README_COMMANDS = ["make demo", "make test"]
@@ -176,7 +176,7 @@ def test_every_user_id_of_every_bundle_has_a_pathme_flag_showing_its_default():
 
 def test_demo_expert_choices_are_the_demo_expert_sets():
     from pathme.cli import build_parser
-    from pathme.demo import DEMO_EXPERTS, DemoSettings
+    from pathme.demo.walkthrough import DEMO_EXPERTS, DemoSettings
 
     demo = next(a for a in build_parser()._subparsers._group_actions[0].choices["demo"]._actions if a.dest == "experts")
     assert tuple(demo.choices) == tuple(DEMO_EXPERTS)

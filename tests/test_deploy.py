@@ -19,7 +19,7 @@ import pytest
 from conftest import DEMO_EXPERTS
 from PIL import Image
 
-from pathme.data.synthetic import write_pyramid
+from pathme.demo.synthetic_slides import write_pyramid
 from pathme.deploy.pipeline import APP_CONFIG, AppModels, find_slides
 from pathme.engines.mil import TrainSettings
 from pathme.engines.mil_workflow import MILPredict, MILRun

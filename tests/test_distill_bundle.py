@@ -13,7 +13,7 @@ import torch
 from conftest import REPO
 
 from pathme.cli import main
-from pathme.data.synthetic_stores import write_store
+from pathme.demo.synthetic_stores import write_store
 from pathme.engines.distill_workflow import TrainedOn, load_checkpoint, newest_readable_checkpoint
 from pathme.engines.embed import EmbedRun
 from pathme.networks import preset_config

@@ -9,17 +9,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pathme.data.distill import (
-    RegionStoreDataset,
-    ViewConfig,
-    ViewDataset,
-    block_masks,
-    collate_regions,
-    make_views,
-    read_patients,
-    split_holdout,
-)
-from pathme.data.synthetic_stores import write_store
+from pathme.data.distill_dataset import RegionStoreDataset, read_patients, split_holdout
+from pathme.data.masks import block_masks
+from pathme.data.view_dataset import ViewDataset
+from pathme.data.views import ViewConfig, collate_regions, make_views
+from pathme.demo.synthetic_stores import write_store
 from pathme.store import StoreError
 
 DIMS = {"a": 8, "b": 6}

@@ -10,8 +10,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pathme.data.distill import ViewConfig
-from pathme.data.synthetic_stores import write_store
+from pathme.data.views import ViewConfig
+from pathme.demo.synthetic_stores import write_store
 from pathme.engines.distill_workflow import DistillationRun, load_checkpoint, newest_readable_checkpoint
 from pathme.engines.schedules import Schedules
 

@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO
 
 from pathme.cli import main
-from pathme.data.synthetic import write_pyramid
+from pathme.demo.synthetic_slides import write_pyramid
 from pathme.extract import CohortExtractor
 from pathme.store import validate_store
 from pathme.wsi.regions import plan_regions
@@ -138,7 +138,7 @@ def test_the_bundle_runs_from_the_command_line_on_the_cmu_slide(tmp_path, cmu_sl
 
 
 def test_the_bundle_runs_on_a_demo_cohort(tmp_path, cmu_slide):
-    from pathme.data.cohort import make_demo_cohort
+    from pathme.demo.cohort_generator import make_demo_cohort
 
     manifest = make_demo_cohort(tmp_path / "demo", cmu_slide, n_slides=2, seed=3)
     _run_bundle(manifest, tmp_path / "out", "--batch_size", "128")

@@ -12,7 +12,7 @@ import pytest
 from pathme.cli import main
 from pathme.data.gdc import GDCError, cohort_from_gdc
 from pathme.data.labels import load_labels
-from pathme.data.synthetic import write_pyramid
+from pathme.demo.synthetic_slides import write_pyramid
 from pathme.wsi.slide import Slide
 
 CLINICAL_COLUMNS = ["case_id", "case_submitter_id", "project_id", "vital_status", "days_to_death"]

@@ -18,7 +18,7 @@ from pathme.data.bags import (
     collate_bags,
     read_slide_bag,
 )
-from pathme.data.synthetic_stores import write_store
+from pathme.demo.synthetic_stores import write_store
 from pathme.engines.embed import token_coords
 from pathme.store import StoreError
 from pathme.store.tokens import write_token_store

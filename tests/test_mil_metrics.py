@@ -125,7 +125,7 @@ def test_c_index_equals_lifelines(seed):
 
 
 def test_c_index_blocks_give_the_same_answer(monkeypatch):
-    import pathme.metrics.survival as survival
+    import pathme.metrics.concordance as survival
 
     rng = np.random.default_rng(0)
     time, event, risk = rng.integers(1, 30, 500).astype(float), rng.random(500) < 0.5, rng.normal(size=500)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from conftest import block_pattern
 
-from pathme.wsi.errors import SlideError
 from pathme.wsi.reading import choose_level, read_at_mpp, read_thumbnail
 from pathme.wsi.slide import Slide
+from pathme.wsi.slide_error import SlideError
 
 BLOCK = 72  # level-0 px: whole numbers of pixels at downsamples 1, 2, 3, 4, 8, 9 and 18 (16 leaves a half pixel)
 

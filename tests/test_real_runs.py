@@ -27,7 +27,7 @@ from real_inputs import (
 
 import pathme.engines.mil_workflow as mil_workflow
 from pathme.cli import main
-from pathme.data.synthetic_stores import write_store
+from pathme.demo.synthetic_stores import write_store
 from pathme.engines.distill_workflow import load_checkpoint, newest_readable_checkpoint
 from pathme.engines.mil import TrainSettings
 from pathme.engines.mil_workflow import MILRun

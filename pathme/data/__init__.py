@@ -1,1 +1,1 @@
-"""Sample data, synthetic slides and the demo cohort."""
+"""The datasets training and inference read: region stores for distillation, bags for MIL, labels."""

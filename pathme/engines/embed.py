@@ -27,8 +27,8 @@ from pathme.store import file_digest, store_is_done, validate_store
 from pathme.store.provenance import SlideProvenance
 from pathme.store.schema import COORDS, FEATURES, VALID
 from pathme.store.tokens import write_token_store
-from pathme.wsi.errors import failure_text
 from pathme.wsi.grid import L1_SIDE, raster_positions
+from pathme.wsi.slide_error import failure_text
 
 logger = logging.getLogger(__name__)
 

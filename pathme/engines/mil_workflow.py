@@ -45,7 +45,7 @@ from pathme.losses import assign_bins, survival_bins
 from pathme.store import config_digest
 from pathme.store.atomic import set_aside, write_atomic
 from pathme.viz.heatmap import write_heatmap_geojson, write_slide_heatmap
-from pathme.wsi.errors import SlideError, failure_text
+from pathme.wsi.slide_error import SlideError, failure_text
 
 logger = logging.getLogger(__name__)
 

@@ -31,10 +31,10 @@ from pathme.store.interop import interop_attrs
 from pathme.store.provenance import read_provenance, slide_attrs
 from pathme.store.schema import COORDS, FEATURE_DTYPES, FEATURES, VALID
 from pathme.wsi.backends import AUTO
-from pathme.wsi.errors import SlideError, failure_text
 from pathme.wsi.grid import L0_MPP, L0_SIDE, L1_MPP, L2_MPP, REGION_PX, TILE_PX, raster_positions
 from pathme.wsi.manifest import ManifestRow, read_manifest
 from pathme.wsi.regions import plan_regions
+from pathme.wsi.slide_error import SlideError, failure_text
 from pathme.wsi.tissue import TissueConfig
 
 logger = logging.getLogger(__name__)

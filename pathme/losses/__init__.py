@@ -6,10 +6,10 @@ Every loss takes gradients through the student only.
 
 from pathme.losses.dino import DINOLoss, cross_scale_pairs
 from pathme.losses.expert_kd import ExpertKDLoss
-from pathme.losses.hmsa import hmsa_consistency
+from pathme.losses.hmsa_consistency import hmsa_consistency
 from pathme.losses.ibot import IBOTLoss
 from pathme.losses.koleo import KoLeoLoss
-from pathme.losses.survival import (
+from pathme.losses.survival_likelihood import (
     assign_bins,
     cox_partial_likelihood,
     discrete_time_nll,

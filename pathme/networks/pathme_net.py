@@ -7,10 +7,10 @@ from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 from pathme.networks.config import PatHMEConfig
-from pathme.networks.embed import SCALE_SIDES, GridPositionEmbedding
 from pathme.networks.heads import DINOHead
 from pathme.networks.hmsa import HMSA
 from pathme.networks.layers import LN_EPS, Block, init_linear
+from pathme.networks.position import SCALE_SIDES, GridPositionEmbedding
 from pathme.wsi.grid import L0_SIDE, L1_SIDE, raster_positions
 
 #: learned tokens, none of them weight-decayed

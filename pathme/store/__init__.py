@@ -6,9 +6,9 @@ chunks of one region, and token stores (:mod:`pathme.store.tokens`) that link th
 """
 
 from pathme.store.digests import config_digest, file_digest
-from pathme.store.errors import StoreError
 from pathme.store.interop import write_features_h5
 from pathme.store.schema import SCHEMA_VERSION
+from pathme.store.store_error import StoreError
 from pathme.store.validate import read_store_attrs, read_store_summary, store_is_done, validate_store
 from pathme.store.writer import RegionStoreWriter
 

@@ -10,8 +10,8 @@ import numpy as np
 
 from pathme.store.atomic import atomic_h5
 from pathme.store.attrs import write_attrs
-from pathme.store.errors import StoreError
 from pathme.store.provenance import SlideProvenance
+from pathme.store.store_error import StoreError
 from pathme.wsi.grid import L0_MPP, L0_SIDE, TILE_PX
 from pathme.wsi.mpp import MPP_AT_1X
 

@@ -22,8 +22,8 @@ import numpy as np
 from pathme.store.atomic import AtomicTarget, open_h5
 from pathme.store.attrs import read_attrs, write_attrs
 from pathme.store.digests import file_digest
-from pathme.store.errors import StoreError
 from pathme.store.schema import COORDS, N_PROMPTS, TOKEN_COORDS, TOKENS, VALID
+from pathme.store.store_error import StoreError
 from pathme.store.writer import create_region_dataset, stored_values
 
 LINK, LINK_DIGEST = "region_store", "region_store_digest"

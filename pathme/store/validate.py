@@ -17,7 +17,6 @@ import h5py
 
 from pathme.store.attrs import Plain, read_attrs, to_plain
 from pathme.store.checks import attrs_problem, coords_problem, regions_problem, tokens_problem
-from pathme.store.errors import StoreError
 from pathme.store.schema import (
     COMPRESSION,
     COMPRESSION_NAME,
@@ -33,6 +32,7 @@ from pathme.store.schema import (
     DatasetSpec,
     geometry_attrs,
 )
+from pathme.store.store_error import StoreError
 from pathme.store.tokens import check_region_store_link, is_token_store
 
 logger = logging.getLogger(__name__)

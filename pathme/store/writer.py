@@ -21,7 +21,6 @@ import numpy as np
 from pathme.store.atomic import AtomicTarget, open_h5
 from pathme.store.attrs import JSON_ATTRS, to_plain, write_attrs
 from pathme.store.checks import attrs_problem, coords_problem, regions_problem
-from pathme.store.errors import StoreError
 from pathme.store.schema import (
     COMPRESSION,
     COMPRESSION_NAME,
@@ -34,6 +33,7 @@ from pathme.store.schema import (
     DatasetSpec,
     geometry_attrs,
 )
+from pathme.store.store_error import StoreError
 
 FeatureTriple = Sequence[np.ndarray]  # (L0 [256, D], L1 [16, D], L2 [D])
 

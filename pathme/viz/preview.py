@@ -16,11 +16,11 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from pathme.wsi.backends import AUTO
-from pathme.wsi.errors import failure_text
 from pathme.wsi.grid import L0_SIDE, L1_SIDE
 from pathme.wsi.manifest import read_manifest
 from pathme.wsi.regions import SlidePlan, plan_regions
 from pathme.wsi.slide import Slide
+from pathme.wsi.slide_error import failure_text
 from pathme.wsi.tissue import TissueConfig
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import logging
 import math
 from collections.abc import Mapping
 
-from pathme.wsi.errors import SlideError
+from pathme.wsi.slide_error import SlideError
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import math
 import numpy as np
 from PIL import Image
 
-from pathme.wsi.errors import SlideError
 from pathme.wsi.slide import Slide
+from pathme.wsi.slide_error import SlideError
 
 #: relative slack when comparing a level's µm/px with the target (float noise only, no upsampling)
 MPP_RTOL = 1e-3

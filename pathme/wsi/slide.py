@@ -19,8 +19,8 @@ import tifffile
 from monai.data import WSIReader
 
 from pathme.wsi.backends import AUTO, readers_for
-from pathme.wsi.errors import SlideError
 from pathme.wsi.mpp import check_magnification, level0_mpp, stated_magnification
+from pathme.wsi.slide_error import SlideError
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import pandas as pd
 
 from pathme.bundles import run_bundle
-from pathme.data.cohort import make_demo_cohort
-from pathme.data.sample import SAMPLE_FILENAME, fetch_sample_slide
+from pathme.demo.cohort_generator import make_demo_cohort
+from pathme.demo.sample_data import SAMPLE_FILENAME, fetch_sample_slide
 from pathme.deploy.pipeline import APP_CONFIG
 from pathme.engines.distill_workflow import TEACHER_FILE
 from pathme.engines.mil_workflow import fold_models
@@ -39,8 +39,8 @@ DEMO_EXPERTS = {
     "tiny": ("tiny-vit", "tiny-cnn"),
     "pretrained": ("mobilenetv2-imagenet", "efficientnet-lite0-imagenet"),
 }
-#: the demo cohort's two signals (pathme.data.cohort) and their labels files: a planted block that any of its 20x
-#: tiles shows (the easy control), and the arrangement of tissue, which no single 20x tile shows
+#: the demo cohort's two signals (pathme.demo.cohort_generator) and their labels files: a planted block that any
+#: of its 20x tiles shows (the easy control), and the arrangement of tissue, which no single 20x tile shows
 SIGNALS = {"planted": "labels.csv", "context": "labels_context.csv"}
 TASKS = ("label", "survival")
 MIL_LR = 1e-3  # a small cohort: a higher rate than the bundle's 2e-4

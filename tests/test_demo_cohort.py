@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from skimage.color import rgb2hed
 
-from pathme.data.cohort import (
+from pathme.demo.cohort_generator import (
     REGION,
     TILE,
     PatientTruth,

@@ -32,7 +32,7 @@ from scipy.ndimage import gaussian_filter
 from skimage.color import hed2rgb, rgb2hed
 from tqdm import tqdm
 
-from pathme.data.synthetic import downsample_area, write_pyramid
+from pathme.demo.synthetic_slides import downsample_area, write_pyramid
 from pathme.wsi.grid import CHILDREN_SIDE, REGION_PX, TILE_PX
 from pathme.wsi.slide import Slide
 from pathme.wsi.tissue import saturation as hsv_saturation
@@ -124,7 +124,9 @@ def make_demo_cohort(out_dir: Path, source: Path, n_slides: int = 8, seed: int =
         raise ValueError(f"n_slides must be at least 2 (one positive and one negative patient), got {n_slides}")
     source = Path(source)
     if not source.is_file():
-        raise FileNotFoundError(f"source slide not found: {source} (get it with pathme.data.sample.fetch_sample_slide)")
+        raise FileNotFoundError(
+            f"source slide not found: {source} (get it with pathme.demo.sample_data.fetch_sample_slide)"
+        )
     out_dir = Path(out_dir)
     (out_dir / "slides").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

@@ -1,4 +1,4 @@
-"""The data side of PatHME distillation: region stores -> reproducible views -> batches.
+"""Reproducible views of stored regions for PatHME distillation: one region of a store -> its views, per epoch.
 
 Why a per-item generator: views drawn from a generator seeded by (seed, epoch, index) are the same in the main
 process and in any DataLoader worker, whatever the worker count, so a run can be repeated and resumed exactly.
@@ -11,20 +11,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from pathme.data.distill_dataset import RegionStoreDataset, read_patients, split_holdout
-from pathme.data.masks import block_masks
-from pathme.data.views import ViewConfig, collate_regions, make_views
+from pathme.data.distill_dataset import RegionStoreDataset
+from pathme.data.views import ViewConfig, make_views
 
-__all__ = [
-    "RegionStoreDataset",
-    "ViewConfig",
-    "ViewDataset",
-    "block_masks",
-    "collate_regions",
-    "make_views",
-    "read_patients",
-    "split_holdout",
-]
+__all__ = ["ViewDataset", "item_generator"]
 
 
 def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
