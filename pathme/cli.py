@@ -399,6 +399,7 @@ def _mil(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``pathme`` argument parser with every subcommand (its ``run`` default is the function that handles it)."""
     parser = argparse.ArgumentParser(prog="pathme", description=__doc__)
     parser.add_argument("--version", action="version", version=f"pathme {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages (and tracebacks)")
@@ -497,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``pathme`` with ``argv`` (default: the process arguments); returns the exit status: 2 with a one-line
+    message on bad input (a traceback with ``-v``)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -198,6 +198,8 @@ class RegionStoreDataset(Dataset):
 
 
 class HasRegionIds(Protocol):
+    """Anything that lists its items as (slide id, region index) pairs, one per item, in item order."""
+
     region_ids: list[tuple[str, int]]
 
 

@@ -62,6 +62,7 @@ class Labels:
 
     @property
     def is_survival(self) -> bool:
+        """True for a survival table (time, event), False for classification."""
         return self.task == SURVIVAL
 
     def strata(self) -> np.ndarray:

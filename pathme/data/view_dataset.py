@@ -40,9 +40,11 @@ class ViewDataset(Dataset):
 
     @property
     def region_ids(self) -> list[tuple[str, int]]:
+        """(slide id, region index) of each item, as the wrapped dataset lists them."""
         return self.dataset.region_ids
 
     def set_epoch(self, epoch: int) -> None:
+        """Draw the views of ``epoch`` (a count from 0) from now on; call it before each epoch."""
         self.epoch = epoch
 
     def __len__(self) -> int:

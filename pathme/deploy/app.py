@@ -35,9 +35,11 @@ class SlideLoaderOperator(Operator):
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
+        """Declare the operator's one output port, ``case``."""
         spec.output("case")
 
     def compute(self, op_input, op_output, context) -> None:
+        """Emit the case: every slide found under the input path, with the work folder."""
         op_output.emit(Case(find_slides(self.input_path), self.work), "case")
 
 
@@ -84,9 +86,11 @@ class ReportWriterOperator(Operator):
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
+        """Declare the operator's one input port, ``case``."""
         spec.input("case")
 
     def compute(self, op_input, op_output, context) -> None:
+        """Write the JSON report and heatmaps of every slide of the received case into the output folder."""
         write_reports(op_input.receive("case"), self.models, self.output_dir)
 
 
@@ -94,6 +98,7 @@ class PatHMEApp(Application):
     """Slides in; per slide a JSON report (predictions, risk, model versions) and attention heatmaps out."""
 
     def compose(self) -> None:
+        """Load the models of the app context's model path and chain loader -> pipeline steps -> report writer."""
         context = Application.init_app_context(self.argv)
         models = AppModels.load(context.model_path)
         output = Path(context.output_path)

@@ -49,6 +49,8 @@ class AppModels:
 
     @classmethod
     def load(cls, root: str | Path) -> AppModels:
+        """Read ``app.json`` of the model folder ``root``; raises FileNotFoundError naming the missing file, ValueError
+        on an unknown key or feature source."""
         root = Path(root)
         config = root / APP_CONFIG
         if not config.is_file():
@@ -83,6 +85,7 @@ class AppModels:
 
     @property
     def teacher(self) -> Path:
+        """Path of the distilled teacher checkpoint in the model folder."""
         return self.root / TEACHER_FILE
 
     @cached_property
@@ -116,6 +119,7 @@ class Case:
 
 
 def slide_id(path: Path) -> str:
+    """A slide's id: its file name without the extension (``TCGA-XX.svs`` -> ``TCGA-XX``)."""
     return path.stem
 
 

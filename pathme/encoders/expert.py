@@ -52,6 +52,8 @@ class Expert(torch.nn.Module):
         self.eval()
 
     def train(self, mode: bool = True) -> Expert:
+        """Experts are frozen: the module stays in eval mode whatever ``mode`` is asked (dropout and norm statistics
+        never change)."""
         return super().train(False)
 
     def transform(self, tiles: torch.Tensor) -> torch.Tensor:

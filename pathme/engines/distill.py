@@ -70,6 +70,8 @@ class DistillStudent(nn.Module):
         self.kd = ExpertKDLoss(net.config.embed_dim, expert_dim)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """Student outputs of one batch of views: DINO logits of every global and local view, patch logits [B, N, K] per
+        scale, HMSA outputs and the expert-KD loss."""
         views = _encode_views(self.net, batch, masked=True)
         l0, l1 = views["L0"], views["L1"]
         globals_cls = [l0["cls"], l1["cls"]]
@@ -88,6 +90,8 @@ class DistillStudent(nn.Module):
 
 @torch.no_grad()
 def teacher_outputs(teacher: PatHME, batch: Mapping[str, torch.Tensor]) -> dict[str, list[torch.Tensor] | torch.Tensor]:
+    """The teacher's targets on the global views (no masking): DINO logits per scale, patch logits [B, N, K] per scale,
+    HMSA outputs."""
     views = _encode_views(teacher, batch, masked=False)
     l0, l1 = views["L0"], views["L1"]
     return {
@@ -125,6 +129,8 @@ class DistillationLosses(nn.Module):
     def forward(
         self, student: Mapping, teacher: Mapping, batch: Mapping, teacher_temp: float
     ) -> dict[str, torch.Tensor]:
+        """Every loss term (``dino``, ``ibot``, ``koleo``, ``kd``, ``hmsa``) and their weighted sum ``total``, each a
+        scalar tensor; ``teacher_temp`` sharpens the teacher's softmax (METHOD.md, DINOv2)."""
         num_local_l0 = batch["local_l0"].shape[1]
         num_local_l1 = batch["local_l1"].shape[1]
         pairs = cross_scale_pairs(num_local_l0, num_local_l1)
@@ -144,6 +150,8 @@ class DistillationLosses(nn.Module):
 
     @torch.no_grad()
     def update_centers(self, teacher: Mapping, batch: Mapping) -> None:
+        """Move the DINO and iBOT centres towards the mean teacher logits of this batch (EMA, iBOT only over masked
+        patches)."""
         self.dino.update_center(teacher["cls_logits"])
         self.ibot_l0.update_center(teacher["patch_logits"][0], batch["mask_l0"])
         self.ibot_l1.update_center(teacher["patch_logits"][1], batch["mask_l1"])

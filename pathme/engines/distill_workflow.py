@@ -76,9 +76,11 @@ class TrainedOn:
 
     @property
     def input_dim(self) -> int:
+        """Expert A's feature dimension, the network's input."""
         return int(self.network["in_dim"])
 
     def config(self) -> PatHMEConfig:
+        """The PatHME network configuration the checkpoint was trained with."""
         return PatHMEConfig(**self.network)
 
     def state_dict(self) -> dict[str, Any]:
@@ -235,6 +237,8 @@ class DistillationRun:
         }
 
     def to_save(self, parts: Mapping) -> dict:
+        """What Ignite's Checkpoint saves: student (unwrapped from DDP), teacher, optimizer, loss centres, trainer
+        state and what the teacher was trained on."""
         return {
             "student": unwrap(parts["student"]),
             "teacher": parts["teacher"],

@@ -83,6 +83,8 @@ class EmbedRun:
         self.device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     def run(self) -> pd.DataFrame:
+        """Write the token store of every region store of ``dataset_dir`` into ``output_dir``; returns one row per
+        slide (slide, status, regions, store; error when it failed). Raises FileNotFoundError when there is no store."""
         stores = sorted(self.dataset_dir.glob("*.h5"))
         if not stores:
             raise FileNotFoundError(f"no region stores (*.h5) in {self.dataset_dir}")

@@ -46,6 +46,7 @@ class MILModelConfig:
     gated: bool = True
 
     def build(self) -> ABMIL:
+        """A fresh ABMIL with this configuration (random initial weights from torch's current seed)."""
         return ABMIL(self.in_dim, self.num_outputs, self.hidden, self.attention_dim, self.dropout, self.gated)
 
 
@@ -60,15 +61,19 @@ class MILTask:
 
     @property
     def is_survival(self) -> bool:
+        """True when the task predicts survival (no classes)."""
         return not self.classes
 
     @property
     def num_outputs(self) -> int:
+        """Logits per bag: the class count, the number of time bins (discrete-time NLL) or 1 (Cox)."""
         if not self.is_survival:
             return len(self.classes)
         return 1 if self.survival_loss == "cox" else len(self.bin_edges) - 1
 
     def loss(self, logits: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Mean loss of a batch of bags: cross-entropy, discrete-time NLL (Zadeh & Schmid 2021) or Cox partial
+        likelihood; logits [B, num_outputs]."""
         if not self.is_survival:
             return F.cross_entropy(logits, batch["target"].to(logits.device))
         time, event = batch["time"].to(logits.device), batch["event"].to(logits.device)
@@ -119,6 +124,7 @@ class TrainSettings:
 
 
 def make_loader(dataset: BagDataset, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    """A DataLoader of whole bags, shuffled by a generator seeded with ``seed`` (the same order on every run)."""
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_bags, generator=generator)
 

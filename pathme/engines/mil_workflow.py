@@ -194,6 +194,9 @@ class MILRun:
         return index, labels, folds, task
 
     def run(self) -> pd.DataFrame:
+        """Train and test every fold; writes folds.csv, fold_<k>/model.pt, results.csv (metrics per fold),
+        predictions.csv, slide_summary.csv and summary.csv (mean, sd) in ``output_dir``; returns the summary.
+        Raises ValueError on labels that do not fit the stores."""
         index, labels, folds, task = self.prepare()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         write_folds(folds, self.output_dir / "folds.csv")
@@ -278,6 +281,7 @@ def _load_labels(path: str | Path, task: str, index: BagIndex, seed: int = 0) ->
 
 
 def fold_models(models_dir: str | Path) -> list[Path]:
+    """The fold models ``fold_<k>/model.pt`` of a MIL run, in fold order; FileNotFoundError when there are none."""
     found = sorted(Path(models_dir).glob("fold_*/model.pt"), key=lambda p: int(p.parent.name.split("_")[1]))
     if not found:
         raise FileNotFoundError(f"no fold models (fold_<k>/model.pt) in {models_dir}; run the MIL training first")
@@ -301,6 +305,9 @@ class MILPredict:
     device: torch.device | str | None = None
 
     def run(self) -> pd.DataFrame:
+        """Predict every patient (mean over fold models), write predictions (and metrics with ``labels``) and heatmaps
+        to ``output_dir``; returns the predictions table. Raises ValueError when the fold models disagree on task or
+        feature source."""
         device = _device(self.device)
         output = Path(self.output_dir)
         loaded = [load_fold_model(path, device) for path in fold_models(self.models_dir)]

@@ -44,19 +44,25 @@ class Schedules:
         return self.base_lr * math.sqrt(self.global_batch / 1024)
 
     def lr(self, iteration: int) -> float:
+        """Learning rate at ``iteration``: linear warm-up to the peak, then cosine to ``min_lr`` (DINOv2)."""
         return warmup_cosine(iteration, self.total, self.warmup, self.peak_lr, self.min_lr)
 
     def wd(self, iteration: int) -> float:
+        """Weight decay at ``iteration``: cosine from the first to the second value of ``weight_decay``."""
         return cosine(*self.weight_decay, iteration / max(1, self.total))
 
     def teacher_momentum(self, iteration: int) -> float:
+        """Teacher EMA momentum at ``iteration``: cosine from the first to the second value of ``momentum``."""
         return cosine(*self.momentum, iteration / max(1, self.total))
 
     def teacher_temperature(self, iteration: int) -> float:
+        """Teacher softmax temperature at ``iteration``: linear warm-up over ``teacher_temp_warmup`` iterations, then
+        constant."""
         if iteration < self.teacher_temp_warmup:
             low, high = self.teacher_temp
             return low + (high - low) * iteration / self.teacher_temp_warmup
         return self.teacher_temp[1]
 
     def last_layer_frozen(self, iteration: int) -> bool:
+        """True while the DINO head's last layer stays frozen (the first ``freeze_last_layer`` iterations)."""
         return iteration < self.freeze_last_layer

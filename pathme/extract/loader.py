@@ -32,6 +32,7 @@ class SlideSource:
     mpp: float | None
 
     def open(self) -> Slide:
+        """Open the slide with its backend and µm/px override; raises SlideError naming the file if it is unreadable."""
         return Slide.open(self.path, backend=self.backend, mpp=self.mpp, slide_id=self.slide_id)
 
 

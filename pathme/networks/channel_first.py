@@ -25,6 +25,7 @@ class MILLogits(ABMIL):
     """
 
     def forward(self, features: Tensor) -> Tensor:
+        """Features [B, D, N] -> logits [B, num_outputs]."""
         return self.attend(features.transpose(1, 2), None)["logits"]
 
 
@@ -39,6 +40,7 @@ class RegionEncoder(PatHME):
     """
 
     def forward(self, regions: Tensor) -> Tensor:
+        """Regions [B, D, 16 + 256] (non-finite = no tissue) -> region tokens [B, E, P + 16]."""
         tiles = regions.transpose(1, 2)
         valid = torch.isfinite(tiles).all(dim=-1)
         tiles = torch.where(valid[..., None], tiles, 0.0)
@@ -58,5 +60,6 @@ class TileEncoder(nn.Module):
         self.expert = build_expert(expert, weights, seed=seed)
 
     def forward(self, images: Tensor) -> Tensor:
+        """RGB tiles [B, 3, H, W], values 0-255 -> expert features [B, dim]."""
         tiles = (images.round() if images.is_floating_point() else images).clamp(0, 255).to(torch.uint8)
         return self.expert(tiles.permute(0, 2, 3, 1).contiguous())

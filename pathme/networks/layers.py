@@ -43,6 +43,7 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
+        """Tokens x [B, N, D] attending where ``allowed`` [B, N, N] (or broadcastable) is True -> [B, N, D]."""
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         return self.proj(attend(q, k, v, allowed, self.heads))
 

@@ -61,6 +61,7 @@ class DatasetSpec:
         return self.dtype if self.dtype is not None else np.dtype(feature_dtype)
 
     def path(self, expert: str = "") -> str:
+        """The dataset's path in the store, with ``{expert}`` filled in."""
         return self.name.format(expert=expert)
 
     def region_shape(self, dim: int | None = None) -> tuple[int, ...]:
@@ -68,6 +69,7 @@ class DatasetSpec:
         return tuple(dim if size == "D" else size for size in self.trailing)
 
     def shape(self, n_regions: int, dim: int | None = None) -> tuple[int, ...]:
+        """Shape of the whole dataset for ``n_regions`` regions, with ``"D"`` replaced by ``dim``."""
         return (n_regions, *self.region_shape(dim))
 
 

@@ -24,6 +24,8 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class ManifestRow:
+    """One slide of a manifest: its id, file, patient and µm/px override (None: read from the file)."""
+
     slide_id: str
     path: Path
     patient_id: str

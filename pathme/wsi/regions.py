@@ -43,10 +43,12 @@ class SlidePlan:
 
     @property
     def tissue_fraction(self) -> float:
+        """Fraction of the thumbnail that is tissue, 0-1."""
         return float(self.mask.mean()) if self.mask.size else 0.0
 
     @property
     def ink_fraction(self) -> float:
+        """Fraction of the thumbnail that is pen ink kept out of the tissue mask, 0-1."""
         return float(self.ink.mean()) if self.ink.size else 0.0
 
 
