@@ -35,4 +35,6 @@ class GridPositionEmbedding(nn.Module):
         positions = torch.where(valid[..., None], positions, 0)
         if bool(((positions < 0) | (positions >= side)).any()):
             raise ValueError(f"{scale} positions must lie in [0, {side}) on a {side}x{side} grid")
-        return self.grid(scale)[positions[..., 0] * side + positions[..., 1]]
+        # a gather through F.embedding: its CPU backward sums repeated cells in a fixed order, where indexing's
+        # backward (index_put_ with accumulate) does not, so a distillation repeats bit for bit on 2+ threads
+        return F.embedding(positions[..., 0] * side + positions[..., 1], self.grid(scale))
