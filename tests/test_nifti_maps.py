@@ -45,6 +45,8 @@ def test_a_map_reads_back_with_its_spacing_place_units_and_values(tmp_path: Path
     # the centre of pixel (row 2, column 4) lies at level-0 (4.5, 2.5) x 64 px = (72, 40) µm: RAS (-72, -40, 0)
     np.testing.assert_allclose(apply_affine(image.affine, [4, 2, 0]), [-72.0, -40.0, 0.0])
     np.testing.assert_allclose(apply_affine(image.affine, [0, 0, 0]), [-8.0, -8.0, 0.0])
+    again = write_map_nifti(tmp_path / "again.nii.gz", values, mpp=0.25, downsample=64, description="a map")
+    assert again.read_bytes() == path.read_bytes()  # the same map, the same bytes
 
 
 def test_monai_loads_a_map_with_its_spacing_and_orientation(tmp_path: Path) -> None:
@@ -86,12 +88,13 @@ def tissue_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _tiles() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A 4 x 4 grid of 1024-px tiles scored by position, the centre tile (1, 2) highest."""
+    """Attention weights of 15 1024-px tiles on a 4 x 4 grid, all but the bottom-right one, scored by position,
+    the tile of row 1, column 2 highest."""
     ys, xs = np.mgrid[0:4, 0:4] * TILE
-    coords = np.stack([xs.ravel(), ys.ravel()], axis=1)
-    scores = np.linspace(0.01, 0.05, 16)
+    coords = np.stack([xs.ravel(), ys.ravel()], axis=1)[:15]
+    scores = np.linspace(0.01, 0.05, 15)
     scores[1 * 4 + 2] = 0.4
-    return coords, np.full(16, float(TILE)), scores / scores.sum()
+    return coords, np.full(15, float(TILE)), scores / scores.sum()
 
 
 def _mil_heatmap(slide: Path, folder: Path) -> Path:
@@ -102,7 +105,7 @@ def _mil_heatmap(slide: Path, folder: Path) -> Path:
     with h5py.File(stores / "s1.h5", "a") as file:
         write_attrs(file, {"slide_path": str(slide)})
     coords, sizes, scores = _tiles()
-    record = {"patient_id": "p1", "slide_ids": ["s1"], "slide_index": np.zeros(16, int), "coords": coords}
+    record = {"patient_id": "p1", "slide_ids": ["s1"], "slide_index": np.zeros(15, int), "coords": coords}
     record |= {"sizes": sizes, "attention": scores}
     (row,) = slide_rows([record], BagIndex(stores, "tiny-vit"), folder / "heatmaps", thumbnail_mpp=16.0)
     assert row["status"] == "done", row
@@ -126,7 +129,9 @@ def test_preview_and_mil_write_masks_and_heatmaps_in_one_world_frame(tissue_slid
     np.testing.assert_array_equal(np.asarray(mask.dataobj).T, plan.mask.astype(np.uint8))
     coords, sizes, scores = _tiles()
     grid = attention_grid(coords, sizes, scores, slide.size, TILE)  # what the PNG's colours show
-    np.testing.assert_array_equal(np.asarray(heatmap.dataobj).T, np.nan_to_num(grid))
+    assert np.isnan(grid[3, 3]) and np.isfinite(grid[:3]).all()  # no token on the bottom-right cell
+    np.testing.assert_array_equal(np.asarray(heatmap.dataobj).T, np.nan_to_num(grid))  # where it holds 0
+    assert heatmap.get_data_dtype() == np.float32 and mask.get_data_dtype() == np.uint8
     assert mask.header.get_zooms() == (TissueConfig().mpp,) * 2 == (8.0, 8.0)
     assert heatmap.header.get_zooms() == (TILE * MPP,) * 2 == (512.0, 512.0)
 

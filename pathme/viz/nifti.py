@@ -6,10 +6,12 @@ cell grid of :func:`pathme.viz.heatmap.attention_grid`), is written so that MONA
 transforms, MONAI Label) and medical viewers place it on the slide in micrometres, and two maps of one slide at
 different resolutions overlay where they belong.
 
-Conventions (NIfTI-1, read by nibabel as written):
+Conventions (NIfTI-1 header format, https://nifti.nimh.nih.gov/nifti-1; checked with nibabel, MONAI's
+``LoadImage`` and SimpleITK):
 
 - Axes: voxel index i is the slide's x (map column), j its y (map row); the data is stored as [W, H] (the map
-  transposed), so i runs fastest on disk like the rows of a PNG and viewers show the map upright.
+  transposed), so i runs fastest on disk like the rows of a PNG and viewers show the map upright (ITK reads an
+  identity direction matrix, as for a PNG, and ``GetArrayFromImage`` gives the [H, W] map back).
   ``LoadImage(image_only=True)`` gives a [W, H] MetaTensor; ``.T`` of it is the [H, W] map.
 - Units: ``xyzt_units`` says micrometres, so the affine's numbers and ``pixdim`` are µm (``mpp * downsample``
   in both axes). Viewers that work in millimetres (ITK, 3D Slicer) convert them.
@@ -66,5 +68,11 @@ def write_map_nifti(path: str | Path, values: np.ndarray, mpp: float, downsample
     image.set_qform(affine, code=_ALIGNED)
     image.set_sform(affine, code=_ALIGNED)
     image.header["descrip"] = description.encode("ascii")
-    data = gzip.compress(image.to_bytes(), mtime=0)  # mtime 0: the same map gives the same bytes
-    return write_atomic(path, lambda temp: temp.write_bytes(data))
+    return write_atomic(path, lambda temp: _write_gzipped(image, temp))
+
+
+def _write_gzipped(image: nib.Nifti1Image, path: Path) -> None:
+    """``image`` gzipped into ``path`` whatever its suffix, with neither a file name nor a time in the gzip
+    header, so the same map always gives the same bytes."""
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as file:
+        image.to_stream(file)
