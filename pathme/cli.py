@@ -236,7 +236,7 @@ MIL_TRAIN = BundleFlags(
         "batch_size": "bags per step (Cox needs >= 2)",
         "survival_loss": "survival objective",
         "num_bins": "time bins of the discrete-time survival NLL",
-        "heatmaps": "write attention heatmaps (PNG, GeoJSON)",
+        "heatmaps": "write attention heatmaps (PNG, GeoJSON, NIfTI)",
         "thumbnail_mpp": "µm/px of the heatmaps' thumbnails",
         "cache_bytes": "bytes of patient bags kept in memory across epochs and folds (default: an eighth of the "
         "machine's memory; 0 reads the stores every time)",

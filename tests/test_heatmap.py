@@ -23,6 +23,7 @@ from pathme.wsi.slide import Slide
 
 GREY = 200
 JET_LOW, JET_HIGH = (0, 0, 128), (128, 0, 0)  # jet at 0 and at 1
+WRITTEN = ["s1_attention.geojson", "s1_attention.nii.gz", "s1_attention.png"]
 
 
 def blend(colour: tuple[int, int, int], alpha: float = 0.5) -> np.ndarray:
@@ -113,7 +114,11 @@ def test_written_overlay_colours_the_attended_tile(make_slide: Callable[..., Pat
     scores[6] = 10.0  # the tile at level-0 (2048, 1024): thumbnail rows 32-63, columns 64-95 at 32 px per pixel
     coords, sizes, scores = np.vstack([coords, [[0, 0]]]), np.append(sizes, 4096.0), np.append(scores, 16.0)
     paths = write_slide_heatmap(slide, tmp_path / "out", "s1", coords, sizes, scores, thumbnail_mpp=16)
-    assert paths == {"png": tmp_path / "out/s1_attention.png", "geojson": tmp_path / "out/s1_attention.geojson"}
+    assert paths == {
+        "png": tmp_path / "out/s1_attention.png",
+        "geojson": tmp_path / "out/s1_attention.geojson",
+        "nifti": tmp_path / "out/s1_attention.nii.gz",
+    }
     image = np.asarray(Image.open(paths["png"]).convert("RGB")).astype(int)
     assert image.shape == (128, 128, 3)
     np.testing.assert_allclose(image[48, 80], blend(JET_HIGH), atol=1)
@@ -146,7 +151,7 @@ def test_second_write_replaces_both_files_atomically(
     png_before = first["png"].read_bytes()
     second = write_slide_heatmap(slide, out, "s1", coords, sizes, [4.0, 3.0, 2.0, 1.0])
     assert second == first
-    assert sorted(path.name for path in out.iterdir()) == ["s1_attention.geojson", "s1_attention.png"]
+    assert sorted(path.name for path in out.iterdir()) == WRITTEN
     measurements = [
         f["properties"]["measurements"]["attention"] for f in json.loads(second["geojson"].read_text())["features"]
     ]
@@ -162,7 +167,7 @@ def test_second_write_replaces_both_files_atomically(
     with pytest.raises(OSError, match="disk full"):
         write_slide_heatmap(slide, out, "s1", coords, sizes, [1.0, 1.0, 1.0, 9.0])
     assert second["png"].read_bytes() == png_after
-    assert sorted(path.name for path in out.iterdir()) == ["s1_attention.geojson", "s1_attention.png"]
+    assert sorted(path.name for path in out.iterdir()) == WRITTEN
 
 
 def test_top_tiles_ignores_region_tokens() -> None:

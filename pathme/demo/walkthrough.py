@@ -207,7 +207,7 @@ def run_demo(out: Path, settings: DemoSettings) -> pd.DataFrame:
         "\nplanted: a dark block any 20x tile of it shows (the easy control); context: the arrangement of tissue, "
         "which no single 20x tile shows (docs/benchmarks.md, 'What distillation adds')"
     )
-    print(f"heatmaps (PNG over the thumbnail, GeoJSON for QuPath): {out.resolve()}/mil/<run>/heatmaps/")
+    print(f"heatmaps (PNG over the thumbnail, GeoJSON for QuPath, NIfTI in µm): {out.resolve()}/mil/<run>/heatmaps/")
     print(f"TensorBoard: tensorboard --logdir {out.resolve()}  (distillation/tensorboard, mil/*/tensorboard)")
     slide = out.resolve() / "data" / SAMPLE_FILENAME
     print(f"MONAI Deploy app: python -m pathme.deploy.app -i {slide} -o {out.resolve()}/app -m {app_models.resolve()}")

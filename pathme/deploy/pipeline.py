@@ -211,7 +211,8 @@ def predict(case: Case, models: AppModels) -> Case:
 
 
 def write_reports(case: Case, models: AppModels, output_dir: str | Path) -> list[Path]:
-    """``<output>/<slide id>/report.json`` for every slide, with its heatmaps (PNG, QuPath GeoJSON) beside it."""
+    """``<output>/<slide id>/report.json`` for every slide, with its heatmaps (PNG, QuPath GeoJSON, NIfTI in level-0
+    µm) beside it."""
     versions = model_versions(case, models)
     created = datetime.now(UTC).isoformat(timespec="seconds")
     written = []
@@ -262,11 +263,11 @@ def _slide_predictions(case: Case, sid: str, folder: Path) -> dict[str, Any]:
         else:
             probs = {col.removeprefix("prob_"): float(values[col]) for col in table.columns if col.startswith("prob_")}
             entry = {"type": "classification", "prediction": str(values["predicted"]), "probabilities": probs}
-        for suffix in ("png", "geojson"):
+        for kind, suffix in (("png", "png"), ("geojson", "geojson"), ("nifti", "nii.gz")):
             heatmap = case.work / "mil" / task / "heatmaps" / f"{sid}_attention.{suffix}"
             if heatmap.is_file():
                 shutil.copyfile(heatmap, folder / f"{task}_attention.{suffix}")
-                entry[f"heatmap_{suffix}"] = f"{task}_attention.{suffix}"
+                entry[f"heatmap_{kind}"] = f"{task}_attention.{suffix}"
         result[task] = entry
     return result
 

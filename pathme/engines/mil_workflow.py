@@ -4,7 +4,7 @@ Everything a run writes lives under ``output_dir``: ``folds.csv`` (the splits us
 labels have none), ``fold_<k>/model.pt``, ``predictions.csv``, ``results.csv`` (one row per fold, with the
 metrics a fold could not compute and why), ``summary.csv`` (mean and sd over the folds that could be scored, and
 how many those were), ``slide_summary.csv`` (one row per slide: its tokens, its heatmap, or why it has none),
-``heatmaps/<slide_id>_attention.{png,geojson}`` and ``tensorboard/fold_<k>``. Labels are checked completely
+``heatmaps/<slide_id>_attention.{png,geojson,nii.gz}`` and ``tensorboard/fold_<k>``. Labels are checked completely
 before any training starts. A rerun reuses every fold whose saved model was trained on the same inputs (the
 digest of its splits, targets, stores and settings is in the model file) and trains only the others.
 
@@ -87,7 +87,7 @@ def prediction_rows(records: Sequence[dict[str, Any]], task: MILTask, **extra: o
     return rows
 
 
-SLIDE_COLUMNS = ["slide_id", "patient_id", "fold", "tokens", "status", "png", "geojson", "note"]
+SLIDE_COLUMNS = ["slide_id", "patient_id", "fold", "tokens", "status", "png", "geojson", "nifti", "note"]
 
 
 def slide_rows(
@@ -98,7 +98,7 @@ def slide_rows(
     **extra: object,
 ) -> list[dict[str, Any]]:
     """One row per slide of every record (see ``SLIDE_COLUMNS``), drawing its attention heatmap into
-    ``heatmaps_dir`` (None: no heatmaps) over the thumbnail (PNG) and as GeoJSON.
+    ``heatmaps_dir`` (None: no heatmaps) over the thumbnail (PNG), as GeoJSON and as NIfTI in level-0 µm.
 
     A slide gets status ``done``; ``no tokens`` with the reason its store gives; ``geojson only`` when its image
     is gone or unreadable (the GeoJSON comes from the store's coordinates); ``failed`` on any other error; or
@@ -130,7 +130,7 @@ def slide_rows(
             except Exception as error:  # one slide's heatmap, whatever went wrong, is its row; the others go on
                 rows.append(row | {"status": "failed", "note": failure_text(error, slide_id, logger)})
                 continue
-            rows.append(row | {"status": "done", "png": str(paths["png"]), "geojson": str(paths["geojson"])})
+            rows.append(row | {"status": "done"} | {key: str(path) for key, path in paths.items()})
     return rows
 
 

@@ -1,4 +1,5 @@
-"""Attention heatmaps of MIL models over slides: a PNG overlay on the thumbnail and a GeoJSON QuPath can import.
+"""Attention heatmaps of MIL models over slides: a PNG overlay on the thumbnail, a GeoJSON QuPath can import and
+the attention grid as a NIfTI image in level-0 micrometres (:mod:`pathme.viz.nifti`) for MONAI and medical viewers.
 
 They show where a slide-level prediction comes from. Tokens of different sizes (region-level tokens of 4096 px
 next to 1024-px tiles) are painted on one grid of level-0 cells, each token spreading its score over the area
@@ -15,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from pathme.store.atomic import write_atomic
+from pathme.viz.nifti import write_map_nifti
 from pathme.wsi.reading import read_thumbnail
 from pathme.wsi.slide import Slide
 
@@ -177,9 +179,14 @@ def write_slide_heatmap(
     cell: float | None = None,
 ) -> dict[str, Path]:
     """Write ``<slide_id>_attention.png`` (the overlay on the open ``slide``'s thumbnail at ``thumbnail_mpp``
-    µm/px) and ``<slide_id>_attention.geojson`` into ``out_dir``, each atomically; ``cell`` defaults to the
+    µm/px), ``<slide_id>_attention.geojson`` and ``<slide_id>_attention.nii.gz`` into ``out_dir``, each
+    atomically; returns their paths under the keys ``png``, ``geojson`` and ``nifti``. ``cell`` defaults to the
     smallest token size, the finest detail the scores hold. Open the slide as its store records it
-    (:meth:`pathme.store.provenance.SlideProvenance.open_slide`), so its reader and µm/px are extraction's."""
+    (:meth:`pathme.store.provenance.SlideProvenance.open_slide`), so its reader and µm/px are extraction's.
+
+    The NIfTI holds :func:`attention_grid` (float32, ``cell * slide.mpp`` µm per pixel, placed in level-0 µm as
+    :mod:`pathme.viz.nifti` describes) with 0 where no token lies: an attention weight is never negative, and
+    viewers and MONAI's transforms handle 0 where NaN would spread or break their intensity windows."""
     coords, sizes, scores = _check_tokens(coords, sizes, scores)
     if len(sizes) == 0:
         raise ValueError(f"slide {slide_id}: no scored tiles to draw")
@@ -187,7 +194,10 @@ def write_slide_heatmap(
     grid = attention_grid(coords, sizes, scores, slide.size, cell)
     overlay = Image.fromarray(_overlay(slide, grid, cell, thumbnail_mpp))
     png = write_atomic(Path(out_dir) / f"{slide_id}_attention.png", lambda path: overlay.save(path, format="PNG"))
-    return {"png": png, "geojson": write_heatmap_geojson(out_dir, slide_id, coords, sizes, scores)}
+    geojson = write_heatmap_geojson(out_dir, slide_id, coords, sizes, scores)
+    values = np.nan_to_num(grid, nan=0.0)
+    nifti = write_map_nifti(Path(out_dir) / f"{slide_id}_attention.nii.gz", values, slide.mpp, cell, "pathme attention")
+    return {"png": png, "geojson": geojson, "nifti": nifti}
 
 
 def write_heatmap_geojson(out_dir: str | Path, slide_id: str, coords, sizes, scores) -> Path:

@@ -1,6 +1,8 @@
 """Tissue and grid preview: the thumbnail with the tissue mask, pen ink, the valid L0 tiles and the region grid.
 
 It is what a user looks at to check tissue detection and the region layout before spending hours on features.
+The tissue mask itself is written beside the preview as a NIfTI image in level-0 micrometres
+(:mod:`pathme.viz.nifti`), where MONAI, MONAI Label and medical viewers overlay it on the slide's other maps.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from pathme.viz.nifti import write_map_nifti
 from pathme.wsi.backends import AUTO
 from pathme.wsi.grid import L0_SIDE, L1_SIDE
 from pathme.wsi.manifest import read_manifest
@@ -80,6 +83,7 @@ SUMMARY_COLUMNS = [
     "tissue_fraction",
     "ink_fraction",
     "preview",
+    "tissue_mask",
     "note",
     "error",
 ]
@@ -88,9 +92,10 @@ SUMMARY_COLUMNS = [
 def preview_manifest(
     manifest: str | Path, out_dir: str | Path, backend: str = AUTO, tissue: TissueConfig = TissueConfig()
 ) -> pd.DataFrame:
-    """Write one preview per slide of a manifest and a ``preview_summary.csv``; a slide that fails, or has no
-    region, is reported there with the reason (its preview is still drawn when it could be read) and the others
-    go on."""
+    """Write one preview per slide of a manifest (``<slide_id>_preview.png``), its tissue mask
+    (``<slide_id>_tissue.nii.gz``: uint8 1 on tissue, 0 elsewhere, ``tissue.mpp`` µm per pixel, see
+    :mod:`pathme.viz.nifti`) and a ``preview_summary.csv``; a slide that fails, or has no region, is reported
+    there with the reason (its preview and mask are still written when it could be read) and the others go on."""
     out_dir = Path(out_dir)
     rows = []
     for entry in tqdm(read_manifest(manifest), desc="previews", unit="slide", disable=None):
@@ -99,6 +104,8 @@ def preview_manifest(
             slide = Slide.open(entry.path, backend=backend, mpp=entry.mpp, slide_id=entry.slide_id)
             plan = plan_regions(slide, tissue)
             preview = save_preview(plan, slide.mpp, tissue.mpp, out_dir / f"{entry.slide_id}_preview.png")
+            mask_path = out_dir / f"{entry.slide_id}_tissue.nii.gz"
+            mask = write_map_nifti(mask_path, plan.mask, slide.mpp, tissue.mpp / slide.mpp, "pathme tissue mask")
         except Exception as error:  # one slide's failure, whatever it is, is its row; the others go on
             record["error"] = failure_text(error, entry.slide_id, logger)
         else:
@@ -113,6 +120,7 @@ def preview_manifest(
                 "tissue_fraction": round(plan.tissue_fraction, 4),
                 "ink_fraction": round(plan.ink_fraction, 4),
                 "preview": str(preview),
+                "tissue_mask": str(mask),
                 "note": slide.reader_note,
                 "error": plan.reason,
             }
