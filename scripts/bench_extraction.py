@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from bench_reading import mosaic_slide
 
+from pathme.device import pick_device
 from pathme.encoders import build_expert
-from pathme.extract import CohortExtractor, default_device
+from pathme.extract import CohortExtractor
 from pathme.extract.engine import encode_batch
 from pathme.extract.loader import tile_validity
 from pathme.wsi.grid import L0_SIDE, L1_SIDE, TILE_PX
@@ -87,7 +88,7 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args = parser.parse_args()
-    device = default_device()
+    device = pick_device()
     weights = {name: "random" for name in args.experts}
     with tempfile.TemporaryDirectory() as folder:
         path = mosaic_slide(Path(folder), (1, 4, 16))

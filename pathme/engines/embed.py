@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from pathme.device import pick_device
 from pathme.engines.distill_workflow import TrainedOn, load_checkpoint, newest_readable_checkpoint
 from pathme.networks import PatHME
 from pathme.store import file_digest, store_is_done, validate_store
@@ -80,7 +81,7 @@ class EmbedRun:
         self.checkpoint = found[0] if found is not None else checkpoint
         if not self.checkpoint.is_file():
             raise FileNotFoundError(f"no distillation checkpoint at {checkpoint}")
-        self.device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = pick_device(self.device)
 
     def run(self) -> pd.DataFrame:
         stores = sorted(self.dataset_dir.glob("*.h5"))
