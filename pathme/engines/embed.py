@@ -28,7 +28,7 @@ from pathme.store import file_digest, store_is_done, validate_store
 from pathme.store.provenance import SlideProvenance
 from pathme.store.schema import COORDS, FEATURES, VALID
 from pathme.store.tokens import write_token_store
-from pathme.wsi.grid import L1_SIDE, raster_positions
+from pathme.wsi.grid import L1_SIDE, tile_origins
 from pathme.wsi.slide_error import failure_text
 
 logger = logging.getLogger(__name__)
@@ -54,8 +54,7 @@ def teacher_from(state: Mapping, checkpoint: Path) -> PatHME:
 
 def token_coords(origins: np.ndarray, region_extent: float, num_prompts: int) -> np.ndarray:
     """[R, P + 16, 2] level-0 (x, y): the region origin for prompts, each 5x tile's top-left for L1 tokens."""
-    tiles = raster_positions(L1_SIDE, L1_SIDE)[:, ::-1] * (region_extent / L1_SIDE)  # (x, y) offsets
-    l1 = np.rint(origins[:, None, :] + tiles[None]).astype(np.int64)
+    l1 = np.rint(tile_origins(origins, region_extent, L1_SIDE)).astype(np.int64)
     prompts = np.repeat(origins[:, None, :].astype(np.int64), num_prompts, axis=1)
     return np.concatenate([prompts, l1], axis=1)
 

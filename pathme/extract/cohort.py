@@ -33,7 +33,7 @@ from pathme.store.interop import interop_attrs
 from pathme.store.provenance import read_provenance, slide_attrs
 from pathme.store.schema import COORDS, FEATURE_DTYPES, FEATURES, VALID
 from pathme.wsi.backends import AUTO
-from pathme.wsi.grid import L0_MPP, L0_SIDE, L1_MPP, L2_MPP, REGION_PX, TILE_PX, raster_positions
+from pathme.wsi.grid import L0_MPP, L0_SIDE, L1_MPP, L2_MPP, REGION_PX, TILE_PX, tile_origins
 from pathme.wsi.manifest import ManifestRow, read_manifest
 from pathme.wsi.regions import plan_regions
 from pathme.wsi.slide_error import SlideError, failure_text
@@ -189,9 +189,7 @@ class CohortExtractor:
         with h5py.File(store, "r") as handle:
             origins = handle[COORDS.name][:]
             valid = handle[VALID["L0"].name][:]
-            extent = provenance.region_extent / L0_SIDE
-            offsets = raster_positions(L0_SIDE, L0_SIDE)[:, ::-1] * extent  # (x, y) of each tile in its region
-            tile_xy = np.rint(origins[:, None, :] + offsets[None]).astype(np.int64)
+            tile_xy = np.rint(tile_origins(origins, provenance.region_extent, L0_SIDE)).astype(np.int64)
             for name in experts:
                 target = self.output_dir / "h5_files" / name / f"{slide_id}.h5"
                 features = handle[FEATURES["L0"].path(name)][:].astype(np.float32)  # as CLAM/TRIDENT write them
