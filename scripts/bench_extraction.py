@@ -34,6 +34,7 @@ from pathme.encoders import build_expert
 from pathme.extract import CohortExtractor
 from pathme.extract.engine import encode_batch
 from pathme.extract.loader import tile_validity
+from pathme.store.atomic import write_atomic
 from pathme.wsi.grid import L0_SIDE, L1_SIDE, TILE_PX
 from pathme.wsi.reading import read_at_mpp
 from pathme.wsi.regions import plan_regions
@@ -146,7 +147,7 @@ def main() -> None:
     }
     print(json.dumps(results, indent=2))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        write_atomic(args.json, json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import torch
 
 from pathme.demo.synthetic_stores import store_attrs
 from pathme.store import RegionStoreWriter
+from pathme.store.atomic import write_atomic
 from pathme.store.writer import stored_values
 from pathme.wsi.grid import REGION_PX, RegionGrid, l1_validity
 
@@ -163,7 +164,7 @@ def main() -> None:
         print(" | ".join(str(row[key]) for key in header))
     if args.json:
         machine = {"machine": platform.platform(), "cpus": os.cpu_count(), "h5py": h5py.__version__}
-        args.json.write_text(json.dumps({"rows": rows, **machine, "regions": args.regions}, indent=2))
+        write_atomic(args.json, json.dumps({"rows": rows, **machine, "regions": args.regions}, indent=2))
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ from pathme.demo.synthetic_stores import write_store
 from pathme.encoders import build_expert
 from pathme.extract import CohortExtractor
 from pathme.extract.loader import SlideSource
+from pathme.store.atomic import write_atomic
 from pathme.wsi.regions import plan_regions
 
 PAPER = ("uni", "prov-gigapath")
@@ -256,7 +257,7 @@ def main() -> None:
         except Exception as error:  # a GPU run is scarce: keep every other stage's figures
             results[name] = {"error": f"{type(error).__name__}: {error}"[:2000], "traceback": format_exc()[-4000:]}
         results["stages_s"][name] = round(time.perf_counter() - started, 1)
-        args.json.write_text(json.dumps(results, indent=2, default=str))
+        write_atomic(args.json, json.dumps(results, indent=2, default=str))
         print(
             f"gpu_bench: {name} ({results['stages_s'][name]} s): {json.dumps(results[name], default=str)}", flush=True
         )

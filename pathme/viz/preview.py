@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from pathme.store.atomic import write_atomic
 from pathme.wsi.backends import AUTO
 from pathme.wsi.grid import L0_SIDE, L1_SIDE
 from pathme.wsi.manifest import read_manifest
@@ -61,12 +61,7 @@ def render_preview(plan: SlidePlan, slide_mpp: float, tissue_mpp: float, min_sid
 
 def save_preview(plan: SlidePlan, slide_mpp: float, tissue_mpp: float, path: str | Path) -> Path:
     """Write the preview PNG atomically and return its path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    render_preview(plan, slide_mpp, tissue_mpp).save(partial, format="PNG")
-    os.replace(partial, path)
-    return path
+    return write_atomic(path, lambda temp: render_preview(plan, slide_mpp, tissue_mpp).save(temp, format="PNG"))
 
 
 SUMMARY_COLUMNS = [
@@ -118,6 +113,5 @@ def preview_manifest(
             }
         rows.append(record)
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS).astype({"regions": "Int64", "valid_l0_tiles": "Int64"})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary.to_csv(out_dir / "preview_summary.csv", index=False)
+    write_atomic(out_dir / "preview_summary.csv", lambda temp: summary.to_csv(temp, index=False))
     return summary
