@@ -33,6 +33,7 @@ from ignite.engine import Engine, Events
 
 from pathme.demo.synthetic_stores import write_store
 from pathme.engines.distill_workflow import DistillationRun
+from pathme.store.atomic import write_atomic
 
 EXPERTS = {"prov-gigapath": 1536, "uni": 1024}
 #: (title, key, width) of the printed table's columns
@@ -134,7 +135,7 @@ def main() -> None:
             print(" ".join(f"{row[key]!s:>{width}}" for _, key, width in COLUMNS))
     results["load_average_after"] = os.getloadavg()  # other work on the machine slows every step
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        write_atomic(args.json, json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -29,10 +29,12 @@ import numpy as np
 import torch
 from bench_reading import mosaic_slide
 
+from pathme.device import pick_device
 from pathme.encoders import build_expert
-from pathme.extract import CohortExtractor, default_device
+from pathme.extract import CohortExtractor
 from pathme.extract.engine import encode_batch
 from pathme.extract.loader import tile_validity
+from pathme.store.atomic import write_atomic
 from pathme.wsi.grid import L0_SIDE, L1_SIDE, TILE_PX
 from pathme.wsi.reading import read_at_mpp
 from pathme.wsi.regions import plan_regions
@@ -87,7 +89,7 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args = parser.parse_args()
-    device = default_device()
+    device = pick_device()
     weights = {name: "random" for name in args.experts}
     with tempfile.TemporaryDirectory() as folder:
         path = mosaic_slide(Path(folder), (1, 4, 16))
@@ -145,7 +147,7 @@ def main() -> None:
     }
     print(json.dumps(results, indent=2))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        write_atomic(args.json, json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

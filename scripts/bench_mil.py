@@ -25,6 +25,7 @@ import numpy as np
 
 from pathme.demo.synthetic_stores import write_store
 from pathme.engines.embed import token_coords
+from pathme.store.atomic import write_atomic
 from pathme.store.tokens import write_token_store
 from pathme.wsi.grid import REGION_PX, RegionGrid
 
@@ -108,8 +109,9 @@ def main() -> None:
                 print(rows[-1], flush=True)
     if args.json:
         machine = {"machine": platform.platform(), "cpus": os.cpu_count()}
-        args.json.write_text(
-            json.dumps({"rows": rows, **machine, **vars(args) | {"cache": str(args.cache)}}, indent=2, default=str)
+        write_atomic(
+            args.json,
+            json.dumps({"rows": rows, **machine, **vars(args) | {"cache": str(args.cache)}}, indent=2, default=str),
         )
 
 

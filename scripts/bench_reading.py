@@ -27,6 +27,7 @@ import numpy as np
 
 from pathme.demo.sample_data import fetch_sample_slide
 from pathme.demo.synthetic_slides import write_pyramid
+from pathme.store.atomic import write_atomic
 from pathme.wsi.grid import L0_SIDE, L1_SIDE, REGION_PX, TILE_PX, RegionGrid
 from pathme.wsi.reading import read_at_mpp
 from pathme.wsi.regions import Region, SlidePlan, plan_regions
@@ -110,7 +111,7 @@ def main() -> None:
                 ratio = value / seconds["one_read"]
                 print(f"{name:<10} {way:<10} {value:>9.3f} {len(regions) / value:>10.2f} {ratio:>11.2f}")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        write_atomic(args.json, json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

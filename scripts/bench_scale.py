@@ -34,6 +34,7 @@ from pathme.demo.cohort_generator import MPP as COHORT_MPP
 from pathme.demo.cohort_generator import harvest_tiles
 from pathme.demo.sample_data import fetch_sample_slide
 from pathme.demo.synthetic_slides import downsample_area, write_tiled_pyramid
+from pathme.store.atomic import write_atomic
 from pathme.wsi.grid import TILE_PX
 
 DOWNSAMPLES = (1, 4, 16, 32)
@@ -270,7 +271,7 @@ def main() -> None:
     }
     print(json.dumps(results["tcga_brca"]))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        write_atomic(args.json, json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

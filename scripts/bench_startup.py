@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pathme.store.atomic import write_atomic
+
 #: runs in the measured process: stop at the first open() of the slide, printing seconds since process start
 PROBE = """
 import os, sys
@@ -88,7 +90,7 @@ def main() -> None:
     }
     print(json.dumps(results, indent=2))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        write_atomic(args.json, json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -32,8 +32,9 @@ import torch
 
 from pathme.demo.synthetic_stores import store_attrs
 from pathme.store import RegionStoreWriter
+from pathme.store.atomic import write_atomic
 from pathme.store.writer import stored_values
-from pathme.wsi.grid import L0_PARENT, REGION_PX, RegionGrid
+from pathme.wsi.grid import REGION_PX, RegionGrid, l1_validity
 
 DIMS = {"uni": 1024, "gigapath": 1536}
 
@@ -62,8 +63,7 @@ def make_regions(n_regions: int, valid_share: float, rng: np.random.Generator) -
     regions = []
     for _ in range(n_regions):
         valid_l0 = rng.random(256) < valid_share
-        valid_l1 = np.zeros(16, bool)
-        np.logical_or.at(valid_l1, L0_PARENT, valid_l0)
+        valid_l1 = l1_validity(valid_l0)
         features = {}
         for expert, dim in DIMS.items():
             l0, l1, l2 = (0.5 * rng.standard_normal(shape).astype(np.float32) for shape in ((256, dim), (16, dim), dim))
@@ -164,7 +164,7 @@ def main() -> None:
         print(" | ".join(str(row[key]) for key in header))
     if args.json:
         machine = {"machine": platform.platform(), "cpus": os.cpu_count(), "h5py": h5py.__version__}
-        args.json.write_text(json.dumps({"rows": rows, **machine, "regions": args.regions}, indent=2))
+        write_atomic(args.json, json.dumps({"rows": rows, **machine, "regions": args.regions}, indent=2))
 
 
 if __name__ == "__main__":

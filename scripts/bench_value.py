@@ -47,6 +47,7 @@ from pathme.demo.walkthrough import (
     mil_runs,
     prepare_cohorts,
 )
+from pathme.store.atomic import write_atomic
 
 METRICS = {"label": "auroc", "survival": "c_index"}
 #: teacher variants of --ablations: the distillation bundle ids each replaces, given --distill-iterations
@@ -157,7 +158,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
     }
-    (args.out / "bench_value.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    write_atomic(args.out / "bench_value.json", json.dumps(report, indent=2, default=float) + "\n")
     print(f"\nexperts A, B: {', '.join(settings.expert_names)}; {args.slides} slides evaluated, teacher distilled")
     print(f"on {args.distill_slides} other slides for {args.distill_iterations} iterations in")
     print(f"{costs['distillation_s']:.0f} s, tokens embedded in {costs['embedding_s']:.0f} s ({report['machine']})\n")

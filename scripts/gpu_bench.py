@@ -48,9 +48,11 @@ from bench_distillation import bench_preset
 from bench_scale import SLIDES, SMALLEST, build_slide, is_built
 
 from pathme.demo.synthetic_stores import write_store
+from pathme.device import pick_device
 from pathme.encoders import build_expert
 from pathme.extract import CohortExtractor
 from pathme.extract.loader import SlideSource
+from pathme.store.atomic import write_atomic
 from pathme.wsi.regions import plan_regions
 
 PAPER = ("uni", "prov-gigapath")
@@ -243,7 +245,7 @@ def main() -> None:
         args.batch_sizes, args.distill_batches, args.workers = [8, 16], [2], [1]
     cpus = os.cpu_count() or 1
     workers = args.workers or sorted({max(1, min(8, cpus - 1)), max(1, cpus - 1)})
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = pick_device()
     experts = TINY if args.tiny else PAPER
     ((slide_name, (width, height, mpp)),) = (SMALLEST if args.tiny else {TCGA_SLIDE: SLIDES[TCGA_SLIDE]}).items()
     results: dict = {"command": " ".join(sys.argv), "tiny": args.tiny, "experts": experts, "stages_s": {}}
@@ -256,7 +258,7 @@ def main() -> None:
         except Exception as error:  # a GPU run is scarce: keep every other stage's figures
             results[name] = {"error": f"{type(error).__name__}: {error}"[:2000], "traceback": format_exc()[-4000:]}
         results["stages_s"][name] = round(time.perf_counter() - started, 1)
-        args.json.write_text(json.dumps(results, indent=2, default=str))
+        write_atomic(args.json, json.dumps(results, indent=2, default=str))
         print(
             f"gpu_bench: {name} ({results['stages_s'][name]} s): {json.dumps(results[name], default=str)}", flush=True
         )

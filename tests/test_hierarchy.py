@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pathme.wsi.grid import L0_PARENT, L0_SIDE, L1_SIDE, RegionGrid
+from pathme.wsi.grid import L0_PARENT, L0_SIDE, L1_SIDE, RegionGrid, l1_validity, tile_origins
 from pathme.wsi.reading import read_at_mpp
-from pathme.wsi.regions import l1_validity, plan_regions
+from pathme.wsi.regions import plan_regions
 from pathme.wsi.slide import Slide
 from pathme.wsi.tiles import area_downsample, read_region_tiles
 
@@ -58,6 +58,42 @@ def test_l1_validity_follows_the_children():
     valid_l0 = np.zeros(256, dtype=bool)
     valid_l0[[0, 16 * 5 + 7, 255]] = True
     assert np.flatnonzero(l1_validity(valid_l0)).tolist() == [0, 5, 15]
+
+
+def test_l1_validity_by_hand_two_children_of_one_parent_and_lone_children():
+    # L0 (row, col) -> L1 (row // 4, col // 4): (3, 3) -> 0, (4, 12) -> 7, (12, 0) -> 12; L1 tile 7 has two children
+    valid_l0 = np.zeros((16, 16), dtype=bool)
+    valid_l0[3, 3] = valid_l0[4, 12] = valid_l0[7, 15] = valid_l0[12, 0] = True
+    expected = np.zeros(16, dtype=bool)
+    expected[[0, 7, 12]] = True
+    np.testing.assert_array_equal(l1_validity(valid_l0.ravel()), expected)
+    assert not l1_validity(np.zeros(256, dtype=bool)).any() and l1_validity(np.ones(256, dtype=bool)).all()
+
+
+def test_tile_origins_by_hand():
+    # two regions of a 0.25 µm/px slide: 8192 level-0 px per region side, 512 per 20x tile, 2048 per 5x tile
+    origins = np.array([[0, 0], [8192, 16384]])
+    l0 = tile_origins(origins, 8192.0, L0_SIDE)
+    assert l0.shape == (2, 256, 2) and l0.dtype == np.float64
+    np.testing.assert_array_equal(
+        l0[0, [0, 1, 15, 16, 17, 255]], [[0, 0], [512, 0], [7680, 0], [0, 512], [512, 512], [7680, 7680]]
+    )
+    np.testing.assert_array_equal(l0[1, 17], [8192 + 512, 16384 + 512])
+    l1 = tile_origins(origins[1], 8192.0, L1_SIDE)
+    assert l1.shape == (16, 2)
+    np.testing.assert_array_equal(l1[[0, 3, 4, 15]], [[8192, 16384], [14336, 16384], [8192, 18432], [14336, 22528]])
+    # a fractional extent (0.499 µm/px) stays fractional; callers round
+    np.testing.assert_allclose(
+        tile_origins(np.array([10, 20]), 4096 * 0.5 / 0.499, L1_SIDE)[5], [10 + 1024 / 0.998, 20 + 1024 / 0.998]
+    )
+
+
+def test_tile_boxes_are_the_tile_origins_with_the_tile_side():
+    grid = RegionGrid(20000, 17000, 0.25)
+    for origin in grid.origins()[[0, 5]]:
+        boxes = grid.tile_boxes(origin, L1_SIDE)
+        np.testing.assert_array_equal(boxes[:, :2], tile_origins(origin, grid.region_extent, L1_SIDE))
+        assert (boxes[:, 2:] == grid.region_extent / L1_SIDE).all()
 
 
 def _tissue_slide(make_slide, cells: list[tuple[slice, slice]], width: int, height: int):

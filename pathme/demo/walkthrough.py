@@ -28,6 +28,7 @@ from pathme.demo.sample_data import SAMPLE_FILENAME, fetch_sample_slide
 from pathme.deploy.pipeline import APP_CONFIG
 from pathme.engines.distill_workflow import TEACHER_FILE
 from pathme.engines.mil_workflow import fold_models
+from pathme.store.atomic import copy_atomic, write_atomic
 from pathme.viz.preview import preview_manifest
 
 logger = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ def prepare_cohorts(out: Path, settings: DemoSettings) -> tuple[Path, Path]:
     """Sample slide, evaluated cohort and distillation cohort; returns their manifests."""
     _stage(1, "sample slide and demo cohorts (real H&E pixels)")
     sample = fetch_sample_slide(out / "data")
-    (out / "data" / "sample_manifest.csv").write_text(f"{SAMPLE_MANIFEST_HEADER}cmu_small_region,{sample.name},cmu\n")
+    write_atomic(out / "data" / "sample_manifest.csv", f"{SAMPLE_MANIFEST_HEADER}cmu_small_region,{sample.name},cmu\n")
     cohort = make_demo_cohort(out / "cohort", sample, n_slides=settings.slides, seed=settings.seed)
     distill = make_demo_cohort(out / "distill_cohort", sample, n_slides=settings.distill_slides, seed=settings.seed + 1)
     return cohort, distill
@@ -170,13 +171,12 @@ def assemble_app_models(out: Path, settings: DemoSettings) -> Path:
     config = {"experts": list(settings.expert_names), "weights": settings.weights}
     shutil.rmtree(folder / "mil", ignore_errors=True)  # fold models of an earlier demo must not join the ensembles
     (folder / "mil").mkdir(parents=True)
-    (folder / APP_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    shutil.copyfile(out / "distillation" / TEACHER_FILE, folder / TEACHER_FILE)
+    write_atomic(folder / APP_CONFIG, json.dumps(config, indent=2) + "\n")
+    copy_atomic(out / "distillation" / TEACHER_FILE, folder / TEACHER_FILE)
     for run in sorted((out / "mil").iterdir()):
         for fold_model in fold_models(run) if run.is_dir() else []:
             target = folder / "mil" / run.name / fold_model.parent.name / fold_model.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(fold_model, target)
+            copy_atomic(fold_model, target)
     return folder
 
 
@@ -197,7 +197,7 @@ def run_demo(out: Path, settings: DemoSettings) -> pd.DataFrame:
     embed_tokens(out)
     _stage(6, "cross-validated attention MIL of both signals (planted, context), PatHME tokens vs raw features")
     results = mil_runs(out, settings)
-    results.to_csv(out / "mil" / "metrics.csv", index=False)
+    write_atomic(out / "mil" / "metrics.csv", lambda temp: results.to_csv(temp, index=False))
     app_models = assemble_app_models(out, settings)
     table = metrics_table(results)
     _stage(7, "results")

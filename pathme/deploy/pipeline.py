@@ -8,7 +8,6 @@ prediction for a slide equals the one the bundles give.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from functools import cached_property
@@ -24,7 +23,7 @@ from pathme.engines.distill_workflow import TEACHER_FILE, TrainedOn, load_checkp
 from pathme.engines.mil import load_fold_model
 from pathme.engines.mil_workflow import fold_models
 from pathme.store import file_digest, read_store_attrs
-from pathme.store.atomic import write_atomic
+from pathme.store.atomic import copy_atomic, write_atomic
 from pathme.tables import read_text_csv
 from pathme.wsi.manifest import SAFE_ID
 
@@ -156,8 +155,7 @@ def extract_features(case: Case, models: AppModels) -> Case:
     if not rows:
         return replace(case, features=features, failed=failed)
     manifest = case.work / "manifest.csv"
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(manifest, index=False)
+    write_atomic(manifest, lambda temp: pd.DataFrame(rows).to_csv(temp, index=False))
     run_bundle(
         "pathme_feature_extraction",
         "inference.json",
@@ -227,7 +225,7 @@ def write_reports(case: Case, models: AppModels, output_dir: str | Path) -> list
             report |= {"status": "done", "predictions": _slide_predictions(case, sid, folder)}
         report |= {"intended_use": "Research only; not for clinical diagnosis", "models": versions}
         target = folder / "report.json"
-        written.append(write_atomic(target, lambda p, r=report: p.write_text(json.dumps(r, indent=2) + "\n")))
+        written.append(write_atomic(target, json.dumps(report, indent=2) + "\n"))
     return written
 
 
@@ -266,7 +264,7 @@ def _slide_predictions(case: Case, sid: str, folder: Path) -> dict[str, Any]:
         for kind, suffix in (("png", "png"), ("geojson", "geojson"), ("nifti", "nii.gz")):
             heatmap = case.work / "mil" / task / "heatmaps" / f"{sid}_attention.{suffix}"
             if heatmap.is_file():
-                shutil.copyfile(heatmap, folder / f"{task}_attention.{suffix}")
+                copy_atomic(heatmap, folder / f"{task}_attention.{suffix}")
                 entry[f"heatmap_{kind}"] = f"{task}_attention.{suffix}"
         result[task] = entry
     return result

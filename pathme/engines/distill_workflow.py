@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import ignite.distributed as idist
 import numpy as np
 import torch
-import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver, ProgressBar
 from torch.utils.data import DataLoader, DistributedSampler, Subset
@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from pathme.data.distill_dataset import RegionStoreDataset, read_patients, split_holdout
 from pathme.data.view_dataset import ViewDataset
 from pathme.data.views import ViewConfig, collate_regions
+from pathme.device import pick_device
 from pathme.engines.distill import (
     DistillationLosses,
     DistillStudent,
@@ -106,12 +107,6 @@ class TrainedOn:
         return cls(**state[TRAINED_ON])
 
 
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 @dataclass
 class DistillationRun:
     """Train a PatHME teacher on region stores; ``batch_size`` is per device, the global batch is batch_size x ranks."""
@@ -160,14 +155,12 @@ class DistillationRun:
         if self.preset not in ("tiny", "paper"):
             raise ValueError(f"preset must be 'tiny' or 'paper', got {self.preset!r}")
         self.output_dir = Path(self.output_dir)
-        if self.device is None:
-            self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(self.device)
+        self.device = pick_device(self.device)
 
     def build(self) -> dict:
         """Every component of the run (also used by tests and the benchmark)."""
         torch.manual_seed(self.seed)
-        rank, world = _rank_and_world()
+        rank, world = idist.get_rank(), idist.get_world_size()
         regions = RegionStoreDataset(self.dataset_dir, self.expert_a, self.expert_b, read_patients(self.patients))
         views = ViewDataset(regions, self.views, seed=self.seed)
         train_ids, holdout_ids = split_holdout(regions, self.holdout_fraction, self.seed)
@@ -252,7 +245,7 @@ class DistillationRun:
         """Train (or resume) to ``max_iterations``; returns the last step's outputs."""
         parts = self.build()
         trainer: Engine = parts["trainer"]
-        rank, _ = _rank_and_world()
+        rank = idist.get_rank()
         checkpoints = self.output_dir / "checkpoints"
         to_save = self.to_save(parts)
         saver = Checkpoint(

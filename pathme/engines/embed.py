@@ -21,13 +21,15 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from pathme.device import pick_device
 from pathme.engines.distill_workflow import TrainedOn, load_checkpoint, newest_readable_checkpoint
 from pathme.networks import PatHME
 from pathme.store import file_digest, store_is_done, validate_store
+from pathme.store.atomic import write_atomic
 from pathme.store.provenance import SlideProvenance
 from pathme.store.schema import COORDS, FEATURES, VALID
 from pathme.store.tokens import write_token_store
-from pathme.wsi.grid import L1_SIDE, raster_positions
+from pathme.wsi.grid import L1_SIDE, tile_origins
 from pathme.wsi.slide_error import failure_text
 
 logger = logging.getLogger(__name__)
@@ -53,8 +55,7 @@ def teacher_from(state: Mapping, checkpoint: Path) -> PatHME:
 
 def token_coords(origins: np.ndarray, region_extent: float, num_prompts: int) -> np.ndarray:
     """[R, P + 16, 2] level-0 (x, y): the region origin for prompts, each 5x tile's top-left for L1 tokens."""
-    tiles = raster_positions(L1_SIDE, L1_SIDE)[:, ::-1] * (region_extent / L1_SIDE)  # (x, y) offsets
-    l1 = np.rint(origins[:, None, :] + tiles[None]).astype(np.int64)
+    l1 = np.rint(tile_origins(origins, region_extent, L1_SIDE)).astype(np.int64)
     prompts = np.repeat(origins[:, None, :].astype(np.int64), num_prompts, axis=1)
     return np.concatenate([prompts, l1], axis=1)
 
@@ -80,7 +81,7 @@ class EmbedRun:
         self.checkpoint = found[0] if found is not None else checkpoint
         if not self.checkpoint.is_file():
             raise FileNotFoundError(f"no distillation checkpoint at {checkpoint}")
-        self.device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = pick_device(self.device)
 
     def run(self) -> pd.DataFrame:
         """Write the token store of every region store of ``dataset_dir`` into ``output_dir``; returns one row per
@@ -103,7 +104,7 @@ class EmbedRun:
                 record |= {"status": "failed", "error": failure_text(error, store.stem, logger)}
             records.append(record)
         summary = pd.DataFrame(records)
-        summary.to_csv(self.output_dir / "embed_summary.csv", index=False)
+        write_atomic(self.output_dir / "embed_summary.csv", lambda temp: summary.to_csv(temp, index=False))
         return summary
 
     def _embed_store(self, teacher: PatHME, recorded: TrainedOn, store: Path, digest: str) -> dict[str, object]:

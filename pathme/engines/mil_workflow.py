@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from pathme.data.bags import BagDataset, BagIndex
 from pathme.data.labels import Fold, Labels, load_labels, make_folds, write_folds
+from pathme.device import pick_device
 from pathme.engines.mil import (
     MILModelConfig,
     MILTask,
@@ -48,10 +49,6 @@ from pathme.viz.heatmap import write_heatmap_geojson, write_slide_heatmap
 from pathme.wsi.slide_error import SlideError, failure_text
 
 logger = logging.getLogger(__name__)
-
-
-def _device(device: torch.device | str | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _targets(labels: Labels, edges: np.ndarray | None) -> dict[str, dict[str, float | int]]:
@@ -175,7 +172,7 @@ class MILRun:
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
-        self.device = _device(self.device)
+        self.device = pick_device(self.device)
         if self.survival_loss not in ("nll", "cox"):
             raise ValueError(f"survival_loss must be 'nll' or 'cox', got {self.survival_loss!r}")
 
@@ -308,7 +305,7 @@ class MILPredict:
         """Predict every patient (mean over fold models), write predictions (and metrics with ``labels``) and heatmaps
         to ``output_dir``; returns the predictions table. Raises ValueError when the fold models disagree on task or
         feature source."""
-        device = _device(self.device)
+        device = pick_device(self.device)
         output = Path(self.output_dir)
         loaded = [load_fold_model(path, device) for path in fold_models(self.models_dir)]
         task, source = loaded[0][1], loaded[0][2]

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import h5py
+import ignite.distributed as idist
 import numpy as np
 import pandas as pd
 import torch
@@ -23,15 +23,17 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import pathme
+from pathme.device import pick_device
 from pathme.encoders import Expert, build_expert
 from pathme.extract.engine import encode_regions
 from pathme.extract.loader import RegionDataset, SlideSource, region_loader
 from pathme.store import RegionStoreWriter, config_digest, read_store_summary, store_is_done, write_features_h5
+from pathme.store.atomic import write_atomic
 from pathme.store.interop import interop_attrs
 from pathme.store.provenance import read_provenance, slide_attrs
 from pathme.store.schema import COORDS, FEATURE_DTYPES, FEATURES, VALID
 from pathme.wsi.backends import AUTO
-from pathme.wsi.grid import L0_MPP, L0_SIDE, L1_MPP, L2_MPP, REGION_PX, TILE_PX, raster_positions
+from pathme.wsi.grid import L0_MPP, L0_SIDE, L1_MPP, L2_MPP, REGION_PX, TILE_PX, tile_origins
 from pathme.wsi.manifest import ManifestRow, read_manifest
 from pathme.wsi.regions import plan_regions
 from pathme.wsi.slide_error import SlideError, failure_text
@@ -52,19 +54,6 @@ def slide_fingerprint(path: Path) -> str:
         handle.seek(max(0, size - FINGERPRINT_BYTES))
         digest.update(handle.read(FINGERPRINT_BYTES))
     return f"size-ends-sha256:{size}:{digest.hexdigest()}"
-
-
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def default_device() -> torch.device:
-    """This rank's GPU when there is one (LOCAL_RANK under torchrun), else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
 
 
 @dataclass
@@ -98,7 +87,7 @@ class CohortExtractor:
         if self.batch_size < 1 or self.num_workers < 0:
             raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {self.batch_size}, {self.num_workers}")
         self.output_dir = Path(self.output_dir)
-        self.device = torch.device(self.device) if self.device is not None else default_device()
+        self.device = pick_device(self.device)
 
     def config(self) -> dict:
         """Everything that changes a store's content; its digest decides whether a store can be reused."""
@@ -114,7 +103,7 @@ class CohortExtractor:
 
     def run(self) -> pd.DataFrame:
         """Extract this rank's share of the slides; rank 0 returns (and writes) the summary of all ranks."""
-        rank, world = _rank_and_world()
+        rank, world = idist.get_rank(), idist.get_world_size()
         entries = read_manifest(self.manifest)[rank::world]
         self.output_dir.mkdir(parents=True, exist_ok=True)
         experts = {
@@ -200,9 +189,7 @@ class CohortExtractor:
         with h5py.File(store, "r") as handle:
             origins = handle[COORDS.name][:]
             valid = handle[VALID["L0"].name][:]
-            extent = provenance.region_extent / L0_SIDE
-            offsets = raster_positions(L0_SIDE, L0_SIDE)[:, ::-1] * extent  # (x, y) of each tile in its region
-            tile_xy = np.rint(origins[:, None, :] + offsets[None]).astype(np.int64)
+            tile_xy = np.rint(tile_origins(origins, provenance.region_extent, L0_SIDE)).astype(np.int64)
             for name in experts:
                 target = self.output_dir / "h5_files" / name / f"{slide_id}.h5"
                 features = handle[FEATURES["L0"].path(name)][:].astype(np.float32)  # as CLAM/TRIDENT write them
@@ -213,7 +200,7 @@ class CohortExtractor:
         part = pd.DataFrame(records, columns=SUMMARY_COLUMNS)
         if world == 1:
             return _save_summary(part, self.output_dir / "run_summary.csv")
-        part.to_csv(self.output_dir / f".run_summary.rank{rank}.csv", index=False)
+        write_atomic(self.output_dir / f".run_summary.rank{rank}.csv", lambda temp: part.to_csv(temp, index=False))
         dist.barrier()
         if rank != 0:
             return part
@@ -230,9 +217,7 @@ def _rate(record: dict) -> str:
 
 
 def _save_summary(summary: pd.DataFrame, path: Path) -> pd.DataFrame:
-    partial = path.with_name(f".{path.name}.partial")
-    summary.to_csv(partial, index=False)
-    os.replace(partial, path)
+    write_atomic(path, lambda temp: summary.to_csv(temp, index=False))
     failed = summary[summary["status"] == "failed"]
     for row in failed.itertuples():
         logger.error("FAILED %s: %s", row.slide_id, row.error)

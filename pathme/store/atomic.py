@@ -11,6 +11,7 @@ import fcntl
 import glob
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -105,15 +106,33 @@ def atomic_h5(path: str | os.PathLike[str]) -> Iterator[h5py.File]:
     target.publish()
 
 
-def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
-    """Run ``write`` on a temporary sibling of ``path`` and rename it into place: readers never see half a file."""
+def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object] | str | bytes) -> Path:
+    """Write ``path`` through a temporary sibling renamed into place: readers never see half a file.
+
+    ``write``: a callable that writes the file at the path it is given (``frame.to_csv``, ``image.save``,
+    ``torch.save``, ...), or the whole content as text (UTF-8, line endings as given) or bytes. Folders above
+    ``path`` are created. When the writer raises, the temporary file is removed, any older file at ``path`` stays as
+    it was, and the error
+    propagates. Returns ``path``.
+    """
     target = AtomicTarget(path)
     try:
-        write(target.temp)
+        if isinstance(write, str):
+            target.temp.write_text(write, encoding="utf-8", newline="")
+        elif isinstance(write, bytes):
+            target.temp.write_bytes(write)
+        else:
+            write(target.temp)
     except BaseException:
         target.discard()
         raise
     return target.publish()
+
+
+def copy_atomic(source: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
+    """Copy the bytes of ``source`` to ``path`` through :func:`write_atomic`; returns ``path``. Raises
+    FileNotFoundError when ``source`` is missing (nothing is written then)."""
+    return write_atomic(path, lambda temp: shutil.copyfile(source, temp))
 
 
 def set_aside(path: str | os.PathLike[str]) -> Path:

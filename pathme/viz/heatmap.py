@@ -203,9 +203,7 @@ def write_slide_heatmap(
 def write_heatmap_geojson(out_dir: str | Path, slide_id: str, coords, sizes, scores) -> Path:
     """Write ``<slide_id>_attention.geojson`` into ``out_dir`` atomically (also when the slide image is gone)."""
     collection = heatmap_geojson(coords, sizes, scores, slide_id)
-    return write_atomic(
-        Path(out_dir) / f"{slide_id}_attention.geojson", lambda path: path.write_text(json.dumps(collection))
-    )
+    return write_atomic(Path(out_dir) / f"{slide_id}_attention.geojson", json.dumps(collection))
 
 
 def top_tiles(coords, sizes, scores, k: int) -> np.ndarray:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from pathme.store.atomic import write_atomic
 from pathme.viz.nifti import write_map_nifti
 from pathme.wsi.backends import AUTO
 from pathme.wsi.grid import L0_SIDE, L1_SIDE
@@ -64,12 +64,7 @@ def render_preview(plan: SlidePlan, slide_mpp: float, tissue_mpp: float, min_sid
 
 def save_preview(plan: SlidePlan, slide_mpp: float, tissue_mpp: float, path: str | Path) -> Path:
     """Write the preview PNG atomically and return its path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    render_preview(plan, slide_mpp, tissue_mpp).save(partial, format="PNG")
-    os.replace(partial, path)
-    return path
+    return write_atomic(path, lambda temp: render_preview(plan, slide_mpp, tissue_mpp).save(temp, format="PNG"))
 
 
 SUMMARY_COLUMNS = [
@@ -126,6 +121,5 @@ def preview_manifest(
             }
         rows.append(record)
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS).astype({"regions": "Int64", "valid_l0_tiles": "Int64"})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary.to_csv(out_dir / "preview_summary.csv", index=False)
+    write_atomic(out_dir / "preview_summary.csv", lambda temp: summary.to_csv(temp, index=False))
     return summary

@@ -34,6 +34,21 @@ def raster_positions(rows: int, cols: int) -> np.ndarray:
 L0_PARENT = (raster_positions(L0_SIDE, L0_SIDE) // CHILDREN_SIDE) @ np.array([L1_SIDE, 1])
 
 
+def l1_validity(valid_l0: np.ndarray) -> np.ndarray:
+    """[16] bool: an L1 tile is valid when any of its 16 L0 children is (``valid_l0``: [256] bool, raster order)."""
+    valid_l1 = np.zeros(L1_SIDE * L1_SIDE, dtype=bool)
+    np.logical_or.at(valid_l1, L0_PARENT, valid_l0)
+    return valid_l1
+
+
+def tile_origins(origins: np.ndarray, region_extent: float, side: int) -> np.ndarray:
+    """Level-0 (x, y) of the top-left of each tile of the ``side`` x ``side`` raster of each region, float64 (round
+    with ``np.rint`` for pixel indices): shape [R, side * side, 2] for ``origins`` [R, 2] (level-0 x, y of each
+    region), [side * side, 2] for one origin [2]. ``region_extent``: region side in level-0 pixels."""
+    offsets = raster_positions(side, side)[:, ::-1] * (region_extent / side)  # (x, y) of each tile in its region
+    return np.asarray(origins, dtype=np.float64)[..., None, :] + offsets
+
+
 @dataclass(frozen=True)
 class RegionGrid:
     """Region geometry of one slide: level-0 size and µm/px in, region and tile boxes out."""
@@ -58,12 +73,9 @@ class RegionGrid:
 
     def tile_boxes(self, origin: tuple[int, int] | np.ndarray, side: int) -> np.ndarray:
         """Level-0 (x, y, width, height) of the ``side`` x ``side`` tiles of a region, shape [side * side, 4]."""
-        extent = self.region_extent / side
-        positions = raster_positions(side, side)
         boxes = np.empty((side * side, 4), dtype=np.float64)
-        boxes[:, 0] = origin[0] + positions[:, 1] * extent
-        boxes[:, 1] = origin[1] + positions[:, 0] * extent
-        boxes[:, 2:] = extent
+        boxes[:, :2] = tile_origins(np.asarray(origin), self.region_extent, side)
+        boxes[:, 2:] = self.region_extent / side
         return boxes
 
     def inside(self, boxes: np.ndarray) -> np.ndarray:

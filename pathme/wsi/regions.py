@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pathme.wsi.grid import L0_MPP, L0_PARENT, L0_SIDE, L1_SIDE, TILE_PX, RegionGrid
+from pathme.wsi.grid import L0_MPP, L0_SIDE, TILE_PX, RegionGrid, l1_validity
 from pathme.wsi.reading import read_thumbnail
 from pathme.wsi.slide import Slide
 from pathme.wsi.tissue import TissueConfig, box_fractions, ink_mask, tissue_mask
@@ -50,13 +50,6 @@ class SlidePlan:
     def ink_fraction(self) -> float:
         """Fraction of the thumbnail that is pen ink kept out of the tissue mask, 0-1."""
         return float(self.ink.mean()) if self.ink.size else 0.0
-
-
-def l1_validity(valid_l0: np.ndarray) -> np.ndarray:
-    """An L1 tile is valid when any of its L0 children is."""
-    valid_l1 = np.zeros(L1_SIDE * L1_SIDE, dtype=bool)
-    np.logical_or.at(valid_l1, L0_PARENT, valid_l0)
-    return valid_l1
 
 
 def plan_regions(slide: Slide, tissue: TissueConfig = TissueConfig()) -> SlidePlan:
