@@ -1,20 +1,33 @@
-"""Where the MONAI bundles live, so the ``pathme`` command can run the same configs as ``monai bundle run``."""
+"""Where the MONAI bundles live, so the ``pathme`` command can run the same configs as ``monai bundle run``.
+
+The bundles are kept in the top-level ``bundles/`` folder of the source tree; the wheel carries that folder as
+``pathme/_bundles`` (setup.py). ``python -m pathme.bundles [NAME]`` prints where they are, for ``monai bundle run``.
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
+_PACKAGE = Path(__file__).resolve().parent
+#: the bundles of an installed wheel (``pathme/_bundles``), else those of the source checkout beside the package
+BUNDLES_DIR = _PACKAGE / "_bundles" if (_PACKAGE / "_bundles").is_dir() else _PACKAGE.parent / "bundles"
+
+
+def bundle_names() -> list[str]:
+    """The names of the bundles found, sorted (each a folder with ``configs/metadata.json``)."""
+    return sorted(path.name for path in BUNDLES_DIR.glob("*") if (path / "configs" / "metadata.json").is_file())
 
 
 def bundle_dir(name: str) -> Path:
-    """The folder of bundle ``name``; bundles ship with the source tree, next to the package."""
+    """The folder of bundle ``name`` (its ``configs/``, ``docs/``, ``LICENSE``).
+
+    Raises:
+        FileNotFoundError: no such bundle; the message lists the bundles there are.
+    """
     path = BUNDLES_DIR / name
     if not (path / "configs").is_dir():
-        raise FileNotFoundError(
-            f"bundle {name} not found at {path}: the pathme command runs the bundles of a source checkout "
-            "(git clone, then `pip install -e .`)"
-        )
+        raise FileNotFoundError(f"bundle {name} not found in {BUNDLES_DIR}; the bundles: {', '.join(bundle_names())}")
     return path
 
 
@@ -30,3 +43,20 @@ def run_bundle(name: str, config: str | list[str], **overrides: object) -> None:
         logging_file=str(root / "configs" / "logging.conf"),
         **overrides,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the folder of each bundle named in ``argv`` (default: every bundle, one per line); 2 for an unknown
+    name."""
+    names = sys.argv[1:] if argv is None else argv
+    try:
+        folders = [bundle_dir(name) for name in names or bundle_names()]
+    except FileNotFoundError as error:
+        print(error, file=sys.stderr)
+        return 2
+    print("\n".join(map(str, folders)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

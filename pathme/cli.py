@@ -158,7 +158,7 @@ EXTRACT = BundleFlags(
         "weights": "EXPERT=PATH per expert: a weight file or a folder holding one (a Hugging Face snapshot or cache "
         "folder); or EXPERT=hub (the published weights), EXPERT=random",
         "reader_backend": "slide reader; auto tries cucim, then openslide, per slide",
-        "batch_size": "tiles per encoder batch",
+        "tiles_per_batch": "tiles per encoder batch",
         "num_workers": "region-reading processes",
         "device": DEVICE_HELP,
         "seed": "random seed",
@@ -181,10 +181,27 @@ DISTILL = BundleFlags(
         "preset": "network size: paper, or tiny for a CPU",
         "network": "KEY=VALUE overrides of PatHMEConfig fields, e.g. embed_dim=512 depth=6",
         "max_iterations": "training steps",
-        "batch_size": "regions per device and step (>= 2)",
+        "regions_per_batch": "regions per device and step (>= 2)",
         "num_workers": "data-loading processes",
         "seed": "random seed",
         "device": DEVICE_HELP,
+        "base_lr": "AdamW learning rate for a global batch of 1024 regions (scaled by sqrt(global batch / 1024))",
+        "min_lr": "learning rate at the end of the cosine schedule",
+        "warmup_iterations": "steps of linear learning-rate warm-up",
+        "weight_decay": "AdamW weight decay at the start and at the end of its cosine schedule",
+        "layer_decay": "learning-rate factor per ViT block, from the head down",
+        "momentum": "EMA teacher momentum at the start and at the end of its cosine schedule",
+        "teacher_temp": "teacher softmax temperature at the start and after its warm-up",
+        "teacher_temp_warmup": "steps of the teacher temperature warm-up",
+        "student_temp": "student softmax temperature",
+        "center_momentum": "momentum of the teacher output centre",
+        "clip_grad": "gradient norm clip",
+        "holdout_fraction": "share of the slides held out (whole) for the validation loss",
+        "validate_every": "steps between validation losses",
+        "checkpoint_every": "steps between checkpoints",
+        "log_every": "steps between logged losses",
+        "amp": "mixed precision (bf16) on a GPU",
+        "resume": "resume from the newest readable checkpoint in output_dir",
         "views#num_local": "local views per region",
         "views#local_l0": "side of a local 20x window, in tiles",
         "views#local_l1": "side of a local 5x window, in tiles",
@@ -206,7 +223,7 @@ EMBED = BundleFlags(
         "dataset_dir": "folder of region stores (pathme extract)",
         "output_dir": "folder for the token stores",
         "checkpoint": "teacher.pt of a finished run, a checkpoint, or a folder of them (the newest readable one)",
-        "batch_size": "regions per forward pass",
+        "regions_per_batch": "regions per forward pass",
         "device": DEVICE_HELP,
     },
     required=("dataset_dir", "output_dir", "checkpoint"),
@@ -215,7 +232,7 @@ MIL_TRAIN = BundleFlags(
     "pathme_mil",
     "train.json",
     {
-        "features_dir": "token stores (pathme embed) or region stores",
+        "dataset_dir": "folder of token stores (pathme embed) or region stores",
         "output_dir": "where folds, models, metrics, predictions and heatmaps go",
         "labels": "labels CSV (patient_id or slide_id, the task column[s], fold[s]); evaluate needs it, predict takes "
         "none (default null)",
@@ -233,7 +250,7 @@ MIL_TRAIN = BundleFlags(
         "patience": "epochs without a better validation loss before stopping",
         "lr": "learning rate",
         "weight_decay": "AdamW weight decay",
-        "batch_size": "bags per step (Cox needs >= 2)",
+        "bags_per_batch": "bags (patients) per step (Cox needs >= 2)",
         "survival_loss": "survival objective",
         "num_bins": "time bins of the discrete-time survival NLL",
         "heatmaps": "write attention heatmaps (PNG, GeoJSON, NIfTI)",
@@ -242,20 +259,20 @@ MIL_TRAIN = BundleFlags(
         "machine's memory; 0 reads the stores every time)",
         "device": DEVICE_HELP,
     },
-    required=("features_dir", "output_dir"),
+    required=("dataset_dir", "output_dir"),
     choices={"survival_loss": ("nll", "cox")},
 )
-MIL_PREDICT = BundleFlags(  # evaluate.json and inference.json: the same ids
+MIL_PREDICT = BundleFlags(  # evaluate and predict: inference.json, with or without labels
     "pathme_mil",
     "inference.json",
     {
-        **{i: MIL_TRAIN.helps[i] for i in ("features_dir", "output_dir", "labels", "heatmaps", "thumbnail_mpp")},
+        **{i: MIL_TRAIN.helps[i] for i in ("dataset_dir", "output_dir", "labels", "heatmaps", "thumbnail_mpp")},
         "models_dir": "evaluate, predict: the training run's output folder (its fold_<k>/model.pt)",
         "device": DEVICE_HELP,
     },
-    required=("features_dir", "output_dir"),
+    required=("dataset_dir", "output_dir"),
 )
-MIL_CONFIGS = {"train": "train.json", "evaluate": "evaluate.json", "predict": "inference.json"}
+MIL_CONFIGS = {"train": "train.json", "evaluate": "inference.json", "predict": "inference.json"}
 
 
 def _experts(args: argparse.Namespace) -> int:
@@ -386,7 +403,7 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _mil(args: argparse.Namespace) -> int:
-    """``monai bundle run`` of bundles/pathme_mil/configs/train.json (or evaluate.json / inference.json)."""
+    """``monai bundle run`` of bundles/pathme_mil/configs/train.json, or inference.json (evaluate: with labels)."""
     from pathme.bundles import run_bundle
 
     flags = MIL_TRAIN if args.mode == "train" else MIL_PREDICT
@@ -394,6 +411,8 @@ def _mil(args: argparse.Namespace) -> int:
     stray = [flag_name(i) for i in other.helps if i not in flags.helps and getattr(args, _dest(i)) is not None]
     if stray:
         raise ValueError(f"pathme mil {args.mode}: {', '.join(stray)} do(es) not apply to {args.mode}")
+    if args.mode == "evaluate" and args.labels is None:
+        raise ValueError("pathme mil evaluate: give --labels (the labels CSV to score the predictions against)")
     run_bundle(flags.bundle, MIL_CONFIGS[args.mode], **flags.overrides(args))
     return 0
 

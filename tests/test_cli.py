@@ -127,7 +127,6 @@ BUNDLE_COMMANDS = {
     ("pathme_distillation", "train.json"): "distill",
     ("pathme_distillation", "inference.json"): "embed",
     ("pathme_mil", "train.json"): "mil",
-    ("pathme_mil", "evaluate.json"): "mil",
     ("pathme_mil", "inference.json"): "mil",
 }
 #: ids a user does not set: the config's machinery, and what only describes network_def for MONAI's tools

@@ -41,7 +41,9 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     for index in range(4):
         write_store(stores, f"s{index}", f"p{index}", ["full", "sparse", "full", "sparse", "full"], DIMS)
     output = tmp_path_factory.mktemp("distill")
-    _bundle(["train.json", "train_tiny.json"], dataset_dir=stores, output_dir=output, max_iterations=4, batch_size=4)
+    _bundle(
+        ["train.json", "train_tiny.json"], dataset_dir=stores, output_dir=output, max_iterations=4, regions_per_batch=4
+    )
     return stores, output
 
 
@@ -93,7 +95,7 @@ def test_the_pathme_commands_give_what_the_bundle_commands_give(trained, tmp_pat
     stores, output = trained
     pathme = [str(Path(sys.executable).parent / "pathme")]
     train = ["distill", "--tiny", "--dataset-dir", str(stores), "--output-dir", str(tmp_path / "distill")]
-    done = subprocess.run([*pathme, *train, "--max-iterations", "4", "--batch-size", "4"], capture_output=True)
+    done = subprocess.run([*pathme, *train, "--max-iterations", "4", "--regions-per-batch", "4"], capture_output=True)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     ours = torch.load(tmp_path / "distill" / "teacher.pt", weights_only=True)["teacher"]
     bundle = torch.load(output / "teacher.pt", weights_only=True)["teacher"]
@@ -141,12 +143,12 @@ def test_two_torchrun_processes_train_to_the_loss_of_one_with_the_same_global_ba
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     stores, _ = trained
-    settings = {"dataset_dir": stores, "max_iterations": 3, "train#workflow#checkpoint_every": 3}
-    _bundle(["train.json", "train_tiny.json"], output_dir=tmp_path / "one", batch_size=4, **settings)
+    settings = {"dataset_dir": stores, "max_iterations": 3, "checkpoint_every": 3}
+    _bundle(["train.json", "train_tiny.json"], output_dir=tmp_path / "one", regions_per_batch=4, **settings)
     files = "[" + ",".join(f"'{CONFIGS / n}'" for n in ("train.json", "train_tiny.json", "multi_gpu_train.json")) + "]"
     command = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2"]
     command += ["-m", "monai.bundle", "run", "--config_file", files, "--meta_file", str(CONFIGS / "metadata.json")]
-    command += ["--output_dir", str(tmp_path / "two"), "--batch_size", "2"]
+    command += ["--output_dir", str(tmp_path / "two"), "--regions_per_batch", "2"]
     command += [item for name, value in settings.items() for item in (f"--{name}", str(value))]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -141,7 +141,7 @@ def test_the_bundle_runs_on_a_demo_cohort(tmp_path, cmu_slide):
     from pathme.demo.cohort_generator import make_demo_cohort
 
     manifest = make_demo_cohort(tmp_path / "demo", cmu_slide, n_slides=2, seed=3)
-    _run_bundle(manifest, tmp_path / "out", "--batch_size", "128")
+    _run_bundle(manifest, tmp_path / "out", "--tiles_per_batch", "128")
     summary = pd.read_csv(tmp_path / "out" / "run_summary.csv", keep_default_na=False)
     assert (summary["status"] == "done").all() and len(summary) == 2
     for row in summary.itertuples():
@@ -187,13 +187,13 @@ def _kill_when(command: list[str], ready) -> None:
 
 def test_sigkill_at_several_points_then_a_rerun_gives_identical_stores(tmp_path, reference, cohort):
     output = tmp_path / "out"
-    command = _bundle_command(cohort, output, "--batch_size", "32")
+    command = _bundle_command(cohort, output, "--tiles_per_batch", "32")
     stores = lambda: sorted(output.glob("cmu_*.h5"))  # noqa: E731
     _kill_when(command, lambda: output.is_dir() and any(output.iterdir()))  # while the first slide is encoded
     assert stores() == []
     _kill_when(command, lambda: len(stores()) >= 1)  # between slides or inside the second
     _kill_when(command, lambda: len(stores()) >= 2)
-    _run_bundle(cohort, output, "--batch_size", "32")
+    _run_bundle(cohort, output, "--tiles_per_batch", "32")
     assert_same_stores(reference, output, SLIDES)
     assert not [path for path in output.iterdir() if path.name.startswith(".")]  # no temporary files left
 
@@ -202,7 +202,7 @@ def test_two_torchrun_processes_write_the_same_stores_as_one(tmp_path, reference
     torchrun = Path(sys.executable).with_name("torchrun")
     configs = f"['{CONFIG}','{MULTI}']"
     command = [str(torchrun), "--standalone", "--nproc_per_node", "2"]
-    command += _bundle_command(cohort, tmp_path / "out", "--batch_size", "32", configs=configs)
+    command += _bundle_command(cohort, tmp_path / "out", "--tiles_per_batch", "32", configs=configs)
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = pd.read_csv(tmp_path / "out" / "run_summary.csv", keep_default_na=False)
@@ -244,6 +244,6 @@ def test_interop_files_hold_the_valid_l0_tiles(tmp_path, reference, cohort):
 
 
 def test_the_pathme_command_wraps_the_bundle(tmp_path, reference, cohort):
-    command = ["extract", "--manifest", str(cohort), "--output-dir", str(tmp_path / "out"), "--batch-size", "32"]
+    command = ["extract", "--manifest", str(cohort), "--output-dir", str(tmp_path / "out"), "--tiles-per-batch", "32"]
     assert main(command) == 0
     assert_same_stores(reference, tmp_path / "out", SLIDES)

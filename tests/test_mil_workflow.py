@@ -117,7 +117,7 @@ def test_bad_labels_fail_before_any_training(demo_cohort: Path, demo_features: P
         main(
             [
                 "mil",
-                "--features-dir",
+                "--dataset-dir",
                 str(demo_features),
                 "--labels",
                 str(tmp_path / "bad.csv"),
@@ -136,7 +136,7 @@ def test_bad_labels_fail_before_any_training(demo_cohort: Path, demo_features: P
 def test_bundle_commands_train_then_predict_new_slides(demo_cohort: Path, demo_tokens: Path, tmp_path: Path) -> None:
     bundle = Path(__file__).resolve().parents[1] / "bundles" / "pathme_mil" / "configs"
     train = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "train.json")]
-    args = ["--features_dir", str(demo_tokens), "--labels", str(demo_cohort / "labels.csv"), "--task", "label"]
+    args = ["--dataset_dir", str(demo_tokens), "--labels", str(demo_cohort / "labels.csv"), "--task", "label"]
     done = subprocess.run(
         [*train, *args, "--output_dir", str(tmp_path / "cv"), "--max_epochs", "3"],
         capture_output=True,
@@ -144,11 +144,15 @@ def test_bundle_commands_train_then_predict_new_slides(demo_cohort: Path, demo_t
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "auroc" in done.stdout and list((tmp_path / "cv" / "heatmaps").glob("*.geojson"))
-    command = ["mil", "--features-dir", str(demo_tokens), "--labels", str(demo_cohort / "labels.csv")]
+    command = ["mil", "--dataset-dir", str(demo_tokens), "--labels", str(demo_cohort / "labels.csv")]
     assert main([*command, "--task", "label", "--output-dir", str(tmp_path / "cli"), "--max-epochs", "3"]) == 0
     for name in ("folds.csv", "results.csv", "predictions.csv"):  # the command wraps the bundle: same outputs
         pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "cli" / name), pd.read_csv(tmp_path / "cv" / name))
-    evaluated = MILPredict(demo_tokens, tmp_path / "cv", tmp_path / "eval", labels=demo_cohort / "labels.csv").run()
+    # evaluate is inference.json with labels (there is no evaluate.json), so it needs them
+    evaluate = ["mil", "evaluate", "--dataset-dir", str(demo_tokens), "--models-dir", str(tmp_path / "cv")]
+    assert main([*evaluate, "--output-dir", str(tmp_path / "eval")]) == 2 and not (tmp_path / "eval").exists()
+    assert main([*evaluate, "--output-dir", str(tmp_path / "eval"), "--labels", str(demo_cohort / "labels.csv")]) == 0
+    evaluated = pd.read_csv(tmp_path / "eval" / "metrics.csv")
     assert list(evaluated["model"]) == [f"fold_{k}" for k in range(5)] + ["ensemble"]
     assert evaluated["auroc"].between(0, 1).all() and (tmp_path / "eval" / "metrics.csv").is_file()
     predicted = MILPredict(demo_tokens, tmp_path / "cv", tmp_path / "new").run()

@@ -66,7 +66,7 @@ def _extract(manifest: Path, output: Path, *extra: str) -> int:
 
 
 def _mil(features: Path, labels: Path, output: Path, *extra: str) -> int:
-    command = ["mil", "--features-dir", str(features), "--feature-source", "tiny-vit", "--labels", str(labels)]
+    command = ["mil", "--dataset-dir", str(features), "--feature-source", "tiny-vit", "--labels", str(labels)]
     return main([*command, "--output-dir", str(output), *extra])
 
 
@@ -175,7 +175,7 @@ def test_a_truncated_checkpoint_is_named_set_aside_and_training_goes_on(tmp_path
         str(stores),
         "--output-dir",
         str(tmp_path / "run"),
-        "--batch-size",
+        "--regions-per-batch",
         "4",
     ]
     assert main([*command, "--max-iterations", "10"]) == 0
@@ -263,13 +263,13 @@ def test_survival_with_tied_times_names_the_flag_and_the_flag_fixes_it(tmp_path,
     assert _mil(features, labels, tmp_path / "two", *MIL, "--task", "survival", "--num-bins", "2", "--no-heatmaps") == 0
     cox = ["--task", "survival", "--survival-loss", "cox", "--no-heatmaps"]
     assert _mil(features, labels, tmp_path / "cox1", *MIL, *cox) == 2
-    assert "set batch_size >= 2 (pathme mil --batch-size" in pathme_log.text
-    assert _mil(features, labels, tmp_path / "cox4", *MIL, *cox, "--batch-size", "4") == 0
+    assert "set bags_per_batch >= 2 (pathme mil --bags-per-batch" in pathme_log.text
+    assert _mil(features, labels, tmp_path / "cox4", *MIL, *cox, "--bags-per-batch", "4") == 0
     assert "the validation split has 1 patient(s), 1 with an event: its Cox loss is 0" in pathme_log.text
 
 
 def test_cox_survival_runs_from_the_command_line_on_the_demo_cohort(demo_cohort, demo_features, tmp_path):
-    command = ["--task", "survival", "--survival-loss", "cox", "--batch-size", "8", "--no-heatmaps"]
+    command = ["--task", "survival", "--survival-loss", "cox", "--bags-per-batch", "8", "--no-heatmaps"]
     assert _mil(demo_features, demo_cohort / "labels.csv", tmp_path, *MIL, *command) == 0
     summary = pd.read_csv(tmp_path / "summary.csv").set_index("metric")
     assert 0 <= summary.loc["c_index", "mean"] <= 1 and summary.loc["c_index", "folds"] == 2

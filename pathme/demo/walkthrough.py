@@ -149,7 +149,7 @@ def mil_runs(
                 run_bundle(
                     "pathme_mil",
                     "train.json",
-                    features_dir=str(out / tokens),  # token stores give the experts' features through their link
+                    dataset_dir=str(out / tokens),  # token stores give the experts' features through their link
                     labels=str(out / "cohort" / labels),
                     task=task,
                     feature_source=source,

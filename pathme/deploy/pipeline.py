@@ -44,7 +44,7 @@ class AppModels:
     # cuCIM reads crash (SIGSEGV in read_region) inside Holoscan operator threads once an earlier operator has
     # read with cuCIM (cucim-cu13 26.10, holoscan-cu13 4.6, CPU); OpenSlide reads are safe there
     reader_backend: str = "openslide"
-    batch_size: int = 64
+    tiles_per_batch: int = 64  # the extraction bundle's id
 
     @classmethod
     def load(cls, root: str | Path) -> AppModels:
@@ -164,7 +164,7 @@ def extract_features(case: Case, models: AppModels) -> Case:
         experts=list(models.experts),
         weights=dict(models.weights),
         reader_backend=models.reader_backend,
-        batch_size=models.batch_size,
+        tiles_per_batch=models.tiles_per_batch,
     )
     summary = read_text_csv(features / "run_summary.csv", "extraction summary", RuntimeError, "extraction stopped")
     for row in summary.itertuples():
@@ -200,7 +200,7 @@ def predict(case: Case, models: AppModels) -> Case:
         run_bundle(
             "pathme_mil",
             "inference.json",
-            features_dir=str(features),
+            dataset_dir=str(features),
             models_dir=str(run),
             output_dir=str(output),
         )

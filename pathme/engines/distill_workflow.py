@@ -147,8 +147,8 @@ class DistillationRun:
     def __post_init__(self) -> None:
         if self.batch_size < 2:
             raise ValueError(
-                f"batch_size must be >= 2 per device (KoLeo and iBOT need 2 samples; pathme distill --batch-size), "
-                f"got {self.batch_size}"
+                "the regions per batch and device must be >= 2 (KoLeo and iBOT need 2 samples; the bundle's "
+                f"regions_per_batch, pathme distill --regions-per-batch), got {self.batch_size}"
             )
         if self.max_iterations < 1:
             raise ValueError(f"max_iterations must be >= 1, got {self.max_iterations}")
@@ -167,7 +167,8 @@ class DistillationRun:
         if len(train_ids) < self.batch_size * world:
             raise ValueError(
                 f"{len(train_ids)} training regions in {self.dataset_dir} are fewer than one global batch "
-                f"({self.batch_size} x {world} ranks); lower batch_size (pathme distill --batch-size) or add slides"
+                f"({self.batch_size} x {world} ranks); lower regions_per_batch "
+                "(pathme distill --regions-per-batch) or add slides"
             )
         train_set = Subset(views, train_ids)
         # one permutation per epoch for every world size: rank r takes every world-th index, so a global batch

@@ -221,7 +221,8 @@ def train_fold(
     if task.is_survival and task.survival_loss == "cox":
         if settings.batch_size < 2:
             raise ValueError(
-                "the Cox loss compares patients within a batch: set batch_size >= 2 (pathme mil --batch-size 16)"
+                "the Cox loss compares patients within a batch: set bags_per_batch >= 2 "
+                "(pathme mil --bags-per-batch 16)"
             )
         events = sum(int(val.targets[patient]["event"]) for patient in val.patients) if val.targets else 0
         if len(val) < 2 or not events:
