@@ -7,7 +7,10 @@ The bundles are kept in the top-level ``bundles/`` folder of the source tree; th
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
+
+from pathme import console
 
 _PACKAGE = Path(__file__).resolve().parent
 #: the bundles of an installed wheel (``pathme/_bundles``), else those of the source checkout beside the package
@@ -32,17 +35,24 @@ def bundle_dir(name: str) -> Path:
 
 
 def run_bundle(name: str, config: str | list[str], **overrides: object) -> None:
-    """Run a bundle config exactly as ``python -m monai.bundle run --config_file ...`` would, with overrides."""
+    """Run a bundle config exactly as ``python -m monai.bundle run --config_file ...`` would, with overrides. Under
+    the pathme command's logging (:mod:`pathme.console`) the bundle's ``logging.conf`` is not applied: it would
+    replace that set-up (log file included) with INFO on standard output."""
     from monai.bundle import run
 
     root = bundle_dir(name)
     files = [str(root / "configs" / file) for file in ([config] if isinstance(config, str) else config)]
-    run(
-        config_file=files if len(files) > 1 else files[0],
-        meta_file=str(root / "configs" / "metadata.json"),
-        logging_file=str(root / "configs" / "logging.conf"),
-        **overrides,
-    )
+    if console.active():
+        console.route_monai_loggers()
+    with warnings.catch_warnings():
+        # MONAI warns that a config's "$" expressions are evaluated, for configs from elsewhere; these are pathme's
+        warnings.filterwarnings("ignore", message="parsing config_file", category=UserWarning)
+        run(
+            config_file=files if len(files) > 1 else files[0],
+            meta_file=str(root / "configs" / "metadata.json"),
+            logging_file=False if console.active() else str(root / "configs" / "logging.conf"),
+            **overrides,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

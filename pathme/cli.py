@@ -21,6 +21,8 @@ import pandas as pd
 
 from pathme import __version__
 from pathme.bundles import bundle_dir
+from pathme.console import LOG_FILE, console_logging
+from pathme.gpu_libraries import import_image_codecs_quietly
 from pathme.store.schema import FEATURE_DTYPES
 from pathme.wsi.backends import AUTO, BACKENDS
 
@@ -346,6 +348,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     names = ("slides", "seed", "backend", "distill_iterations", "distill_slides", "folds", "experts")
     run_demo(args.out, DemoSettings(**{name: getattr(args, name) for name in names}))
+    print(f"full log: {(args.out / LOG_FILE).resolve()}")
     return 0
 
 
@@ -421,7 +424,13 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``pathme`` argument parser with every subcommand (its ``run`` default is the function that handles it)."""
     parser = argparse.ArgumentParser(prog="pathme", description=__doc__)
     parser.add_argument("--version", action="version", version=f"pathme {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages (and tracebacks)")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show the full log on the console too (every INFO line, pathme's debug messages, tracebacks); it is "
+        "always written to pathme.log in the command's output folder",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     experts = commands.add_parser("experts", help="list the built-in experts: dim, parameters, input, licence, weights")
@@ -516,21 +525,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def output_folder(args: argparse.Namespace) -> Path | None:
+    """The folder a command writes its outputs to (``--out`` or ``--output-dir``), where its log goes; None for a
+    command without one (``pathme experts``)."""
+    folder = getattr(args, "out", None) or getattr(args, "output_dir", None)
+    return Path(folder) if folder is not None else None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``pathme`` with ``argv`` (default: the process arguments); returns the exit status: 2 with a one-line
-    message on bad input (a traceback with ``-v``)."""
+    message on bad input (a traceback with ``-v``). The console shows what :mod:`pathme.console` says; the full
+    log goes to ``pathme.log`` in the command's output folder."""
+    import_image_codecs_quietly()  # before anything imports MONAI, which imports nvImageCodec
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        return args.run(args)
-    except (ValueError, OSError, RuntimeError) as error:  # bad input: one clear line, no traceback (-v shows it)
-        cause = _input_error(error)
-        if args.verbose or cause is None:
-            raise
-        logger.error("%s", cause)
-        return 2
+    with console_logging(output_folder(args), args.verbose):
+        logger.info("pathme %s: %s", __version__, " ".join(sys.argv[1:] if argv is None else argv))
+        try:
+            return args.run(args)
+        except (ValueError, OSError, RuntimeError) as error:  # bad input: one clear line, no traceback (-v shows it)
+            cause = _input_error(error)
+            if args.verbose or cause is None:
+                raise
+            logger.error("%s", cause)
+            return 2
 
 
 def _input_error(error: BaseException | None) -> BaseException | None:

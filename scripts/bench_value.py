@@ -38,6 +38,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from pathme.console import console_logging
 from pathme.data.bags import BagIndex
 from pathme.demo.walkthrough import (
     DemoSettings,
@@ -130,6 +131,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ablations", action="store_true", help="also the teacher variants of ABLATIONS")
     args = parser.parse_args()
+    with console_logging(args.out):  # as `pathme demo`: a line per stage on the console, the full log in pathme.log
+        bench(args)
+
+
+def bench(args: argparse.Namespace) -> None:
+    """Every stage, the report (``<out>/bench_value.json``) and its tables, printed."""
     settings = DemoSettings(
         slides=args.slides,
         seed=args.seed,

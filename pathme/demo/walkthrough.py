@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from pathme.bundles import run_bundle
+from pathme.console import announce
 from pathme.demo.cohort_generator import make_demo_cohort
 from pathme.demo.sample_data import SAMPLE_FILENAME, fetch_sample_slide
 from pathme.deploy.pipeline import APP_CONFIG
@@ -76,8 +77,7 @@ class DemoSettings:
 
 
 def _stage(number: int, text: str) -> None:
-    logger.info("[%d/7] %s", number, text)
-    print(f"\n[{number}/7] {text}", flush=True)
+    announce(logger, "[%d/7] %s", number, text)
 
 
 def prepare_cohorts(out: Path, settings: DemoSettings) -> tuple[Path, Path]:
@@ -157,6 +157,7 @@ def mil_runs(
                     lr=MIL_LR,
                     num_folds=settings.folds,
                     seed=settings.seed,
+                    run=["$@workflow.run()"],  # the bundle's run also prints the summary: the demo prints one table
                 )
                 run = {"signal": signal, "task": task, "features": source, "seconds": time.perf_counter() - started}
                 rows += [run | row for row in pd.read_csv(output / "summary.csv").to_dict("records")]

@@ -261,6 +261,7 @@ def train_fold(
         engine.state.epoch_losses.append(engine.state.output)
 
     stopper = EarlyStopping(settings.patience, lambda engine: -engine.state.metrics["loss"], trainer)
+    stopper.logger = logger  # Ignite gives it a stderr handler of its own; pathme's goes where the others go
 
     @evaluator.on(Events.COMPLETED)
     def maybe_stop(engine: Engine) -> None:

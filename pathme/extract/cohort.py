@@ -105,11 +105,11 @@ class CohortExtractor:
         """Extract this rank's share of the slides; rank 0 returns (and writes) the summary of all ranks."""
         rank, world = idist.get_rank(), idist.get_world_size()
         entries = read_manifest(self.manifest)[rank::world]
-        self.output_dir.mkdir(parents=True, exist_ok=True)
         experts = {
             name: build_expert(name, self.weights.get(name), device=self.device, seed=self.seed)
             for name in self.experts
         }
+        self.output_dir.mkdir(parents=True, exist_ok=True)  # after the experts: a refused one leaves no folder
         records = []
         slides = tqdm(entries, desc=f"extract (rank {rank})" if world > 1 else "extract", unit="slide", disable=None)
         for entry in slides:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 import tifffile
 from monai.data import WSIReader
 
+from pathme.gpu_libraries import quiet_first_cucim_open
 from pathme.wsi.backends import AUTO, readers_for
 from pathme.wsi.mpp import check_magnification, level0_mpp, stated_magnification
 from pathme.wsi.slide_error import SlideError
@@ -69,8 +71,9 @@ def _cucim_properties(metadata: Mapping) -> dict[str, str]:
 def _open_reader(backend: str, path: Path) -> tuple[WSIReader, object, list[tuple[int, int]], dict[str, str]]:
     """(reader, handle, (width, height) per level, OpenSlide-style properties), after decoding one pixel of the
     finest and of the coarsest level, so a reader that opens a file it cannot decode fails here."""
-    reader = WSIReader(backend=backend, channel_dim=-1)
-    handle = reader.read(str(path))
+    with quiet_first_cucim_open() if backend == "cucim" else nullcontext():  # cuFile's "no CUDA driver" lines
+        reader = WSIReader(backend=backend, channel_dim=-1)
+        handle = reader.read(str(path))
     level_sizes = [reader.get_size(handle, level)[::-1] for level in range(reader.get_level_count(handle))]
     for level in sorted({0, len(level_sizes) - 1}):
         reader.get_data(handle, location=(0, 0), size=(1, 1), level=level)

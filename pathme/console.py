@@ -1,0 +1,145 @@
+"""What the ``pathme`` command shows on the console, and the full log it keeps beside a run's outputs.
+
+The console (standard error) shows one line per stage (:func:`announce`), progress bars (tqdm and Ignite's, only
+on a terminal), warnings and errors; a command's results are printed to standard output. The INFO lines of pathme,
+Ignite and MONAI (an engine run or epoch finished, a slide opened, a bundle's input summary, a training step's
+losses) and pathme's DEBUG lines (tracebacks of slide failures) go to ``<output folder>/pathme.log`` only, unless
+``-v`` brings them back to the console too.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+LOG_FILE = "pathme.log"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_SHOWN = "pathme_console"  # attribute of a record the console shows at any verbosity (see announce)
+_active: list[bool] = []  # one entry per console_logging block running
+
+
+def announce(logger: logging.Logger, message: str, *args: object) -> None:
+    """Log ``message % args`` at INFO and show it on the console without ``-v`` too: a stage's one line."""
+    logger.info(message, *args, extra={_SHOWN: True})
+
+
+def active() -> bool:
+    """Whether the pathme command's logging (:func:`console_logging`) is in place, so a bundle run leaves it as is
+    instead of applying the bundle's own ``logging.conf``."""
+    return bool(_active)
+
+
+class ConsoleFilter(logging.Filter):
+    """What the console shows: warnings, errors and announced lines; everything with ``verbose``. A filter rather
+    than a handler level, so tqdm's logging redirect (which copies filters, not levels) keeps it."""
+
+    def __init__(self, verbose: bool) -> None:
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """True for a record the console shows."""
+        return self.verbose or record.levelno >= logging.WARNING or getattr(record, _SHOWN, False)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """Announced lines as they are; warnings and errors after their level and logger name."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record's console line(s)."""
+        text = super().format(record)
+        return text if record.levelno < logging.WARNING else f"{record.levelname} {record.name}: {text}"
+
+
+class OutputFolderLog(logging.FileHandler):
+    """Appends to ``<folder>/pathme.log``, holding records in memory until the run has created ``folder``: a run
+    refused before it writes anything leaves no folder behind (its error is on the console)."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(Path(folder) / LOG_FILE, mode="a", encoding="utf-8", delay=True)
+        self.held: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write ``record`` (after those held), or hold it while the folder does not exist."""
+        if self.stream is None and not Path(self.baseFilename).parent.is_dir():
+            self.held.append(record)
+            return
+        for waiting in self.held:
+            super().emit(waiting)
+        self.held.clear()
+        super().emit(record)
+
+    def close(self) -> None:
+        """Write what is held if the folder exists by now, then close the file."""
+        if self.held and Path(self.baseFilename).parent.is_dir():
+            for waiting in self.held:
+                super().emit(waiting)
+        self.held.clear()
+        super().close()
+
+
+@contextmanager
+def console_logging(folder: Path | None, verbose: bool = False) -> Iterator[None]:
+    """The pathme command's logging while the block runs: the console handler (standard error; see
+    :class:`ConsoleFilter`), ``<folder>/pathme.log`` (INFO of every library, DEBUG of pathme; no file for a command
+    without an output folder), Python warnings logged, and log lines written above any running progress bar.
+    Everything is put back as it was afterwards."""
+    root, package = logging.getLogger(), logging.getLogger("pathme")
+    levels = root.level, package.level
+    console = logging.StreamHandler(sys.stderr)
+    console.addFilter(ConsoleFilter(verbose))
+    console.setFormatter(logging.Formatter(LOG_FORMAT) if verbose else ConsoleFormatter())
+    handlers: list[logging.Handler] = [console]
+    if folder is not None:
+        handlers.append(OutputFolderLog(folder))
+        handlers[-1].setFormatter(logging.Formatter(LOG_FORMAT))
+    root.setLevel(logging.INFO)
+    package.setLevel(logging.DEBUG)
+    for handler in handlers:
+        root.addHandler(handler)
+    logging.captureWarnings(True)
+    _active.append(True)
+    try:
+        with logging_redirect_tqdm():
+            yield
+    finally:
+        _active.pop()
+        logging.captureWarnings(False)
+        for handler in handlers:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(levels[0])
+        package.setLevel(levels[1])
+
+
+def _prints_to_console(handler: logging.Handler) -> bool:
+    return isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.stderr)
+
+
+class _SkippedOnPurpose(logging.Filter):
+    """MONAI warns when a bundle run is given ``logging_file=False``; pathme does that on purpose (its logging is
+    in place), so the line is logged at INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Logging file is set to False"):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def route_monai_loggers() -> None:
+    """Send MONAI's own-handler loggers through pathme's handlers. MONAI's ``get_logger`` gives some loggers (the
+    bundle runner's, whose input summary is a dozen lines a run) a standard-output handler of their own and no
+    propagation, so they print at INFO whatever the set-up; routed like Ignite's, their lines reach the log file
+    and, with ``-v``, the console."""
+    for name, candidate in list(logging.root.manager.loggerDict.items()):
+        if name.split(".")[0] == "monai" and isinstance(candidate, logging.Logger) and not candidate.propagate:
+            candidate.handlers = [handler for handler in candidate.handlers if not _prints_to_console(handler)]
+            candidate.propagate = True
+    workflows = logging.getLogger("monai.bundle.workflows")
+    if not any(isinstance(existing, _SkippedOnPurpose) for existing in workflows.filters):
+        workflows.addFilter(_SkippedOnPurpose())

@@ -1,0 +1,150 @@
+"""What the ``pathme`` command prints: a line per stage, warnings and errors, results; the rest in pathme.log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO, block_pattern
+
+from pathme import bundles
+from pathme.cli import main
+from pathme.console import LOG_FILE, OutputFolderLog, console_logging
+from pathme.demo.synthetic_slides import write_pyramid
+from pathme.demo.walkthrough import _stage
+from pathme.gpu_libraries import NO_DRIVER_LINES, dropping_no_driver_lines
+
+#: a bundle with an Ignite engine: what pathme's bundles log, in a second instead of minutes
+TINY_BUNDLE = {
+    "imports": ["$import ignite.engine"],
+    "engine": {"_target_": "ignite.engine.Engine", "process_function": "$lambda engine, batch: None"},
+    "run": ["$@engine.run([1, 2], max_epochs=2)"],
+}
+
+
+def _pathme(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """``pathme ARGS`` in a fresh process (not a terminal: no progress bars)."""
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "pathme.cli", *args], capture_output=True, text=True, env=env, cwd=cwd)
+
+
+def _tiny_bundle(folder: Path) -> Path:
+    configs = folder / "configs"
+    configs.mkdir(parents=True)
+    (configs / "inference.json").write_text(json.dumps(TINY_BUNDLE))
+    (configs / "metadata.json").write_text("{}")
+    shutil.copy(bundles.bundle_dir("pathme_mil") / "configs" / "logging.conf", configs / "logging.conf")
+    return folder
+
+
+def test_a_stage_is_one_line_on_the_console_and_in_the_log(tmp_path, capsys):
+    with console_logging(tmp_path):
+        _stage(3, "feature extraction")
+        logging.getLogger("pathme.extract.cohort").info("slide demo_000: 12 regions")  # a detail: the log only
+    printed = capsys.readouterr()
+    assert printed.err.splitlines() == ["[3/7] feature extraction"] and printed.out == ""
+    log = (tmp_path / LOG_FILE).read_text()
+    assert "[3/7] feature extraction" in log and "slide demo_000: 12 regions" in log
+
+
+def test_warnings_and_errors_reach_the_console_with_their_source(tmp_path, capsys):
+    with console_logging(tmp_path):
+        logging.getLogger("pathme.wsi.slide").warning("slide A: read with openslide")
+    assert capsys.readouterr().err == "WARNING pathme.wsi.slide: slide A: read with openslide\n"
+
+
+def test_ignite_and_monai_info_lines_are_in_the_log_file_and_on_the_console_only_with_verbose(
+    tmp_path, capfd, monkeypatch
+):
+    tiny = _tiny_bundle(tmp_path / "bundle")
+    monkeypatch.setattr(bundles, "bundle_dir", lambda name: tiny)
+    for verbose in (False, True):
+        out = tmp_path / f"verbose_{verbose}"
+        out.mkdir()
+        with console_logging(out, verbose):
+            bundles.run_bundle("tiny", "inference.json")
+        printed = capfd.readouterr()
+        log = (out / LOG_FILE).read_text()
+        for line in ("ignite.engine.engine.Engine: Engine run starting", "input summary of monai.bundle.scripts.run"):
+            assert line in log
+            assert (line.split(": ")[-1] in printed.err) == verbose, (verbose, printed)
+        assert "Epoch[2] Complete" in log and "WARNING" not in log  # MONAI's "logging file skipped" is said at INFO
+        assert printed.out == "" and ("INFO" in printed.err) == verbose
+        assert "UserWarning" not in printed.err  # MONAI's warning about configs from elsewhere: these are pathme's
+
+
+def test_without_the_command_a_bundle_run_keeps_its_own_logging_conf(tmp_path, capfd, monkeypatch):
+    """A library caller (a script, ``monai bundle run``) gets what the bundle's logging.conf says: INFO on stdout."""
+    tiny = _tiny_bundle(tmp_path / "bundle")
+    monkeypatch.setattr(bundles, "bundle_dir", lambda name: tiny)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        bundles.run_bundle("tiny", "inference.json")
+    finally:  # fileConfig replaced the root handlers: put pytest's back
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert "Engine run starting" in capfd.readouterr().out
+
+
+def test_the_log_waits_for_the_run_to_create_its_folder(tmp_path):
+    folder = tmp_path / "out"
+    handler = OutputFolderLog(folder)
+    log = logging.getLogger("pathme.test_console")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        log.info("before the folder")
+        assert not folder.exists()
+        folder.mkdir()
+        log.info("after")
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    assert (folder / LOG_FILE).read_text().splitlines() == ["before the folder", "after"]
+
+
+def test_a_refused_extraction_leaves_no_output_folder(tmp_path, capsys):
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("slide_id,path\nA,a.svs\n")
+    out = tmp_path / "features"
+    assert main(["extract", "--manifest", str(manifest), "--output-dir", str(out), "--experts", "uni"]) == 2
+    assert not out.exists()
+    error = capsys.readouterr().err
+    assert error.startswith("ERROR pathme: expert 'uni' needs weights") and len(error.splitlines()) == 1
+
+
+def test_only_the_no_driver_lines_are_dropped(capfd):
+    with dropping_no_driver_lines():
+        os.write(1, b"dlopen error libcuda.so.1: cannot open shared object file: No such file or directory\n")
+        os.write(1, b" cuFile initialization failed\nresults\n")
+        os.write(2, b"Failed to load nvtiff library! Please install nvTIFF (see https://docs.nvidia.com).\n")
+        os.write(2, b"Failed to load the slide\n")
+    printed = capfd.readouterr()
+    assert (printed.out, printed.err) == ("results\n", "Failed to load the slide\n")
+
+
+def _no_gpu_noise(text: str) -> list[str]:
+    return [line for line in text.splitlines() if "[ERROR]" in line or NO_DRIVER_LINES.fullmatch(line)]
+
+
+def test_help_prints_no_error_line():
+    done = _pathme("--help")
+    assert done.returncode == 0 and _no_gpu_noise(done.stdout + done.stderr) == []
+
+
+def test_a_preview_prints_its_table_and_nothing_else(tmp_path):
+    """No "[ERROR]" or "Failed to load ... library" from the GPU codec plug-ins, no cuFile lines, no INFO lines."""
+    slide = tmp_path / "slide.tiff"
+    write_pyramid(slide, block_pattern(1024, 1536, 64), 0.5, compression="jpeg")
+    (tmp_path / "manifest.csv").write_text(f"slide_id,path\nA,{slide}\n")
+    done = _pathme("preview", "--manifest", "manifest.csv", "--out", "previews", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert _no_gpu_noise(done.stdout + done.stderr) == [] and done.stderr == ""
+    assert done.stdout.splitlines()[0].split()[:2] == ["slide_id", "backend"] and len(done.stdout.splitlines()) == 2
+    assert "slide A: opened with cucim" in (tmp_path / "previews" / LOG_FILE).read_text()
