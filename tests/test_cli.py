@@ -106,6 +106,12 @@ def test_the_demo_runs_the_whole_pipeline_and_prints_the_metrics_table(tmp_path,
     printed = done.stdout
     for text in ("auroc", "c_index", "pathme", "tiny-vit", "heatmaps", "tensorboard --logdir", "pathme.deploy.app"):
         assert text in printed, text
+    # the console: a line per stage (on stderr), the results (stdout); the rest is in the log
+    stages = [f"[{number}/7]" for number in range(1, 8)]
+    assert [line.split(" ")[0] for line in done.stderr.splitlines()] == stages, done.stderr[-3000:]
+    assert len(done.stdout.splitlines()) < 30 and printed.splitlines()[-1] == f"full log: {out.resolve()}/pathme.log"
+    log = (out / "pathme.log").read_text()
+    assert all(log.count(stage) == 1 for stage in stages) and "Engine run starting" in log
     previews = pd.read_csv(out / "previews" / "preview_summary.csv", keep_default_na=False)
     assert len(previews) == 8 and (previews["error"] == "").all()
     for folder in ("features", "distill_features"):
