@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
 from conftest import REPO, block_pattern
 
 from pathme import bundles
@@ -109,14 +111,22 @@ def test_the_log_waits_for_the_run_to_create_its_folder(tmp_path):
     assert (folder / LOG_FILE).read_text().splitlines() == ["before the folder", "after"]
 
 
-def test_a_refused_extraction_leaves_no_output_folder(tmp_path, capsys):
-    manifest = tmp_path / "manifest.csv"
-    manifest.write_text("slide_id,path\nA,a.svs\n")
-    out = tmp_path / "features"
-    assert main(["extract", "--manifest", str(manifest), "--output-dir", str(out), "--experts", "uni"]) == 2
-    assert not out.exists()
-    error = capsys.readouterr().err
-    assert error.startswith("ERROR pathme: expert 'uni' needs weights") and len(error.splitlines()) == 1
+@pytest.mark.parametrize(
+    ("experts", "error"),
+    [
+        (["uni"], "expert 'uni' needs weights"),
+        (["tiny-vit", "--weights", "tiny-vit=other.pt"], "other.pt"),  # timm logs "Loaded ..." before the refusal
+    ],
+)
+def test_a_refused_extraction_is_one_line_and_leaves_no_output_folder(tmp_path, capsys, monkeypatch, experts, error):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"other.weight": torch.zeros(2)}, "other.pt")
+    Path("manifest.csv").write_text("slide_id,path\nA,a.svs\n")
+    assert main(["extract", "--manifest", "manifest.csv", "--output-dir", "features", "--experts", *experts]) == 2
+    assert not Path("features").exists()
+    printed = capsys.readouterr()
+    assert printed.err.startswith("ERROR pathme: ") and error in printed.err and len(printed.err.splitlines()) == 1
+    assert printed.out == ""
 
 
 def test_only_the_no_driver_lines_are_dropped(capfd):
