@@ -1,4 +1,6 @@
 # `make demo` runs the demo, `make test` the checks and tests; both create .venv with plain pip when it is missing.
+# pip runs with -qq: its errors still print; the warnings a site pip configuration adds (one per missing local
+# index folder) and setuptools' editable-install notice do not bury the demo's output
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,11 +8,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint format clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,deploy]'
+	$(BIN)/python -m pip install --quiet --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --quiet -c constraints.txt torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install --quiet --quiet -c constraints.txt -e '.[dev,deploy]'
 	touch $(STAMP)
 
 demo: $(STAMP)
