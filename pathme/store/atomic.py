@@ -112,8 +112,7 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object] |
     ``write``: a callable that writes the file at the path it is given (``frame.to_csv``, ``image.save``,
     ``torch.save``, ...), or the whole content as text (UTF-8, line endings as given) or bytes. Folders above
     ``path`` are created. When the writer raises, the temporary file is removed, any older file at ``path`` stays as
-    it was, and the error
-    propagates. Returns ``path``.
+    it was, and the error propagates. Returns ``path``.
     """
     target = AtomicTarget(path)
     try:
