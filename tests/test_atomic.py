@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pathme.store.atomic import SUFFIX, copy_atomic, write_atomic
+from pathme.store.atomic import SUFFIX, copy_atomic, write_atomic, write_csv_atomic
 
 
 def _siblings(path: Path) -> list[str]:
@@ -57,3 +57,10 @@ def test_copy_atomic_copies_and_a_missing_source_writes_nothing(tmp_path):
     with pytest.raises(FileNotFoundError):
         copy_atomic(tmp_path / "gone.pt", tmp_path / "app" / "gone.pt")
     assert sorted(p.name for p in (tmp_path / "app").iterdir()) == ["mil"]
+
+
+def test_write_csv_atomic_writes_the_table_without_its_index(tmp_path):
+    table = pd.DataFrame({"slide_id": ["a", "b"], "regions": [3, 0]}, index=[7, 9])
+    path = write_csv_atomic(tmp_path / "deep" / "summary.csv", table)
+    assert path.read_text() == "slide_id,regions\na,3\nb,0\n"
+    assert [p.name for p in path.parent.iterdir()] == ["summary.csv"]

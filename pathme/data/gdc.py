@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pathme.store.atomic import write_atomic
+from pathme.store.atomic import write_csv_atomic
 from pathme.tables import read_text_csv
 
 logger = logging.getLogger(__name__)
@@ -234,12 +234,12 @@ def cohort_from_gdc(
     if label_column:
         labelled = table.loc[table[label_column] != "", ["patient_id", label_column]]
         written[label_column] = out_dir / f"labels_{label_column}.csv"
-        write_atomic(written[label_column], lambda temp: labelled.to_csv(temp, index=False))
+        write_csv_atomic(written[label_column], labelled)
     if survival:
         times = _survival(table, clinical)
         written["survival"] = out_dir / "labels_survival.csv"
-        write_atomic(written["survival"], lambda temp: times.to_csv(temp, index=False))
-    path = write_atomic(out_dir / "manifest.csv", lambda temp: manifest.to_csv(temp, index=False))
+        write_csv_atomic(written["survival"], times)
+    path = write_csv_atomic(out_dir / "manifest.csv", manifest)
     if len(unmapped):
-        write_atomic(out_dir / "unmapped.csv", lambda temp: unmapped.to_csv(temp, index=False))
+        write_csv_atomic(out_dir / "unmapped.csv", unmapped)
     return GDCCohort(path, written, len(manifest), manifest["patient_id"].nunique(), unmapped)

@@ -29,7 +29,7 @@ from pathme.demo.sample_data import SAMPLE_FILENAME, fetch_sample_slide
 from pathme.deploy.pipeline import APP_CONFIG
 from pathme.engines.distill_workflow import TEACHER_FILE
 from pathme.engines.mil_workflow import fold_models
-from pathme.store.atomic import copy_atomic, write_atomic
+from pathme.store.atomic import copy_atomic, write_atomic, write_csv_atomic
 from pathme.viz.preview import preview_manifest
 
 logger = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ def run_demo(out: Path, settings: DemoSettings) -> pd.DataFrame:
     embed_tokens(out)
     _stage(6, "cross-validated attention MIL of both signals (planted, context), PatHME tokens vs raw features")
     results = mil_runs(out, settings)
-    write_atomic(out / "mil" / "metrics.csv", lambda temp: results.to_csv(temp, index=False))
+    write_csv_atomic(out / "mil" / "metrics.csv", results)
     app_models = assemble_app_models(out, settings)
     table = metrics_table(results)
     _stage(7, "results")

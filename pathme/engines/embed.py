@@ -25,7 +25,7 @@ from pathme.device import pick_device
 from pathme.engines.distill_workflow import TrainedOn, load_checkpoint, newest_readable_checkpoint
 from pathme.networks import PatHME
 from pathme.store import file_digest, store_is_done, validate_store
-from pathme.store.atomic import write_atomic
+from pathme.store.atomic import write_csv_atomic
 from pathme.store.provenance import SlideProvenance
 from pathme.store.schema import COORDS, FEATURES, VALID
 from pathme.store.tokens import write_token_store
@@ -104,7 +104,7 @@ class EmbedRun:
                 record |= {"status": "failed", "error": failure_text(error, store.stem, logger)}
             records.append(record)
         summary = pd.DataFrame(records)
-        write_atomic(self.output_dir / "embed_summary.csv", lambda temp: summary.to_csv(temp, index=False))
+        write_csv_atomic(self.output_dir / "embed_summary.csv", summary)
         return summary
 
     def _embed_store(self, teacher: PatHME, recorded: TrainedOn, store: Path, digest: str) -> dict[str, object]:

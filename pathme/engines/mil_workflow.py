@@ -44,7 +44,7 @@ from pathme.engines.mil import (
 )
 from pathme.losses import assign_bins, survival_bins
 from pathme.store import config_digest
-from pathme.store.atomic import set_aside, write_atomic
+from pathme.store.atomic import set_aside, write_csv_atomic
 from pathme.viz.heatmap import write_heatmap_geojson, write_slide_heatmap
 from pathme.wsi.slide_error import SlideError, failure_text
 
@@ -61,10 +61,6 @@ def _targets(labels: Labels, edges: np.ndarray | None) -> dict[str, dict[str, fl
         patient: {"time": float(row.time), "event": float(row.event), "bin": int(b)}
         for (patient, row), b in zip(table.iterrows(), bins, strict=True)
     }
-
-
-def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
-    return write_atomic(path, lambda temp: frame.to_csv(temp, index=False))
 
 
 def prediction_rows(records: Sequence[dict[str, Any]], task: MILTask, **extra: object) -> list[dict[str, Any]]:
@@ -228,11 +224,11 @@ class MILRun:
             if note:
                 logger.warning("fold %d: %s", fold.index, note)
         table = pd.DataFrame(results)
-        _write_csv(table, self.output_dir / "results.csv")
-        _write_csv(pd.DataFrame(predictions), self.output_dir / "predictions.csv")
-        _write_csv(pd.DataFrame(slides, columns=SLIDE_COLUMNS), self.output_dir / "slide_summary.csv")
+        write_csv_atomic(self.output_dir / "results.csv", table)
+        write_csv_atomic(self.output_dir / "predictions.csv", pd.DataFrame(predictions))
+        write_csv_atomic(self.output_dir / "slide_summary.csv", pd.DataFrame(slides, columns=SLIDE_COLUMNS))
         summary = summarise(table)
-        _write_csv(summary, self.output_dir / "summary.csv")
+        write_csv_atomic(self.output_dir / "summary.csv", summary)
         return summary
 
     def fold_digest(
@@ -325,14 +321,14 @@ class MILPredict:
         records = _ensemble(per_model, task)
         output.mkdir(parents=True, exist_ok=True)
         predictions = pd.DataFrame(prediction_rows(records, task))
-        _write_csv(predictions, output / "predictions.csv")
+        write_csv_atomic(output / "predictions.csv", predictions)
         slides = slide_rows(records, index, output / "heatmaps" if self.heatmaps else None, self.thumbnail_mpp)
-        _write_csv(pd.DataFrame(slides, columns=SLIDE_COLUMNS), output / "slide_summary.csv")
+        write_csv_atomic(output / "slide_summary.csv", pd.DataFrame(slides, columns=SLIDE_COLUMNS))
         if targets is None:
             return predictions
         rows = [_scored(f"fold_{k}", r, task) for k, r in enumerate(per_model)] + [_scored("ensemble", records, task)]
         metrics = pd.DataFrame(rows)
-        _write_csv(metrics, output / "metrics.csv")
+        write_csv_atomic(output / "metrics.csv", metrics)
         return metrics
 
 

@@ -28,7 +28,7 @@ from pathme.encoders import Expert, build_expert
 from pathme.extract.engine import encode_regions
 from pathme.extract.loader import RegionDataset, SlideSource, region_loader
 from pathme.store import RegionStoreWriter, config_digest, read_store_summary, store_is_done, write_features_h5
-from pathme.store.atomic import write_atomic
+from pathme.store.atomic import write_csv_atomic
 from pathme.store.interop import interop_attrs
 from pathme.store.provenance import read_provenance, slide_attrs
 from pathme.store.schema import COORDS, FEATURE_DTYPES, FEATURES, VALID
@@ -200,7 +200,7 @@ class CohortExtractor:
         part = pd.DataFrame(records, columns=SUMMARY_COLUMNS)
         if world == 1:
             return _save_summary(part, self.output_dir / "run_summary.csv")
-        write_atomic(self.output_dir / f".run_summary.rank{rank}.csv", lambda temp: part.to_csv(temp, index=False))
+        write_csv_atomic(self.output_dir / f".run_summary.rank{rank}.csv", part)
         dist.barrier()
         if rank != 0:
             return part
@@ -217,7 +217,7 @@ def _rate(record: dict) -> str:
 
 
 def _save_summary(summary: pd.DataFrame, path: Path) -> pd.DataFrame:
-    write_atomic(path, lambda temp: summary.to_csv(temp, index=False))
+    write_csv_atomic(path, summary)
     failed = summary[summary["status"] == "failed"]
     for row in failed.itertuples():
         logger.error("FAILED %s: %s", row.slide_id, row.error)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import h5py
+import pandas as pd
 
 SUFFIX = ".tmp"
 
@@ -126,6 +127,11 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object] |
         target.discard()
         raise
     return target.publish()
+
+
+def write_csv_atomic(path: str | os.PathLike[str], table: pd.DataFrame) -> Path:
+    """Write ``table`` as CSV (header, no index column) through :func:`write_atomic`; returns ``path``."""
+    return write_atomic(path, lambda temp: table.to_csv(temp, index=False))
 
 
 def copy_atomic(source: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:

@@ -16,7 +16,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from pathme.store.atomic import write_atomic
+from pathme.store.atomic import write_atomic, write_csv_atomic
 from pathme.viz.nifti import write_map_nifti
 from pathme.wsi.backends import AUTO
 from pathme.wsi.grid import L0_SIDE, L1_SIDE
@@ -121,5 +121,5 @@ def preview_manifest(
             }
         rows.append(record)
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS).astype({"regions": "Int64", "valid_l0_tiles": "Int64"})
-    write_atomic(out_dir / "preview_summary.csv", lambda temp: summary.to_csv(temp, index=False))
+    write_csv_atomic(out_dir / "preview_summary.csv", summary)
     return summary
