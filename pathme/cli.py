@@ -25,10 +25,15 @@ from pathme.console import LOG_FILE, console_logging
 from pathme.gpu_libraries import import_image_codecs_quietly
 from pathme.store.schema import FEATURE_DTYPES
 from pathme.wsi.backends import AUTO, BACKENDS
+from pathme.wsi.slide_error import error_reason
 
 logger = logging.getLogger("pathme")
 
 DEVICE_HELP = "torch device, e.g. cpu or cuda:1 (default: the GPU when there is one, else the CPU)"
+MPP_TOLERANCE_HELP = (
+    "how much coarser than 0.5 µm/px (20x) a slide's level 0 may be and still be read at 20x, resampled up, as a "
+    "fraction (a nominal 20x scan at 0.504 µm/px is 0.008 coarser)"
+)
 TISSUE_HELP = {
     "tissue#mpp": "µm/px of the thumbnail tissue is detected on",
     "tissue#min_saturation": "floor of the HSV saturation threshold, 0-1",
@@ -160,6 +165,7 @@ EXTRACT = BundleFlags(
         "weights": "EXPERT=PATH per expert: a weight file or a folder holding one (a Hugging Face snapshot or cache "
         "folder); or EXPERT=hub (the published weights), EXPERT=random",
         "reader_backend": "slide reader; auto tries cucim, then openslide, per slide",
+        "mpp_tolerance": MPP_TOLERANCE_HELP,
         "tiles_per_batch": "tiles per encoder batch",
         "num_workers": "region-reading processes",
         "device": DEVICE_HELP,
@@ -334,10 +340,12 @@ def _preview(args: argparse.Namespace) -> int:
     from pathme.wsi.tissue import TissueConfig
 
     values = EXTRACT.config_values() | {
-        i: getattr(args, _dest(i)) for i in TISSUE_HELP if getattr(args, _dest(i)) is not None
+        i: getattr(args, _dest(i)) for i in (*TISSUE_HELP, "mpp_tolerance") if getattr(args, _dest(i)) is not None
     }
     tissue = {config_id.split("#")[1]: values[config_id] for config_id in TISSUE_HELP}
-    summary = preview_manifest(args.manifest, args.out, backend=args.backend, tissue=TissueConfig(**tissue))
+    summary = preview_manifest(
+        args.manifest, args.out, args.backend, TissueConfig(**tissue), mpp_tolerance=values["mpp_tolerance"]
+    )
     columns = ["slide_id", "backend", "mpp", "regions", "valid_l0_tiles", "tissue_fraction", "ink_fraction", "preview"]
     return _report(summary, columns)
 
@@ -474,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--out", type=Path, required=True, help="folder for the PNGs and preview_summary.csv")
     preview.add_argument("--backend", choices=BACKENDS, default=AUTO, help=f"slide reader (default {AUTO})")
     values = EXTRACT.config_values()  # the extraction bundle's tissue detection, so a preview shows what it will do
-    for config_id, meaning in TISSUE_HELP.items():
+    for config_id, meaning in {"mpp_tolerance": MPP_TOLERANCE_HELP, **TISSUE_HELP}.items():
         add_flag(preview, config_id, values[config_id], meaning)
     preview.set_defaults(run=_preview)
 
@@ -546,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
             cause = _input_error(error)
             if args.verbose or cause is None:
                 raise
-            logger.error("%s", cause)
+            logger.error("%s", error_reason(cause))
             return 2
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from pathme.store import validate_store
+from pathme.store import StoreError, validate_store
 from pathme.store.provenance import SlideProvenance
 from pathme.store.schema import FEATURES, VALID
 
@@ -148,6 +148,13 @@ class RegionStoreDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         store, region = self._items[index]
+        try:
+            return self._read(store, region, index)
+        except OSError as error:  # h5py's read errors (a checksum or filter failure) name neither file nor region
+            path = self.paths[store]
+            raise StoreError(f"{path}: region {region} cannot be read ({error}); extract the slide again") from error
+
+    def _read(self, store: int, region: int, index: int) -> dict[str, Tensor]:
         file = self._file(store)
         valid_l0 = torch.from_numpy(file[VALID["L0"].name][region])
         valid_l1 = torch.from_numpy(file[VALID["L1"].name][region])

@@ -26,6 +26,7 @@ from pathme.store import file_digest, read_store_attrs
 from pathme.store.atomic import copy_atomic, write_atomic
 from pathme.tables import read_text_csv
 from pathme.wsi.manifest import SAFE_ID
+from pathme.wsi.mpp import MPP_TOLERANCE
 
 APP_CONFIG = "pathme_app.json"
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".svslide")
@@ -45,6 +46,7 @@ class AppModels:
     # read with cuCIM (cucim-cu13 26.10, holoscan-cu13 4.6, CPU); OpenSlide reads are safe there
     reader_backend: str = "openslide"
     tiles_per_batch: int = 64  # the extraction bundle's id
+    mpp_tolerance: float = MPP_TOLERANCE  # the extraction bundle's id: a scan this much coarser than 20x is read at it
 
     @classmethod
     def load(cls, root: str | Path) -> AppModels:
@@ -165,6 +167,7 @@ def extract_features(case: Case, models: AppModels) -> Case:
         weights=dict(models.weights),
         reader_backend=models.reader_backend,
         tiles_per_batch=models.tiles_per_batch,
+        mpp_tolerance=models.mpp_tolerance,
     )
     summary = read_text_csv(features / "run_summary.csv", "extraction summary", RuntimeError, "extraction stopped")
     for row in summary.itertuples():

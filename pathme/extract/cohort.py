@@ -11,7 +11,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import h5py
@@ -35,6 +35,7 @@ from pathme.store.schema import COORDS, FEATURE_DTYPES, FEATURES, VALID
 from pathme.wsi.backends import AUTO
 from pathme.wsi.grid import L0_MPP, L0_SIDE, L1_MPP, L2_MPP, REGION_PX, TILE_PX, tile_origins
 from pathme.wsi.manifest import ManifestRow, read_manifest
+from pathme.wsi.mpp import MPP_TOLERANCE
 from pathme.wsi.regions import plan_regions
 from pathme.wsi.slide_error import SlideError, failure_text
 from pathme.wsi.tissue import TissueConfig
@@ -72,6 +73,7 @@ class CohortExtractor:
     interop_h5: bool = False
     seed: int = 0
     feature_dtype: str = "float16"
+    mpp_tolerance: float = MPP_TOLERANCE  # how much coarser than 0.5 µm/px a level 0 may be and be read at 20x
 
     def __post_init__(self) -> None:
         if not self.experts:
@@ -130,7 +132,8 @@ class CohortExtractor:
                 regions, tiles = self._extract(entry, experts, store, expected)
                 record |= {"status": "done", "regions": regions, "tiles": tiles}
             provenance = read_provenance(store)
-            record |= {"reader_backend": provenance.reader_backend, "note": provenance.reader_note}
+            note = "; ".join(filter(None, (provenance.reader_note, provenance.resampling)))
+            record |= {"reader_backend": provenance.reader_backend, "note": note}
             if provenance.no_region_reason:  # a store that says why it is empty, but a slide with nothing to use
                 logger.error("slide %s failed: %s", entry.slide_id, provenance.no_region_reason)
                 record |= {"status": "failed", "error": provenance.no_region_reason}
@@ -154,12 +157,13 @@ class CohortExtractor:
     def _extract(
         self, entry: ManifestRow, experts: Mapping[str, Expert], store: Path, expected: dict
     ) -> tuple[int, int]:
-        slide = SlideSource(entry.path, entry.slide_id, self.reader_backend, entry.mpp).open()
-        source = SlideSource(entry.path, entry.slide_id, slide.backend, entry.mpp)  # workers: the reader that worked
+        source = SlideSource(entry.path, entry.slide_id, self.reader_backend, entry.mpp, self.mpp_tolerance)
+        slide = source.open()
+        source = replace(source, backend=slide.backend)  # workers: the reader that worked
         plan = plan_regions(slide, self.tissue)
         attrs = (
             expected
-            | slide_attrs(slide, entry.patient_id, plan.reason)
+            | slide_attrs(slide, entry.patient_id, plan.reason, plan.resampling)
             | {
                 "experts": list(experts),
                 "expert_dims": {name: expert.dim for name, expert in experts.items()},

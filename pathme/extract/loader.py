@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from pathme.wsi.mpp import MPP_TOLERANCE
 from pathme.wsi.regions import Region
 from pathme.wsi.slide import Slide
 from pathme.wsi.tiles import read_region_tiles
@@ -30,10 +31,14 @@ class SlideSource:
     slide_id: str
     backend: str
     mpp: float | None
+    mpp_tolerance: float = MPP_TOLERANCE
 
     def open(self) -> Slide:
-        """Open the slide with its backend and µm/px override; raises SlideError naming the file if it is unreadable."""
-        return Slide.open(self.path, backend=self.backend, mpp=self.mpp, slide_id=self.slide_id)
+        """Open the slide with its backend, µm/px override and tolerance; raises SlideError naming the file if it is
+        unreadable."""
+        return Slide.open(
+            self.path, backend=self.backend, mpp=self.mpp, slide_id=self.slide_id, mpp_tolerance=self.mpp_tolerance
+        )
 
 
 def tile_validity(region: Region) -> np.ndarray:

@@ -34,6 +34,7 @@ class SlideProvenance:
     region_extent: float  # region side in level-0 pixels
     reader_note: str = ""
     no_region_reason: str = ""
+    resampling: str = ""  # how the 20x tiles were resampled from a level 0 a little coarser than 0.5 µm/px
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> SlideProvenance:
@@ -50,6 +51,7 @@ class SlideProvenance:
             region_extent=float(attrs["region_extent"]),
             reader_note=str(attrs.get("reader_note", "")),
             no_region_reason=str(attrs.get("no_region_reason", "")),
+            resampling=str(attrs.get("resampling", "")),
         )
 
     def open_slide(self) -> Slide:
@@ -66,7 +68,7 @@ def read_provenance(path: str | os.PathLike[str]) -> SlideProvenance:
     return SlideProvenance.from_attrs(read_store_attrs(path))
 
 
-def slide_attrs(slide: Slide, patient_id: str, no_region_reason: str = "") -> dict[str, object]:
+def slide_attrs(slide: Slide, patient_id: str, no_region_reason: str = "", resampling: str = "") -> dict[str, object]:
     """The provenance attributes extraction writes for ``slide`` (see :data:`~pathme.store.schema.REQUIRED_ATTRS`
     and :data:`~pathme.store.schema.OPTIONAL_ATTRS`); the geometry the writer derives from size and µm/px."""
     attrs: dict[str, object] = {
@@ -78,5 +80,5 @@ def slide_attrs(slide: Slide, patient_id: str, no_region_reason: str = "") -> di
         "mpp_source": slide.mpp_source,
         "reader_backend": slide.backend,
     }
-    optional = {"reader_note": slide.reader_note, "no_region_reason": no_region_reason}
+    optional = {"reader_note": slide.reader_note, "no_region_reason": no_region_reason, "resampling": resampling}
     return attrs | {name: value for name, value in optional.items() if value}

@@ -109,6 +109,8 @@ REQUIRED_ATTRS: dict[str, tuple[str, str]] = {
 OPTIONAL_ATTRS: dict[str, str] = {
     "reader_note": "why the reader 'auto' passed over cuCIM for this slide",
     "no_region_reason": "why the slide has no region (single channel, no tissue, smaller than one tile, ...)",
+    "resampling": "how the 20x tiles were resampled up from a level 0 a little coarser than 0.5 µm/px (the µm/px "
+    "tolerance)",
 }
 
 #: attributes the writer adds: name -> meaning

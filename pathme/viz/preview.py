@@ -21,6 +21,7 @@ from pathme.viz.nifti import write_map_nifti
 from pathme.wsi.backends import AUTO
 from pathme.wsi.grid import L0_SIDE, L1_SIDE
 from pathme.wsi.manifest import read_manifest
+from pathme.wsi.mpp import MPP_TOLERANCE
 from pathme.wsi.regions import SlidePlan, plan_regions
 from pathme.wsi.slide import Slide
 from pathme.wsi.slide_error import failure_text
@@ -85,18 +86,25 @@ SUMMARY_COLUMNS = [
 
 
 def preview_manifest(
-    manifest: str | Path, out_dir: str | Path, backend: str = AUTO, tissue: TissueConfig = TissueConfig()
+    manifest: str | Path,
+    out_dir: str | Path,
+    backend: str = AUTO,
+    tissue: TissueConfig = TissueConfig(),
+    mpp_tolerance: float = MPP_TOLERANCE,
 ) -> pd.DataFrame:
     """Write one preview per slide of a manifest (``<slide_id>_preview.png``), its tissue mask
     (``<slide_id>_tissue.nii.gz``: uint8 1 on tissue, 0 elsewhere, ``tissue.mpp`` µm per pixel, see
     :mod:`pathme.viz.nifti`) and a ``preview_summary.csv``; a slide that fails, or has no region, is reported
-    there with the reason (its preview and mask are still written when it could be read) and the others go on."""
+    there with the reason (its preview and mask are still written when it could be read) and the others go on. A
+    slide is refused, or its 20x resampling noted, exactly as extraction would (``mpp_tolerance``)."""
     out_dir = Path(out_dir)
     rows = []
     for entry in tqdm(read_manifest(manifest), desc="previews", unit="slide", disable=None):
         record: dict = {"slide_id": entry.slide_id, "path": str(entry.path), "note": "", "error": ""}
         try:
-            slide = Slide.open(entry.path, backend=backend, mpp=entry.mpp, slide_id=entry.slide_id)
+            slide = Slide.open(
+                entry.path, backend=backend, mpp=entry.mpp, slide_id=entry.slide_id, mpp_tolerance=mpp_tolerance
+            )
             plan = plan_regions(slide, tissue)
             preview = save_preview(plan, slide.mpp, tissue.mpp, out_dir / f"{entry.slide_id}_preview.png")
             mask_path = out_dir / f"{entry.slide_id}_tissue.nii.gz"
@@ -116,7 +124,7 @@ def preview_manifest(
                 "ink_fraction": round(plan.ink_fraction, 4),
                 "preview": str(preview),
                 "tissue_mask": str(mask),
-                "note": slide.reader_note,
+                "note": "; ".join(filter(None, (slide.reader_note, plan.resampling))),
                 "error": plan.reason,
             }
         rows.append(record)

@@ -34,6 +34,14 @@ MPP_AT_1X = 10.0
 #: relative disagreement between stated magnification and µm/px (10 / magnification) that is warned about
 MAGNIFICATION_TOLERANCE = 0.2
 
+#: how much coarser than a target µm/px a slide's level 0 may be and still be read at that target (resampled up by
+#: at most this fraction; --mpp-tolerance). Why 5 %: scanners calibrate a nominal magnification only so closely:
+#: Aperio 20x scans carry 0.4990-0.5040 µm/px (TCGA), 40x scans 0.2465-0.2631, so a 20x scan may be a little
+#: coarser than the 0.5 µm/px of PatHME's 20x tiles. Stretching it by under 5 % changes a 10 µm nucleus by under
+#: 0.5 µm, far less than the random-resized-crop scale jitter the DINOv2-style experts (UNI, Virchow2,
+#: Prov-GigaPath) were trained with; a 10x scan, or one at 0.75 µm/px, lacks the detail of 20x tiles and is refused.
+MPP_TOLERANCE = 0.05
+
 FIX = "give the level-0 µm/px in the manifest's 'mpp' column (for example 0.25 for 40x, 0.5 for 20x)"
 
 

@@ -1,18 +1,24 @@
-"""Reading a level-0 box at a target µm/px: pick the pyramid level, read once, area-resize to the exact size.
+"""Reading a level-0 box at a target µm/px: the µm/px policy picks the level, one read, an area resize to size.
 
-The level is the coarsest one whose µm/px is at or below (finer than) the target, so pixels are only ever
-averaged down, never interpolated up. The resize uses PIL's box filter over the exact fractional source box,
-which is an area average for any scale, including pyramids whose downsamples are not powers of two.
+:func:`level_read` is the one place that decides whether and how a slide is read at a µm/px; previews, extraction,
+heatmaps and the Deploy app all read through it. The level is the coarsest one whose µm/px is at or below (finer
+than) the target, so pixels are only ever averaged down; a slide whose level 0 is coarser than the target is read
+from level 0, resampled up, when it is within the slide's µm/px tolerance of the target
+(:data:`~pathme.wsi.mpp.MPP_TOLERANCE`: a nominal 20x scan at 0.504 µm/px is a 20x scan) and refused otherwise,
+with one reason wherever it is asked. The resize uses PIL's box filter over the exact fractional source box, which
+is an area average for any scale, including pyramids whose downsamples are not powers of two.
 Pixels of the requested box that fall outside the slide are white.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from pathme.wsi.mpp import MPP_AT_1X
 from pathme.wsi.slide import Slide
 from pathme.wsi.slide_error import SlideError
 
@@ -22,19 +28,63 @@ WHITE = 255
 #: largest thumbnail read_thumbnail allocates (400 MB of RGB): a 100,000-px-wide slide at 0.25 µm/px is
 #: 3,125 px wide at 8 µm/px, so only a wrong µm/px or thumbnail resolution ever comes near it
 MAX_THUMBNAIL_PIXELS = 1 << 27
+#: side, in pixels of the level read, of the largest box one read of a thumbnail decodes (48 MB of RGB), so memory
+#: stays flat in slide size also when a slide has no coarse level to read its thumbnail from
+MAX_READ_SIDE = 4096
 
 
-def choose_level(slide: Slide, target_mpp: float) -> int:
-    """Index of the coarsest level whose µm/px is at or below ``target_mpp``."""
+@dataclass(frozen=True)
+class LevelRead:
+    """How a slide is read at ``target_mpp``: from ``level``, whose µm/px is ``level_mpp``."""
+
+    slide_id: str
+    level: int
+    level_mpp: float
+    target_mpp: float
+    tolerance: float
+
+    @property
+    def upsampled(self) -> bool:
+        """True when the level is coarser than the target (within the tolerance): its pixels are stretched."""
+        return self.level_mpp > self.target_mpp * (1 + MPP_RTOL)
+
+    @property
+    def note(self) -> str:
+        """What a summary and a store record about a stretched read ("" for an ordinary one)."""
+        if not self.upsampled:
+            return ""
+        stretch, tolerance = _percent(self.level_mpp / self.target_mpp - 1), _percent(self.tolerance)
+        return (
+            f"read at {self.target_mpp:g} µm/px from level {self.level} at {self.level_mpp:.4f} µm/px, resampled up "
+            f"by {stretch} (within the {tolerance} µm/px tolerance)"
+        )
+
+
+def _percent(fraction: float) -> str:
+    """``0.008`` -> ``0.8%``, ``0.05`` -> ``5%``, ``1.0`` -> ``100%``."""
+    return f"{round(fraction * 100, 1):g}%"
+
+
+def level_read(slide: Slide, target_mpp: float) -> LevelRead:
+    """How ``slide`` is read at ``target_mpp``: the coarsest level at or below it, else level 0 when it is at most
+    ``slide.mpp_tolerance`` coarser. Raises SlideError with the one reason every stage gives for a slide too
+    coarse for the target."""
     candidates = [
         level for level in range(len(slide.level_sizes)) if slide.level_mpp(level) <= target_mpp * (1 + MPP_RTOL)
     ]
-    if not candidates:
-        raise SlideError(
-            f"slide {slide.slide_id}: level 0 is {slide.mpp:.4f} µm/px, coarser than the {target_mpp} µm/px "
-            "asked for; PatHME needs slides scanned at 0.5 µm/px (20x) or finer"
-        )
-    return max(candidates, key=slide.level_mpp)
+    if candidates:
+        level = max(candidates, key=slide.level_mpp)
+        return LevelRead(slide.slide_id, level, slide.level_mpp(level), target_mpp, slide.mpp_tolerance)
+    finest = slide.level_mpp(0)
+    if finest <= target_mpp * (1 + slide.mpp_tolerance):
+        return LevelRead(slide.slide_id, 0, finest, target_mpp, slide.mpp_tolerance)
+    coarser, tolerance = _percent(finest / target_mpp - 1), _percent(slide.mpp_tolerance)
+    raise SlideError(
+        f"slide {slide.slide_id}: level 0 is {finest:.4f} µm/px (about {MPP_AT_1X / finest:.3g}x), {coarser} coarser "
+        f"than the {target_mpp:g} µm/px ({MPP_AT_1X / target_mpp:g}x) it must be read at, beyond the {tolerance} µm/px "
+        "tolerance (mpp_tolerance, --mpp-tolerance); scan it at 20x (0.5 µm/px) or finer, or give its right µm/px in "
+        "the manifest's 'mpp' column if the file's is wrong"
+    )
 
 
 def read_at_mpp(slide: Slide, x: float, y: float, width: int, height: int, target_mpp: float) -> np.ndarray:
@@ -51,7 +101,7 @@ def read_at_mpp(slide: Slide, x: float, y: float, width: int, height: int, targe
     inside_y = min(height, math.floor((slide_height - y) / step + 1e-6))
     if inside_x <= 0 or inside_y <= 0:
         return out
-    level = choose_level(slide, target_mpp)
+    level = level_read(slide, target_mpp).level
     scale_x, scale_y = slide.level_scale(level)
     level_width, level_height = slide.level_sizes[level]
     left, top = x / scale_x, y / scale_y
@@ -69,10 +119,13 @@ def read_at_mpp(slide: Slide, x: float, y: float, width: int, height: int, targe
     return out
 
 
-def read_thumbnail(slide: Slide, target_mpp: float, block: int = 1024) -> np.ndarray:
-    """The whole slide at ``target_mpp``, read in blocks of ``block`` output pixels so memory stays bounded.
+def read_thumbnail(slide: Slide, target_mpp: float) -> np.ndarray:
+    """The whole slide at ``target_mpp``, read in blocks of at most :data:`MAX_READ_SIDE` pixels of the level read
+    (whatever the pyramid: a slide without coarse levels is read from level 0 in as many blocks as it takes), so
+    memory stays bounded.
 
-    Raises SlideError, before allocating anything, when the thumbnail would exceed :data:`MAX_THUMBNAIL_PIXELS`.
+    Raises SlideError, before allocating anything, when the thumbnail would exceed :data:`MAX_THUMBNAIL_PIXELS`, or
+    when the slide cannot be read at ``target_mpp`` (:func:`level_read`).
     """
     step = target_mpp / slide.mpp
     width = math.ceil(slide.size[0] / step)
@@ -83,6 +136,8 @@ def read_thumbnail(slide: Slide, target_mpp: float, block: int = 1024) -> np.nda
             f"({width * height * 3 / 1e9:.1f} GB) for {slide.size[0]} x {slide.size[1]} px at {slide.mpp:g} µm/px; "
             "check the slide's µm/px (manifest column 'mpp') and the thumbnail resolution"
         )
+    read = level_read(slide, target_mpp)
+    block = max(1, math.floor(MAX_READ_SIDE * read.level_mpp / target_mpp))  # output px per block
     thumbnail = np.empty((height, width, 3), dtype=np.uint8)
     for top in range(0, height, block):
         for left in range(0, width, block):

@@ -8,12 +8,12 @@ A slide with no region gets the reason in :attr:`SlidePlan.reason`, for its summ
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from pathme.wsi.grid import L0_MPP, L0_SIDE, TILE_PX, RegionGrid, l1_validity
-from pathme.wsi.reading import read_thumbnail
+from pathme.wsi.reading import level_read, read_thumbnail
 from pathme.wsi.slide import Slide
 from pathme.wsi.tissue import TissueConfig, box_fractions, ink_mask, tissue_mask
 
@@ -40,6 +40,7 @@ class SlidePlan:
     ink: np.ndarray  # pen ink found on the thumbnail and kept out of the mask
     regions: list[Region]
     reason: str = ""  # why the slide has no region; empty when it has some
+    resampling: str = ""  # how its 20x tiles are resampled when level 0 is a little coarser than 0.5 µm/px
 
     @property
     def tissue_fraction(self) -> float:
@@ -54,12 +55,14 @@ class SlidePlan:
 
 def plan_regions(slide: Slide, tissue: TissueConfig = TissueConfig()) -> SlidePlan:
     """Detect tissue on a thumbnail and list the slide's regions with their tile validity (and, when there is
-    none, why). Raises SlideError when the slide cannot be read."""
+    none, why). Raises SlideError when the slide cannot be read, or not at the 0.5 µm/px of its 20x tiles
+    (:func:`~pathme.wsi.reading.level_read`: the same refusal in previews and extraction)."""
+    resampling = level_read(slide, L0_MPP).note
     grid = RegionGrid(*slide.size, slide.mpp)
     thumbnail = read_thumbnail(slide, tissue.mpp)
     if slide.channels == 1:  # no colour: tissue detection and the experts need RGB bright-field H&E
         nothing = np.zeros(thumbnail.shape[:2], dtype=bool)
-        return SlidePlan(grid, thumbnail, nothing, nothing, [], _SINGLE_CHANNEL)
+        return SlidePlan(grid, thumbnail, nothing, nothing, [], _SINGLE_CHANNEL, resampling)
     ink = ink_mask(thumbnail, tissue)
     mask = tissue_mask(thumbnail, tissue, ink)
     scale = slide.mpp / tissue.mpp
@@ -71,8 +74,8 @@ def plan_regions(slide: Slide, tissue: TissueConfig = TissueConfig()) -> SlidePl
         if valid_l0.any():
             row, col = divmod(index, cols)
             regions.append(Region(row, col, int(origin[0]), int(origin[1]), valid_l0, l1_validity(valid_l0)))
-    plan = SlidePlan(grid, thumbnail, mask, ink, regions)
-    return plan if regions else SlidePlan(grid, thumbnail, mask, ink, [], no_region_reason(plan, tissue))
+    plan = SlidePlan(grid, thumbnail, mask, ink, regions, resampling=resampling)
+    return plan if regions else replace(plan, reason=no_region_reason(plan, tissue))
 
 
 _SINGLE_CHANNEL = (

@@ -1,5 +1,8 @@
 """Opening a whole-slide image through MONAI's ``WSIReader``: cuCIM, OpenSlide, or ``auto`` (cuCIM, then OpenSlide).
 
+What the file holds is checked before a reader decodes it (:mod:`pathme.wsi.tiff_layout`): one main image, 8-bit
+samples, and, before every read, whole compressed tiles; only the reader's levels that reduce level 0 are used.
+
 With ``auto`` a slide that cuCIM cannot open or decode is read with OpenSlide instead; that is never silent: the
 reader that did the decoding is :attr:`Slide.backend` (what a store records) and :attr:`Slide.reader_note` says
 why cuCIM was passed over. A slide that no reader can decode is an error naming each reader tried and its reason;
@@ -16,42 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tifffile
 from monai.data import WSIReader
 
 from pathme.gpu_libraries import quiet_first_cucim_open
 from pathme.wsi.backends import AUTO, readers_for
-from pathme.wsi.mpp import check_magnification, level0_mpp, stated_magnification
+from pathme.wsi.mpp import MPP_TOLERANCE, check_magnification, level0_mpp, stated_magnification
 from pathme.wsi.slide_error import SlideError
+from pathme.wsi.tiff_layout import TiffLayout, inspect_tiff, is_level_of
 
 logger = logging.getLogger(__name__)
-
-_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-_SINGLE_CHANNEL = (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.MINISWHITE)
-
-
-def _tiff_channels(path: Path, slide_id: str) -> int | None:
-    """Colour channels of level 0 of a TIFF (1 for grayscale, 3 otherwise), None for other formats; a TIFF whose
-    tiles point past the end of the file (a truncated copy or download) or whose header does not parse is refused."""
-    with path.open("rb") as handle:
-        magic = handle.read(4)
-    if magic not in _TIFF_MAGIC:
-        return None
-    size = path.stat().st_size
-    try:
-        with tifffile.TiffFile(path) as tif:
-            for index, page in enumerate(tif.pages):
-                ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=True) if n]
-                if ends and max(ends) > size:
-                    raise SlideError(
-                        f"slide {slide_id}: {path} is truncated: image {index} needs {max(ends)} bytes, "
-                        f"the file has {size}; copy or download it again"
-                    )
-            return 1 if tif.pages[0].photometric in _SINGLE_CHANNEL else 3
-    except SlideError:
-        raise
-    except Exception as error:  # tifffile raises many types for damaged headers
-        raise SlideError(f"slide {slide_id}: {path} is a damaged TIFF ({error}); copy or download it again") from error
 
 
 def _cucim_properties(metadata: Mapping) -> dict[str, str]:
@@ -81,6 +57,26 @@ def _open_reader(backend: str, path: Path) -> tuple[WSIReader, object, list[tupl
     return reader, handle, level_sizes, properties
 
 
+def _pyramid(level_sizes: list[tuple[int, int]], slide_id: str) -> list[int]:
+    """The reader's level numbers that form level 0's pyramid: each a reduction of level 0 by one factor along both
+    axes and smaller than the level before. OpenSlide lists every tiled image of a generic TIFF as a level, so an
+    image of another aspect ratio (a second scene's reduced images, a stray overview) is left out, with a warning."""
+    kept = [0]
+    for level, size in enumerate(level_sizes[1:], start=1):
+        previous = level_sizes[kept[-1]]
+        if is_level_of(size, level_sizes[0]) and size[0] < previous[0] and size[1] < previous[1]:
+            kept.append(level)
+        else:
+            logger.warning(
+                "slide %s: reader level %d (%d x %d px) is not a reduction of level 0 (%d x %d px); not used",
+                slide_id,
+                level,
+                *size,
+                *level_sizes[0],
+            )
+    return kept
+
+
 def _unreadable(slide_id: str, path: Path, backend: str, failures: Mapping[str, str]) -> SlideError:
     tried = "; ".join(f"{name}: {why}" for name, why in failures.items())
     if backend == AUTO:
@@ -102,11 +98,14 @@ class Slide:
     mpp: float
     mpp_source: str
     magnification: float | None
-    level_sizes: list[tuple[int, int]]  # (width, height) per level
+    level_sizes: list[tuple[int, int]]  # (width, height) per level of level 0's pyramid
     _reader: WSIReader = field(repr=False)
     _handle: object = field(repr=False)
+    _levels: list[int] = field(repr=False)  # the reader's level number of each level
     channels: int | None = None  # colour channels the file stores (1: grayscale), None when the format does not say
     reader_note: str = ""  # why ``auto`` passed over a reader ("" when the first one read it)
+    mpp_tolerance: float = MPP_TOLERANCE  # how much coarser than a target µm/px level 0 may be and be read at it
+    _tiff: TiffLayout | None = field(default=None, repr=False)  # a TIFF's images, for tile checks before decoding
 
     @classmethod
     def open(
@@ -116,16 +115,23 @@ class Slide:
         mpp: float | None = None,
         slide_id: str | None = None,
         mpp_source: str = "manifest",
+        mpp_tolerance: float = MPP_TOLERANCE,
     ) -> Slide:
         """Open ``path`` with ``backend`` (``auto``, ``cucim`` or ``openslide``); ``mpp`` (level-0 µm/px, from
-        ``mpp_source``) overrides the slide's metadata. Raises SlideError naming the file (missing, damaged,
-        undecodable, no plausible µm/px) and ValueError for an unknown backend."""
+        ``mpp_source``) overrides the slide's metadata; ``mpp_tolerance`` (a fraction, see
+        :data:`~pathme.wsi.mpp.MPP_TOLERANCE`) is how much coarser than a target µm/px level 0 may be and still be
+        read at it. A TIFF is inspected first (:func:`~pathme.wsi.tiff_layout.inspect_tiff`), and levels that are
+        not reductions of level 0 are not used. Raises SlideError naming the file (missing, damaged, several
+        scenes, not 8-bit, undecodable, no plausible µm/px) and ValueError for an unknown backend or a negative
+        tolerance."""
         path = Path(path)
         slide_id = slide_id or path.stem
         readers = readers_for(backend)
         if not path.is_file():
             raise SlideError(f"slide {slide_id}: file not found: {path}")
-        channels = _tiff_channels(path, slide_id)
+        if not 0 <= mpp_tolerance < 1:
+            raise ValueError(f"mpp_tolerance must be a fraction in [0, 1), got {mpp_tolerance}")
+        tiff = inspect_tiff(path, slide_id)
         failures: dict[str, str] = {}
         for name in readers:
             try:
@@ -141,7 +147,23 @@ class Slide:
             magnification = stated_magnification(properties)
             check_magnification(level0, magnification, slide_id)
             logger.info("slide %s: opened with %s, %.4f µm/px from %s", slide_id, name, level0, source)
-            return cls(path, slide_id, name, level0, source, magnification, level_sizes, reader, handle, channels, note)
+            levels = _pyramid(level_sizes, slide_id)
+            return cls(
+                path,
+                slide_id,
+                name,
+                level0,
+                source,
+                magnification,
+                [level_sizes[level] for level in levels],
+                reader,
+                handle,
+                levels,
+                channels=tiff.channels if tiff else None,
+                reader_note=note,
+                mpp_tolerance=mpp_tolerance,
+                _tiff=tiff,
+            )
         raise _unreadable(slide_id, path, backend, failures)
 
     @property
@@ -165,6 +187,9 @@ class Slide:
         the fractional position. Where the level's downsample is an integer the location is exact and both
         return the stored pixels; otherwise it is placed just past the level pixel's start, which cuCIM
         floors to that pixel and OpenSlide interpolates (up to one pixel of blur at such levels).
+
+        Raises SlideError naming the slide and tile when a tile under the box is not a whole compressed image (checked
+        before decoding, so no reader turns it into black), or naming the box when the reader fails to decode it.
         """
         level_width, level_height = self.level_sizes[level]
         if x < 0 or y < 0 or width <= 0 or height <= 0 or x + width > level_width or y + height > level_height:
@@ -172,9 +197,12 @@ class Slide:
                 f"slide {self.slide_id}: box ({x}, {y}, {width}, {height}) is outside level {level} "
                 f"of size {level_width} x {level_height}"
             )
-        x0, y0 = self._level0_location(level, x), self._level0_location(level, y)
+        if self._tiff is not None:
+            self._tiff.check_tiles(level, self.level_sizes[level], x, y, width, height)
+        number = self._levels[level]
+        x0, y0 = self._level0_location(number, x), self._level0_location(number, y)
         try:
-            patch, _ = self._reader.get_data(self._handle, location=(y0, x0), size=(height, width), level=level)
+            patch, _ = self._reader.get_data(self._handle, location=(y0, x0), size=(height, width), level=number)
         except Exception as error:
             raise SlideError(
                 f"slide {self.slide_id}: {self.backend} cannot decode {self.path} at level {level}, box "
@@ -182,8 +210,8 @@ class Slide:
             ) from error
         return np.ascontiguousarray(np.asarray(patch, dtype=np.uint8)[..., :3])
 
-    def _level0_location(self, level: int, coordinate: int) -> int:
-        ratio = self._reader.get_downsample_ratio(self._handle, level)
+    def _level0_location(self, number: int, coordinate: int) -> int:
+        ratio = self._reader.get_downsample_ratio(self._handle, number)
         if abs(ratio - round(ratio)) < 1e-9:
             return coordinate * round(ratio)
         return math.ceil(coordinate * ratio + 1e-3)
