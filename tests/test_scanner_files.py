@@ -138,15 +138,28 @@ def test_a_slide_of_samples_other_than_8_bit_is_refused(tmp_path, dtype, what):
         Slide.open(path)
 
 
-def _zero_tile(path: Path, row: int, col: int) -> None:
-    """Overwrite level 0's tile (row, col) with zeros, the file size and every offset unchanged."""
+def _zero_tile(path: Path, row: int, col: int, last: int | None = None) -> None:
+    """Overwrite level 0's tile (row, col) with zeros (only its ``last`` bytes, when given), the file size and every
+    offset unchanged."""
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
         index = row * -(-page.imagewidth // page.tilewidth) + col
         offset, count = page.dataoffsets[index], page.databytecounts[index]
     with path.open("r+b") as handle:
-        handle.seek(offset)
-        handle.write(bytes(count))
+        handle.seek(offset + count - (last or count))
+        handle.write(bytes(last or count))
+
+
+def test_a_tile_cut_short_is_named_before_it_is_decoded_and_its_neighbours_read(tmp_path):
+    """A JPEG tile whose stream ends early (CLAM #181: "premature end of data segment") is named by the read that
+    covers it; reads beside it are untouched."""
+    path = tmp_path / "cut.svs"
+    write_pyramid(path, tissue_image(1024), 0.5, "svs", (1, 4), compression="jpeg")
+    _zero_tile(path, 2, 1, last=16)
+    slide = Slide.open(path)
+    with pytest.raises(SlideError, match=r"tile column 1, row 2 of level 0 .* its stream ends before its end marker"):
+        slide.read_level(0, 200, 500, 300, 100)
+    assert slide.read_level(0, 0, 0, 256, 256).shape == (256, 256, 3)
 
 
 @pytest.mark.parametrize("backend", ["auto", "openslide"])

@@ -106,7 +106,8 @@ class TiffLayout:
         starts = tiled.offsets[index]
         heads = data[starts[:, None] + np.arange(len(head_marker))]
         tail_len = np.minimum(counts, TAIL_BYTES)
-        tails = data[np.maximum(starts + counts - TAIL_BYTES, starts)[:, None] + np.arange(TAIL_BYTES)]
+        window = np.maximum(starts + counts - TAIL_BYTES, starts)[:, None] + np.arange(TAIL_BYTES)
+        tails = data[np.minimum(window, len(data) - 1)]  # a tile shorter than the window: masked below
         head_ok = (heads == np.frombuffer(head_marker, np.uint8)).all(axis=1)
         pairs = (tails[:, :-1] == tail_marker[0]) & (tails[:, 1:] == tail_marker[1])
         pairs &= np.arange(1, TAIL_BYTES)[None, :] < tail_len[:, None]
