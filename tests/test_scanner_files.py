@@ -105,8 +105,9 @@ def test_a_tiff_holding_two_scenes_is_refused_by_preview_and_extraction(tmp_path
     """t05: OpenSlide listed scene B's reduced images as levels of scene A and dropped B without a word, so A's
     16 µm/px tissue mask came from B's pixels. A second main image is now refused at open, naming both."""
     path = _write_pages(tmp_path / "two.tif", _pyramid_pages(scenes[0]) + _pyramid_pages(scenes[1]))
+    two = r"holds 2 main images \(scenes, sections or planes: 1500 x 1900, 2300 x 1600 px"
     for backend in ("cucim", "openslide"):
-        with pytest.raises(SlideError, match=r"holds 2 main images \(scenes or sections: 1500 x 1900, 2300 x 1600 px"):
+        with pytest.raises(SlideError, match=two):
             Slide.open(path, backend)
     manifest = write_manifest(tmp_path, [{"slide_id": "two", "path": "two.tif"}])
     preview = preview_manifest(manifest, tmp_path / "preview").set_index("slide_id")
@@ -129,12 +130,31 @@ def test_an_image_of_another_aspect_ratio_is_never_used_as_a_level(tmp_path, sce
     np.testing.assert_array_equal(read_thumbnail(slide, 16.0), read_thumbnail(clean, 16.0))
 
 
-@pytest.mark.parametrize(("dtype", "what"), [(np.uint16, "16-bit unsigned"), (np.float32, "32-bit floating-point")])
-def test_a_slide_of_samples_other_than_8_bit_is_refused(tmp_path, dtype, what):
-    image = (tissue_image(512).astype(np.float32) * (257 if dtype == np.uint16 else 1 / 255)).astype(dtype)
+@pytest.mark.parametrize(
+    ("dtype", "photometric", "what"),
+    [
+        (np.uint16, "rgb", "it stores 16-bit unsigned samples, and pathme's experts take 8-bit"),
+        (np.float32, "rgb", "it stores 32-bit floating-point samples, and pathme's experts take 8-bit"),
+        (np.uint8, "separated", r"it stores SEPARATED pixels \(pathme reads gray, RGB, YCbCr or palette"),
+    ],
+)
+def test_pixels_pathme_cannot_represent_are_refused(tmp_path, dtype, photometric, what):
+    """The readers cast 16-bit or float samples to 8 bits, and read CMYK as RGB: refused at open instead."""
+    image = (tissue_image(512).astype(np.float32) * {np.uint16: 257, np.float32: 1 / 255, np.uint8: 1}[dtype]).astype(
+        dtype
+    )
+    if photometric == "separated":
+        image = np.concatenate([image, image[..., :1]], axis=2)
     path = tmp_path / "deep.tif"
-    tifffile.imwrite(path, image, photometric="rgb", tile=(256, 256), resolution=(2e4, 2e4), resolutionunit=3)
-    with pytest.raises(SlideError, match=f"it stores {what} samples, and pathme's experts take 8-bit"):
+    tifffile.imwrite(path, image, photometric=photometric, tile=(256, 256), resolution=(2e4, 2e4), resolutionunit=3)
+    with pytest.raises(SlideError, match=what):
+        Slide.open(path)
+
+
+def test_a_second_plane_of_level_0_s_size_is_a_second_main_image(tmp_path, scenes):
+    """Two focal planes (or channels) of one size: the readers read the first; pathme refuses the file."""
+    path = _write_pages(tmp_path / "planes.tif", [_pyramid_pages(scenes[0])[0], _pyramid_pages(scenes[0][::-1])[0]])
+    with pytest.raises(SlideError, match=r"holds 2 main images \(scenes, sections or planes: 1500 x 1900, 1500 x 1900"):
         Slide.open(path)
 
 

@@ -8,9 +8,10 @@ a libjpeg line on stderr. So a slide file is checked when it is opened (:func:`i
 checked for a whole compressed stream just before it is decoded (:meth:`TiffLayout.check_tiles`); what pathme
 cannot represent is refused with a :class:`~pathme.wsi.slide_error.SlideError` naming the file and the fix.
 
-The *main image* is the largest tiled image; its levels are the tiled images it can be reduced to
+The *main image* is the largest tiled image; its levels are the smaller tiled images it can be reduced to
 (:func:`is_level_of`). Another tiled image that is not flagged reduced-resolution (TIFF NewSubfileType bit 0), not a
-level and not much smaller (:data:`SCENE_AREA`) is a second main image: a second scene. Scanners store labels,
+level and not much smaller (:data:`SCENE_AREA`) is a second main image: a second scene, or a second plane (a focal
+plane or channel) of the first one's size. Scanners store labels,
 macros and thumbnails as stripped or small images, so they are neither.
 """
 
@@ -29,6 +30,7 @@ _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _SINGLE_CHANNEL = (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.MINISWHITE)
 _REDUCED = 1  # NewSubfileType bit 0: a reduced-resolution version of another image
 _SAMPLES = (1, 3, 4)  # gray, RGB, RGBA
+_COLOURS = (*_SINGLE_CHANNEL, tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR, tifffile.PHOTOMETRIC.PALETTE)
 
 #: (first bytes, last bytes) of the streams each compression's tiles must hold: JPEG's start- and end-of-image
 #: markers; a JPEG 2000 codestream's start-of-codestream and end-of-codestream (Aperio's 33003 and 33005)
@@ -149,12 +151,23 @@ def _page_problem(page: tifffile.TiffPage) -> str | None:
             "(a higher bit depth is usually a fluorescence or multiplex scan); convert it to 8-bit RGB only if it is "
             "an H&E scan, or leave it out"
         )
+    if page.photometric not in _COLOURS:
+        return (
+            f"it stores {page.photometric.name} pixels (pathme reads gray, RGB, YCbCr or palette colour, as "
+            "bright-field scanners write); export it as RGB, or leave it out"
+        )
     if page.samplesperpixel not in _SAMPLES:
         return (
             f"it stores {page.samplesperpixel} samples per pixel (pathme reads gray, RGB or RGBA), a multichannel "
             "image no H&E expert takes; leave it out or export it as RGB"
         )
     return None
+
+
+def _reduces(page: tifffile.TiffPage, level0: tuple[int, int]) -> bool:
+    """Whether ``page`` is a smaller image level 0 reduces to (an image of level 0's size is another plane)."""
+    width, height = page.imagewidth, page.imagelength
+    return width < level0[0] and height < level0[1] and is_level_of((width, height), level0)
 
 
 def _area(page: tifffile.TiffPage) -> int:
@@ -176,7 +189,8 @@ def inspect_tiff(path: Path, slide_id: str) -> TiffLayout | None:
 
     Raises SlideError naming the file when tiles point past its end (a truncated copy), when its header does not
     parse, when it holds more than one main image (scenes; one slide file must be one section's pyramid), and when
-    its main image stores samples that are not 8-bit unsigned or not gray, RGB or RGBA.
+    its main image stores samples that are not 8-bit unsigned, not gray, RGB or RGBA, or in a colour space other than
+    gray, RGB, YCbCr or palette (CMYK, CIELAB, raw sensor data).
     """
     with path.open("rb") as handle:
         magic = handle.read(4)
@@ -196,7 +210,7 @@ def inspect_tiff(path: Path, slide_id: str) -> TiffLayout | None:
             tiled = [page for page in pages if page.is_tiled]
             main = max(tiled or pages, key=_area)
             level0 = (main.imagewidth, main.imagelength)
-            levels = [page for page in tiled if is_level_of((page.imagewidth, page.imagelength), level0)]
+            levels = [page for page in tiled if page is main or _reduces(page, level0)]
             others = [
                 page
                 for page in tiled
@@ -205,9 +219,9 @@ def inspect_tiff(path: Path, slide_id: str) -> TiffLayout | None:
             if others:
                 sizes = ", ".join(f"{p.imagewidth} x {p.imagelength}" for p in pages if p is main or p in others)
                 raise SlideError(
-                    f"slide {slide_id}: {path} holds {len(others) + 1} main images (scenes or sections: {sizes} px) "
-                    "and pathme reads one per slide file; export each scene as a file of its own (e.g. with "
-                    "bfconvert -series, QuPath or vips) and list each in the manifest"
+                    f"slide {slide_id}: {path} holds {len(others) + 1} main images (scenes, sections or planes: "
+                    f"{sizes} px) and pathme reads one per slide file; export each scene as a file of its own (e.g. "
+                    "with bfconvert -series, QuPath or vips) and list each in the manifest"
                 )
             problem = next((p for p in map(_page_problem, [main, *levels]) if p), None)
             if problem:
