@@ -1,7 +1,8 @@
 """Patient-level cross-validation of attention MIL, evaluation of saved fold models, and inference on new slides.
 
-Everything a run writes lives under ``output_dir``: ``folds.csv`` (the splits used, generated and seeded when the
-labels have none), ``fold_<k>/model.pt``, ``predictions.csv``, ``results.csv`` (one row per fold, with the
+Everything a run writes lives under ``output_dir``: ``cohort.csv`` (every patient it saw: included, or left out
+and why; stated in one console line before training), ``folds.csv`` (the splits used, generated and seeded when
+the labels have none), ``fold_<k>/model.pt``, ``predictions.csv``, ``results.csv`` (one row per fold, with the
 metrics a fold could not compute and why), ``summary.csv`` (mean and sd over the folds that could be scored, and
 how many those were), ``slide_summary.csv`` (one row per slide: its tokens, its heatmap, or why it has none),
 ``heatmaps/<slide_id>_attention.{png,geojson,nii.gz}`` and ``tensorboard/fold_<k>``. Labels are checked completely
@@ -29,8 +30,9 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from pathme.console import announce
 from pathme.data.bags import BagDataset, BagIndex
-from pathme.data.labels import Fold, Labels, load_labels, make_folds, write_folds
+from pathme.data.labels import Fold, Labels, cohort_line, cohort_table, load_labels, make_folds, write_folds
 from pathme.device import pick_device
 from pathme.engines.mil import (
     MILModelConfig,
@@ -169,6 +171,7 @@ class MILRun:
     thumbnail_mpp: float = 16.0
     device: torch.device | str | None = None
     cache_bytes: int | None = None  # patient bags kept in memory (BagIndex); None: an eighth of the machine's
+    leave_out_missing: bool = False  # leave out labelled patients without a usable store (cohort.csv) or refuse
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
@@ -180,7 +183,7 @@ class MILRun:
         """Everything checked before training: stores, labels, folds and the task's head."""
         index = BagIndex(self.features_dir, self.feature_source, self.cache_bytes)
         index.check_same_slides(refuse_across_patients=True)
-        labels = _load_labels(self.labels, self.task, index, seed=self.seed)
+        labels = _load_labels(self.labels, self.task, index, seed=self.seed, leave_out_missing=self.leave_out_missing)
         # both paths check the folds (no shared patient, every class in every split) before returning them
         folds = labels.folds if labels.folds is not None else make_folds(labels, self.num_folds, self.seed)
         edges: tuple[float, ...] = ()
@@ -192,12 +195,13 @@ class MILRun:
         return index, labels, folds, task
 
     def run(self) -> pd.DataFrame:
-        """Train and test every fold; writes folds.csv, fold_<k>/model.pt, results.csv (metrics per fold),
-        predictions.csv, slide_summary.csv and summary.csv (mean, sd) in ``output_dir``; returns the summary.
-        Raises ValueError on labels that do not fit the stores, and on stores that disagree on the weights behind
-        their features or hold one slide file in two patients, before anything is written."""
+        """Train and test every fold; writes cohort.csv, folds.csv, fold_<k>/model.pt, results.csv (metrics per
+        fold), predictions.csv, slide_summary.csv and summary.csv (mean, sd) in ``output_dir``; returns the summary.
+        Raises ValueError (LabelError) on labels that do not fit the stores, and on stores that disagree on the
+        weights behind their features or hold one slide file in two patients, before anything is written."""
         index, labels, folds, task = self.prepare()
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        _state_cohort(labels, index, self.output_dir)
         write_folds(folds, self.output_dir / "folds.csv")
         targets = _targets(labels, np.asarray(task.bin_edges) if task.bin_edges else None)
         in_dim = index.feature_dim()
@@ -277,10 +281,28 @@ class MILRun:
         return fold_model_from(payload, self.device)[0], dict(payload["best"])
 
 
-def _load_labels(path: str | Path, task: str, index: BagIndex, seed: int = 0) -> Labels:
+def _load_labels(
+    path: str | Path, task: str, index: BagIndex, seed: int = 0, leave_out_missing: bool = False
+) -> Labels:
     """The labels checked against the stores found, with each token-less patient's reason from its stores."""
     counts = index.token_counts()
-    return load_labels(path, task, counts, index.slide_patients, empty_reasons=index.empty_reasons(counts), seed=seed)
+    reasons = index.empty_reasons(counts)
+    return load_labels(
+        path, task, counts, index.slide_patients, empty_reasons=reasons, seed=seed, leave_out_missing=leave_out_missing
+    )
+
+
+def _state_cohort(labels: Labels, index: BagIndex, output_dir: Path) -> None:
+    """Write ``cohort.csv`` (every patient seen: included, or left out and why) and say the cohort in one line."""
+    cohort = cohort_table(labels, index.slide_patients)
+    write_csv_atomic(output_dir / "cohort.csv", cohort)
+    announce(
+        logger,
+        "cohort of %s: %s (every patient in %s)",
+        labels.path.name,
+        cohort_line(labels, cohort),
+        output_dir / "cohort.csv",
+    )
 
 
 def fold_models(models_dir: str | Path) -> list[Path]:
@@ -306,10 +328,11 @@ class MILPredict:
     heatmaps: bool = True
     thumbnail_mpp: float = 16.0
     device: torch.device | str | None = None
+    leave_out_missing: bool = False  # with labels: leave out labelled patients without a usable store, or refuse
 
     def run(self) -> pd.DataFrame:
-        """Predict every patient (mean over fold models), write predictions (and, with ``labels``, metrics) and
-        heatmaps to ``output_dir``; returns the predictions table. Raises ValueError when the fold
+        """Predict every patient (mean over fold models), write predictions (and, with ``labels``, cohort.csv and
+        metrics) and heatmaps to ``output_dir``; returns the predictions table. Raises ValueError when the fold
         models disagree on task, feature source or the weights behind their features, or when the stores hold
         features of other weights than the models were trained on."""
         device = pick_device(self.device)
@@ -326,11 +349,13 @@ class MILPredict:
         targets = None
         patients = sorted(set(index.slide_patients.values()))
         if self.labels is not None:
-            labels = _load_labels(self.labels, task.name, index)
+            labels = _load_labels(self.labels, task.name, index, leave_out_missing=self.leave_out_missing)
             if not task.is_survival and tuple(labels.classes) != task.classes:
                 raise ValueError(f"labels {self.labels} have classes {labels.classes}, the models {list(task.classes)}")
             edges = np.asarray(task.bin_edges) if task.bin_edges else None
             targets, patients = _targets(labels, edges), list(labels.table.index)
+            output.mkdir(parents=True, exist_ok=True)
+            _state_cohort(labels, index, output)
         _warn_trained_on(payloads, index, patients, self.models_dir)
         dataset = BagDataset(index, patients, targets)
         per_model = [predict(model, task, dataset, device) for model, _, _ in loaded]
