@@ -248,6 +248,8 @@ MIL_TRAIN = BundleFlags(
         "feature_source": "'pathme', 'pathme-mean' or an expert name (raw 20x features; '<expert>@5x' or "
         "'<expert>@1.25x' for its 5x tiles or 1.25x regions)",
         "num_folds": "folds generated when the labels have none",
+        "leave_out_missing": "leave out labelled patients with no store or no valid token (listed in cohort.csv with "
+        "the reason) instead of refusing the labels",
         "seed": "random seed",
         "gated": "gated attention",
         "hidden": "width of the MIL network",
@@ -274,7 +276,10 @@ MIL_PREDICT = BundleFlags(  # evaluate and predict: inference.json, with or with
     "pathme_mil",
     "inference.json",
     {
-        **{i: MIL_TRAIN.helps[i] for i in ("dataset_dir", "output_dir", "labels", "heatmaps", "thumbnail_mpp")},
+        **{
+            i: MIL_TRAIN.helps[i]
+            for i in ("dataset_dir", "output_dir", "labels", "leave_out_missing", "heatmaps", "thumbnail_mpp")
+        },
         "models_dir": "evaluate, predict: the training run's output folder (its fold_<k>/model.pt)",
         "device": DEVICE_HELP,
     },

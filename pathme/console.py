@@ -28,6 +28,28 @@ def announce(logger: logging.Logger, message: str, *args: object) -> None:
     logger.info(message, *args, extra={_SHOWN: True})
 
 
+@contextmanager
+def unannounced(*names: str) -> Iterator[None]:
+    """While the block runs, what the loggers ``names`` announce (:func:`announce`) goes to the log only, as any
+    INFO line: a walkthrough that runs a stage many times (the demo's eight MIL runs) keeps the console to its own
+    one line per stage. Warnings and errors still reach the console."""
+    demote = _Unannounced()
+    loggers = [logging.getLogger(name) for name in names]
+    for logger in loggers:
+        logger.addFilter(demote)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(demote)
+
+
+class _Unannounced(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        setattr(record, _SHOWN, False)
+        return True
+
+
 def active() -> bool:
     """Whether the pathme command's logging (:func:`console_logging`) is in place, so a bundle run leaves it as is
     instead of applying the bundle's own ``logging.conf``."""

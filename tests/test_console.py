@@ -16,7 +16,7 @@ from conftest import REPO, block_pattern
 
 from pathme import bundles
 from pathme.cli import main
-from pathme.console import LOG_FILE, OutputFolderLog, console_logging
+from pathme.console import LOG_FILE, OutputFolderLog, announce, console_logging, unannounced
 from pathme.demo.synthetic_slides import write_pyramid
 from pathme.demo.walkthrough import _stage
 from pathme.gpu_libraries import NO_DRIVER_LINES, dropping_no_driver_lines
@@ -52,6 +52,22 @@ def test_a_stage_is_one_line_on_the_console_and_in_the_log(tmp_path, capsys):
     assert printed.err.splitlines() == ["[3/7] feature extraction"] and printed.out == ""
     log = (tmp_path / LOG_FILE).read_text()
     assert "[3/7] feature extraction" in log and "slide demo_000: 12 regions" in log
+
+
+def test_a_walkthrough_keeps_what_its_stages_announce_to_the_log(tmp_path, capsys):
+    """The demo's eight MIL runs each state their cohort; inside ``unannounced`` that line is the log's only."""
+    mil = logging.getLogger("pathme.engines.mil_workflow")
+    with console_logging(tmp_path):
+        with unannounced(mil.name):
+            announce(mil, "cohort of labels.csv: 32 patients")
+            mil.warning("fold 0: auroc not computable")
+        announce(mil, "cohort of other.csv: 8 patients")
+    printed = capsys.readouterr().err.splitlines()
+    assert printed == [
+        "WARNING pathme.engines.mil_workflow: fold 0: auroc not computable",
+        "cohort of other.csv: 8 patients",
+    ]
+    assert "cohort of labels.csv: 32 patients" in (tmp_path / LOG_FILE).read_text()
 
 
 def test_warnings_and_errors_reach_the_console_with_their_source(tmp_path, capsys):

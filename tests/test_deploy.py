@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import DEMO_EXPERTS
 from PIL import Image
 
@@ -126,6 +127,27 @@ def test_a_rerun_into_the_same_output_predicts_only_its_own_slides(steps_output,
     report = json.loads((output / "second" / "report.json").read_text())
     assert report["status"] == "done" and set(report["predictions"]) == set(RUNS)
     assert set(report["models"]["experts"]) == set(DEMO_EXPERTS)
+
+
+def test_a_teacher_distilled_on_other_expert_weights_gives_failed_reports_naming_them(
+    app_models: Path, cmu_slide: Path, tmp_path: Path
+) -> None:
+    """The app extracts with its experts' weights (random tiny ones: 'random:0'); a teacher distilled on features
+    of other weights (recorded as 'random:7' here) refuses them, and the slide's report says why instead of
+    carrying predictions from features the models never saw."""
+    models = tmp_path / "models"
+    shutil.copytree(app_models, models)
+    state = torch.load(models / "teacher.pt", weights_only=True)
+    state["trained_on"]["expert_digests"] = dict.fromkeys(DEMO_EXPERTS, "random:7")
+    torch.save(state, models / "teacher.pt")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(cmu_slide, inputs / "cmu.svs")
+    run_steps(inputs, models, tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "cmu" / "report.json").read_text())
+    assert report["status"] == "failed" and "predictions" not in report
+    assert "its 'tiny-vit' features come from weights 'random:0'" in report["error"]
+    assert "trained on features of weights 'random:7'" in report["error"]
 
 
 def test_the_monai_deploy_app_runs_on_the_cmu_slide(cmu_slide: Path, app_models: Path, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import h5py
@@ -117,6 +118,38 @@ def test_the_teacher_file_records_what_it_was_trained_on_and_embedding_uses_it(t
         recorded = TrainedOn.of(load_checkpoint(path), path)
         assert (recorded.expert_a, recorded.expert_b, recorded.preset) == ("tiny-vit", "tiny-cnn", "tiny")
         assert recorded.input_dim == 64 and recorded.config() == preset_config("tiny", 64)
+
+
+def test_embedding_refuses_region_stores_of_other_expert_weights_than_the_teacher_was_trained_on(trained, tmp_path):
+    """The teacher records the weights digests of the features it was distilled on; a region store whose expert-A
+    features come from other weights is a failed row naming both, the others are embedded and record expert A."""
+    stores, output = trained
+    assert TrainedOn.of(load_checkpoint(output / "teacher.pt"), "t").expert_digests == {
+        "tiny-vit": "random",
+        "tiny-cnn": "random",
+    }
+    folder = tmp_path / "stores"
+    folder.mkdir()
+    for store in sorted(stores.glob("*.h5"))[:2]:
+        (folder / store.name).write_bytes(store.read_bytes())
+    write_store(
+        folder, "other", "p9", ["full"], DIMS, {"expert_digests": {"tiny-vit": "random:1", "tiny-cnn": "random"}}
+    )
+    summary = EmbedRun(folder, tmp_path / "tokens", output / "teacher.pt").run().set_index("slide")
+    assert summary["status"].to_dict() == {"other": "failed", "s0": "done", "s1": "done"}
+    assert "its 'tiny-vit' features come from weights 'random:1', the teacher" in summary.loc["other", "error"]
+    assert "was trained on features of weights 'random'" in summary.loc["other", "error"]
+    assert validate_store(tmp_path / "tokens" / "s0.h5")["teacher_expert"] == "tiny-vit"
+
+
+def test_resuming_needs_the_same_expert_weights_where_the_checkpoint_records_them():
+    config = asdict(preset_config("tiny", 64))
+    run = TrainedOn("tiny-vit", "tiny-cnn", "tiny", config, {"tiny-vit": "random:0", "tiny-cnn": "random:0"})
+    older = {"expert_a": "tiny-vit", "expert_b": "tiny-cnn", "preset": "tiny", "network": config}
+    run.load_state_dict(older)  # a checkpoint of an older pathme records no digests: it resumes
+    run.load_state_dict(run.state_dict())
+    with pytest.raises(ValueError, match="resume with the same experts \\(and weights\\)"):
+        run.load_state_dict(older | {"expert_digests": {"tiny-vit": "random:1", "tiny-cnn": "random:0"}})
 
 
 def test_a_mismatched_checkpoint_fails_loudly(trained, tmp_path):

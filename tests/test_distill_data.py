@@ -109,6 +109,24 @@ def test_store_without_expert_b_is_refused_by_name(stores: tuple[Path, dict]) ->
         RegionStoreDataset(folder, "a", "b")
 
 
+@pytest.mark.parametrize("expert, dims", [("b", DIMS), ("a", {"a": 12, "b": 6})], ids=["weights", "dimension"])
+def test_stores_of_an_expert_from_other_weights_are_refused_naming_the_stores(
+    stores: tuple[Path, dict], expert: str, dims: dict[str, int]
+) -> None:
+    """A slide re-extracted with other weights of expert B (or another model of expert A's name) is not distilled
+    together with the others: the digests (or dimensions) and the stores of each are named."""
+    folder, _ = stores
+    write_store(folder, "s4", "p4", ["full"], dims, {"expert_digests": {"a": "random", "b": "sha256:other"}})
+    what = "weights" if expert == "b" else "dimension"
+    with pytest.raises(
+        ValueError,
+        match=rf"disagree on the {expert} {what} behind their features: .* in 3 store\(s\) "
+        r"\(s1.h5, s2.h5, s3.h5\), .* in 1 store\(s\) \(s4.h5\)",
+    ):
+        RegionStoreDataset(folder, "a", "b")
+    assert RegionStoreDataset(folder, "a", "b", ["p1", "p2"]).expert_provenance["b weights"] == "random"
+
+
 def assert_window(tokens, positions, valid, global_tokens, global_valid, side: int, window: int) -> None:
     """The window is a contiguous block of the grid and its tokens are the global tokens at its positions."""
     rows, cols = positions[:, 0].reshape(window, window), positions[:, 1].reshape(window, window)

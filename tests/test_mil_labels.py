@@ -15,9 +15,12 @@ from pathme.data.labels import (
     LabelError,
     Labels,
     check_folds,
+    cohort_line,
+    cohort_table,
     folds_to_frame,
     load_labels,
     make_folds,
+    spelling_key,
     write_folds,
 )
 
@@ -151,6 +154,87 @@ def test_empty_and_nan_labels_name_the_rows(tmp_path):
         LabelError, match=r"column 'subtype' is empty \(or NaN\) in row\(s\) 3, 5 \(patient_id 'B', 'D'\); fill in"
     ):
         load_labels(path, "subtype", dict.fromkeys("ABCD", 1))
+
+
+@pytest.mark.parametrize(
+    "variants, shown",
+    [
+        (["LUAD", "LUSC"] * 5 + ["luad", "luad"], r"'LUAD' \(5 rows\) also written 'luad' in row\(s\) 12, 13"),
+        (["0", "1"] * 5 + ["1.0", "1.0"], r"'1' \(5 rows\) also written '1.0' in row\(s\) 12, 13"),
+        (["Stage II", "Stage I"] * 5 + ["stage  ii", "Stage II "], r"'Stage II' \(6 rows\) also written 'stage  ii'"),
+        (["02", "1"] * 5 + ["2", "2.0"], r"'02' \(5 rows\) also written '2' in row\(s\) 12 .*, '2.0' in row\(s\) 13"),
+    ],
+    ids=["case", "float", "spaces", "leading-zero"],
+)
+def test_one_class_written_two_ways_is_refused_naming_each_spelling(tmp_path, variants, shown):
+    """t02: 'LUAD' and 'luad' (or '1' and '1.0') would train as three classes; refused before training with every
+    spelling, its rows and the fix (the class column is compared as the file writes it, spaces trimmed)."""
+    frame = pd.DataFrame({"patient_id": [f"P{i:02d}" for i in range(12)], "subtype": variants})
+    with pytest.raises(
+        LabelError, match=rf"column 'subtype' writes one class several ways.*{shown}.*write each class one way"
+    ):
+        _labels(tmp_path, frame)
+
+
+def test_spelling_key_ignores_case_spaces_and_number_format_only():
+    assert spelling_key("LUAD") == spelling_key("luad") == spelling_key("Luad")
+    assert spelling_key("Stage  II") == spelling_key("stage ii")
+    assert spelling_key("1") == spelling_key("1.0") == spelling_key("01") == spelling_key("1e0")
+    assert len({spelling_key(v) for v in ("LUAD", "LUSC", "1", "10", "Stage I", "Stage II", "inf", "nan")}) == 8
+
+
+def test_leave_out_missing_lists_patients_without_a_usable_store_instead_of_refusing(tmp_path):
+    frame = _cohort(8, classes=("a", "b"))
+    features = {**_features(frame.iloc[:6]), "P005": 0, "EXTRA": 4}  # P006, P007: no store; P005: no valid token
+    path = _csv(tmp_path, frame)
+    with pytest.raises(
+        LabelError, match=r"no feature store; .* leave such patients out of the run \(pathme mil --leave-out-missing"
+    ):
+        load_labels(path, "subtype", features)
+    labels = load_labels(
+        path, "subtype", features, empty_reasons={"P005": "slide s5: no tissue"}, leave_out_missing=True
+    )
+    assert list(labels.table.index) == ["P000", "P001", "P002", "P003", "P004"]
+    left = labels.left_out.set_index("patient_id")["reason"].to_dict()
+    assert left == {
+        "P005": "no valid token (slide s5: no tissue)",
+        "P006": "no store",
+        "P007": "no store",
+        "EXTRA": "no label row",
+    }
+    slides = {f"s{i}": f"P{i:03d}" for i in range(6)} | {"s5b": "P005", "x1": "EXTRA"}
+    cohort = cohort_table(labels, slides).set_index("patient_id")
+    assert list(cohort.columns) == ["subtype", "slides", "slide_ids", "status", "reason"]
+    assert cohort.loc["P000"].tolist() == ["a", 1, "s0", "included", ""]
+    assert cohort.loc["P005"].tolist() == ["b", 2, "s5;s5b", "left out", "no valid token (slide s5: no tissue)"]
+    assert cohort.loc["P007"].tolist() == ["b", 0, "", "left out", "no store"]
+    assert cohort.loc["EXTRA"].tolist() == ["", 1, "x1", "left out", "no label row"]
+    assert cohort_line(labels, cohort.reset_index()) == (
+        "5 patients with 5 slides; classes 'a' 3, 'b' 2; 4 left out: 'P005' (no valid token), 'P006' (no store), "
+        "'P007' (no store), 'EXTRA' (no label row)"
+    )
+
+
+def test_a_labelled_slide_without_a_store_is_left_out_as_a_row_of_its_own(tmp_path):
+    path = _csv(tmp_path, "slide_id,subtype\ns1,x\ns2,y\ns3,x\ns9,y\n")
+    slides = {"s1": "P1", "s2": "P2", "s3": "P3"}
+    with pytest.raises(LabelError, match=r"name slides with no feature store; .*--leave-out-missing"):
+        load_labels(path, "subtype", dict.fromkeys(["P1", "P2", "P3"], 1), slides)
+    labels = load_labels(path, "subtype", dict.fromkeys(["P1", "P2", "P3"], 1), slides, leave_out_missing=True)
+    assert list(labels.table.index) == ["P1", "P2", "P3"]
+    cohort = cohort_table(labels, slides)
+    assert cohort.iloc[-1].tolist() == ["", "y", 0, "s9", "left out", "slide 's9' has no store"]
+    assert cohort_line(labels, cohort).endswith("1 left out: slide 's9' (slide 's9' has no store)")
+
+
+def test_patient_ids_written_another_way_in_the_stores_are_named(tmp_path):
+    """A labels file saved by Excel ('12' for '0012') or typed in another case: the refusal names the store's id."""
+    frame = pd.DataFrame({"patient_id": ["0011", "12", "tcga-ab-1"], "subtype": ["x", "y", "x"]})
+    features = {"0011": 5, "0012": 5, "TCGA-AB-1": 5}
+    with pytest.raises(
+        LabelError, match=r"\(the stores write '12' as '0012', 'tcga-ab-1' as 'TCGA-AB-1': one id written two ways\?\)"
+    ):
+        load_labels(_csv(tmp_path, frame), "subtype", features)
 
 
 @pytest.mark.parametrize("time", ["0", "-3", "soon", "inf"])

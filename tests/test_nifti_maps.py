@@ -20,6 +20,7 @@ from pathme.demo.synthetic_stores import write_store
 from pathme.deploy.pipeline import Case, _slide_predictions
 from pathme.engines.mil_workflow import slide_rows
 from pathme.store.attrs import write_attrs
+from pathme.store.digests import slide_fingerprint
 from pathme.viz.heatmap import attention_grid, write_slide_heatmap
 from pathme.viz.nifti import map_affine, write_map_nifti
 from pathme.viz.preview import preview_manifest
@@ -98,12 +99,13 @@ def _tiles() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _mil_heatmap(slide: Path, folder: Path) -> Path:
-    """The NIfTI heatmap MIL's slide rows draw for s1: a real store whose provenance names ``slide``."""
+    """The NIfTI heatmap MIL's slide rows draw for s1: a real store whose provenance names ``slide`` (its file and
+    fingerprint)."""
     stores = folder / "stores"
     stores.mkdir(parents=True)
     write_store(stores, "s1", "p1", ["full"], {"tiny-vit": 4})
     with h5py.File(stores / "s1.h5", "a") as file:
-        write_attrs(file, {"slide_path": str(slide)})
+        write_attrs(file, {"slide_path": str(slide), "slide_digest": slide_fingerprint(slide)})
     coords, sizes, scores = _tiles()
     record = {"patient_id": "p1", "slide_ids": ["s1"], "slide_index": np.zeros(15, int), "coords": coords}
     record |= {"sizes": sizes, "attention": scores}

@@ -35,6 +35,7 @@ EXPERTS = {"alpha": 8, "beta": 5}
 def make_attrs(**overrides: object) -> dict[str, object]:
     attrs = store_attrs("s1", "p1", EXPERTS) | {
         "slide_path": Path("/data/s1.svs"),
+        "slide_digest": "sha256:" + "a" * 64,
         "mpp_source": "metadata:openslide.mpp-x",
         "expert_weights": {"alpha": "random", "beta": "/weights/beta.safetensors"},
         "expert_digests": {"alpha": "random", "beta": "sha256:" + "b" * 64},

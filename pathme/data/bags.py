@@ -16,6 +16,7 @@ Feature sources:
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections import OrderedDict
@@ -30,11 +31,14 @@ import torch
 from torch.utils.data import Dataset
 
 from pathme.store import StoreError, config_digest, read_store_summary, validate_store
+from pathme.store.agreement import agreed_provenance, weights_provenance
 from pathme.store.provenance import SlideProvenance
 from pathme.store.schema import COORDS, FEATURES, N_PROMPTS, TOKEN_COORDS, TOKENS, VALID
 from pathme.store.tokens import is_token_store, linked_region_store
 from pathme.store.validate import BLOCK_BYTES
 from pathme.wsi.grid import L0_SIDE, L1_SIDE, tile_origins
+
+logger = logging.getLogger(__name__)
 
 PATHME, PATHME_MEAN = "pathme", "pathme-mean"
 REGION_KIND, TILE_KIND = 0, 1
@@ -97,6 +101,15 @@ def _require_source(path: StorePath, attrs: Mapping[str, Any], source: str) -> N
         f"{path}: feature source '{source}' is not in this store ({missing} missing); "
         f"it has: {', '.join(sources) or 'none'} (an expert at 5x or 1.25x: <expert>@5x, <expert>@1.25x)"
     )
+
+
+def source_provenance(attrs: Mapping[str, Any], source: str) -> dict[str, str]:
+    """The digests that define the feature space of ``source`` in a store (see
+    :func:`~pathme.store.agreement.weights_provenance`): the expert's weights and dimension for an expert source,
+    the teacher (and the weights of the expert it took) for the PatHME sources."""
+    if source in (PATHME, PATHME_MEAN):
+        return weights_provenance(attrs, [], tokens=True)
+    return weights_provenance(attrs, [expert_level(source)[0]])
 
 
 def _keep(file: h5py.File, source: str) -> np.ndarray:
@@ -218,6 +231,9 @@ def read_slide_bag(path: StorePath, feature_source: str) -> SlideBag:
 class BagIndex:
     """Every store of a folder, read lazily: which slides belong to which patient.
 
+    The stores must agree on the weights behind the feature source (:attr:`feature_provenance`; ValueError naming
+    the stores of each digest otherwise); :meth:`check_same_slides` finds one slide file under several slide ids.
+
     Patient bags read are kept in a least-recently-used cache of at most ``cache_bytes`` (features as stored,
     float16 by default; :func:`default_cache_bytes` when None; 0 reads the stores every time), so memory stays
     bounded whatever the cohort's size, and a cohort that fits is read once for all epochs and folds.
@@ -245,7 +261,34 @@ class BagIndex:
                 )
             self._stores[provenance.slide_id] = (path, attrs)
             self._provenance[provenance.slide_id] = provenance
+        #: what defines the feature space, shared by every store (a fold model keeps it: see MILPredict)
+        self.feature_provenance: dict[str, str] = agreed_provenance(
+            {path: source_provenance(attrs, feature_source) for path, attrs in self._stores.values()}, self.features_dir
+        )
         self.slide_patients: dict[str, str] = {slide: p.patient_id for slide, p in self._provenance.items()}
+
+    def check_same_slides(self, refuse_across_patients: bool) -> None:
+        """Stores of one slide file (the same ``slide_digest``) under several slide ids: a warning, or a ValueError
+        naming them when they are in different patients and ``refuse_across_patients`` (cross-validation: the slide
+        would be in a training and a test split at once)."""
+        by_digest: dict[str, list[SlideProvenance]] = {}
+        for provenance in self._provenance.values():
+            by_digest.setdefault(provenance.slide_digest, []).append(provenance)
+        for digest, same in by_digest.items():
+            if len(same) < 2:
+                continue
+            slides = ", ".join(
+                f"'{p.slide_id}' (patient '{p.patient_id}', {self._stores[p.slide_id][0].name})" for p in same
+            )
+            where = f"stores in {self.features_dir} are of one slide file (slide_digest {digest}): {slides}"
+            one_patient = len({p.patient_id for p in same}) == 1
+            if not one_patient and refuse_across_patients:
+                raise ValueError(
+                    f"{where}; one slide in two patients leaks between the folds: remove the duplicate store(s), or "
+                    "correct the manifest (one slide_id and patient_id per slide file) and extract again"
+                )
+            twice = "its tokens count twice in the patient's bag" if one_patient else "it is predicted for each patient"
+            logger.warning("%s; %s: remove the duplicate store(s)", where, twice)
 
     def patient_slides(self, patient_id: str) -> list[str]:
         """The patient's slide ids, sorted (the order of its bag)."""

@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from pathme.store import StoreError, validate_store
+from pathme.store.agreement import agreed_provenance, weights_provenance
 from pathme.store.provenance import SlideProvenance
 from pathme.store.schema import FEATURES, VALID
 
@@ -50,6 +51,9 @@ def read_patients(value: str | os.PathLike[str] | Sequence[str] | None) -> list[
 class RegionStoreDataset(Dataset):
     """Lazily reads regions of validated region stores (h5py files opened per worker process, not in __init__).
 
+    The stores must agree on the weights (and dimension) of experts A and B (:attr:`expert_provenance`): features
+    of one expert from two weights are refused with the stores of each named, never distilled together.
+
     Item ``i`` is one region with at least one valid L0 tile: ``l0`` [256, A] and ``l1`` [16, A] (expert A),
     ``l0_valid`` [256], ``l1_valid`` [16], ``kd`` [256, B] (expert B's L0 features, the KD target) and ``index``
     (``i``); features of invalid tiles are zeros. ``region_ids[i]`` is (slide_id, region index in its store).
@@ -72,6 +76,10 @@ class RegionStoreDataset(Dataset):
         stores = [(path, validate_store(path, experts=[expert_a, expert_b])) for path in paths]
         if patients is not None:
             stores = self._keep_patients(stores, patients)
+        #: the weights digests and dimensions of experts A and B, the same in every store (ValueError otherwise)
+        self.expert_provenance: dict[str, str] = agreed_provenance(
+            {path: weights_provenance(attrs, [expert_a, expert_b]) for path, attrs in stores}, self.dataset_dir
+        )
         dims = stores[0][1]["expert_dims"]
         self.expert_a_dim: int = dims[expert_a]
         self.expert_b_dim: int = dims[expert_b]
@@ -80,7 +88,6 @@ class RegionStoreDataset(Dataset):
         self._items: list[tuple[int, int]] = []  # (store, region) per item
         skipped = 0
         for path, attrs in stores:
-            self._check_dims(path, attrs)
             with h5py.File(path, "r") as file:
                 has_tissue = file[VALID["L0"].name][()].any(axis=1)
             store = len(self.paths)
@@ -124,13 +131,6 @@ class RegionStoreDataset(Dataset):
                 sorted(absent)[:5],
             )
         return kept
-
-    def _check_dims(self, path: Path, attrs: dict[str, Any]) -> None:
-        """Every store must give each expert the same dimension (the first store's)."""
-        dims = attrs["expert_dims"]
-        for expert, dim in ((self.expert_a, self.expert_a_dim), (self.expert_b, self.expert_b_dim)):
-            if dims[expert] != dim:
-                raise ValueError(f"{path}: expert '{expert}' has dimension {dims[expert]}, other stores have {dim}")
 
     def __len__(self) -> int:
         return len(self._items)

@@ -8,14 +8,21 @@ The CSV has an id column (``patient_id``, or ``slide_id`` mapped to patients thr
 task columns (a class column named by the task, or ``time`` and ``event`` for survival) and optionally fold
 columns: one integer ``fold`` (each patient's test fold) or ``fold_0``, ``fold_1``, ... holding
 ``train``/``val``/``test`` (the format :func:`write_folds` writes).
+
+The cohort a run evaluates is stated, never guessed: one class written two ways ('LUAD' and 'luad', '1' and '1.0')
+is refused instead of becoming a class of its own; a labelled patient without a usable store is refused unless
+``leave_out_missing`` says to leave such patients out; and :func:`cohort_table` / :func:`cohort_line` say which
+patients a run includes, which it leaves out and why.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +41,8 @@ FOLD_COLUMN = "fold"
 FOLD_SPLIT_COLUMN = re.compile(r"fold_(0|[1-9][0-9]*)")
 MISSING = frozenset({"", "na", "nan", "n/a", "none", "null"})  # cell texts that mean "no value"
 SHOWN = 5  # offending ids named in a message
+LEAVE_OUT = "or leave such patients out of the run (pathme mil --leave-out-missing, config id leave_out_missing)"
+INCLUDED, LEFT_OUT = "included", "left out"
 
 
 class LabelError(ValueError):
@@ -52,13 +61,17 @@ class Fold:
 
 @dataclass(frozen=True, eq=False)  # eq=False: a DataFrame field has no truth value, so compare by identity
 class Labels:
-    """One row per labelled patient that has features, with the classes and the file's folds (if any)."""
+    """One row per labelled patient that has features, with the classes and the file's folds (if any);
+    ``left_out``: the patients (and, for a file keyed by slide, the slides) the run does not use, one row each with
+    ``patient_id``, ``slide_id`` (only for a labelled slide without a store), the task's values as the file gives
+    them (empty for a patient without a label row) and ``reason``."""
 
     path: Path
     task: str
     table: pd.DataFrame
     classes: list[str]
     folds: list[Fold] | None
+    left_out: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["patient_id", "slide_id", "reason"]))
 
     @property
     def is_survival(self) -> bool:
@@ -82,6 +95,30 @@ def _rows(frame: pd.DataFrame, id_column: str) -> str:
     lines = ", ".join(str(index + 2) for index in frame.index[:SHOWN])
     more = f" and {len(frame) - SHOWN} more" if len(frame) > SHOWN else ""
     return f"row(s) {lines}{more} ({id_column} {_ids(frame[id_column])})"
+
+
+def spelling_key(text: str) -> str:
+    """What two spellings of one value share: case, Unicode compatibility forms and runs of whitespace do not count,
+    nor how a number is written (``'1'``, ``'1.0'``, ``'01'``, ``'1e0'`` are one)."""
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if math.isfinite(number):
+        return repr(number)
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def _spellings(values: Iterable[str], known: Iterable[str]) -> dict[str, list[str]]:
+    """Each of ``values`` absent from ``known`` -> the entries of ``known`` it equals but for spelling."""
+    by_key: dict[str, list[str]] = {}
+    for other in dict.fromkeys(known):
+        by_key.setdefault(spelling_key(other), []).append(other)
+    return {
+        value: by_key[spelling_key(value)]
+        for value in dict.fromkeys(values)
+        if spelling_key(value) in by_key and value not in by_key[spelling_key(value)]
+    }
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -159,6 +196,24 @@ def _check_unique(raw: pd.DataFrame, id_column: str, path: Path) -> None:
         )
 
 
+def _check_spellings(raw: pd.DataFrame, task: str, id_column: str, path: Path) -> None:
+    """Refuse a class column that writes one class several ways: each spelling would train as a class of its own."""
+    counts = raw[task].value_counts(sort=False)
+    groups = counts.groupby(counts.index.map(spelling_key), sort=False)
+    cases = []
+    for _, group in groups:
+        if len(group) < 2:
+            continue
+        group = group.sort_values(ascending=False, kind="stable")
+        rarer = [f"{name!r} in {_rows(raw[raw[task] == name], id_column)}" for name in group.index[1:]]
+        cases.append(f"{group.index[0]!r} ({group.iloc[0]} rows) also written {', '.join(rarer)}")
+    if cases:
+        raise LabelError(
+            f"labels {path}: column {task!r} writes one class several ways, which would train as separate classes: "
+            f"{'; '.join(cases)}; write each class one way (case, spaces and number format count) and rerun"
+        )
+
+
 def _survival_values(raw: pd.DataFrame, id_column: str, path: Path) -> pd.DataFrame:
     time = pd.to_numeric(raw["time"], errors="coerce")
     bad = ~(np.isfinite(time) & (time > 0))
@@ -200,8 +255,11 @@ def _fold_values(raw: pd.DataFrame, columns: list[str], id_column: str, path: Pa
     return values
 
 
-def _to_patients(rows: pd.DataFrame, slide_patients: Mapping[str, str] | None, path: Path) -> pd.DataFrame:
-    """Slide rows -> one row per patient (its first slide's row), after checking the slides exist and agree."""
+def _to_patients(
+    rows: pd.DataFrame, slide_patients: Mapping[str, str] | None, path: Path, leave_out: bool
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Slide rows -> one row per patient (its first slide's row), after checking the slides exist and agree; with
+    ``leave_out`` the rows of slides without a store are returned apart (with their reason) instead of refused."""
     if slide_patients is None:
         raise LabelError(
             f"labels {path}: rows are keyed by 'slide_id' but no slide -> patient mapping was given; "
@@ -209,12 +267,14 @@ def _to_patients(rows: pd.DataFrame, slide_patients: Mapping[str, str] | None, p
         )
     patients = rows["slide_id"].map(lambda slide: slide_patients.get(slide))
     unknown = patients.isna()
-    if unknown.any():
+    if unknown.any() and not leave_out:
         raise LabelError(
-            f"labels {path}: {_rows(rows[unknown], 'slide_id')} name slides with no feature store; "
-            "extract those slides or remove their rows"
+            f"labels {path}: {_rows(rows[unknown], 'slide_id')} name slides with no feature store"
+            f"{_written_otherwise(rows['slide_id'][unknown], slide_patients)}; extract those slides or remove their "
+            f"rows, {LEAVE_OUT}"
         )
-    rows = rows.assign(patient_id=patients.astype(str))
+    gone = rows[unknown].assign(patient_id="", reason=[f"slide {s!r} has no store" for s in rows["slide_id"][unknown]])
+    rows = rows[~unknown].assign(patient_id=patients[~unknown].astype(str))
     values = [column for column in rows.columns if column not in ID_COLUMNS]
     differs = rows.groupby("patient_id")[values].nunique().gt(1)
     conflicting = differs.index[differs.any(axis=1)]
@@ -228,29 +288,55 @@ def _to_patients(rows: pd.DataFrame, slide_patients: Mapping[str, str] | None, p
             f"labels {path}: slides of one patient disagree on column(s) {', '.join(map(repr, columns))} ({cases}); "
             "give every slide of a patient the same values, or key the file by 'patient_id'"
         )
-    return rows.drop_duplicates("patient_id")
+    return rows.drop_duplicates("patient_id").drop(columns="slide_id"), gone
+
+
+def _written_otherwise(ids: Iterable[str], known: Iterable[str], where: str = "the stores") -> str:
+    """`` (the stores write 'P1' as 'p1': one id written two ways?)`` for ids ``known`` spells otherwise, else ''."""
+    near = _spellings(ids, known)
+    if not near:
+        return ""
+    cases = ", ".join(f"{value!r} as {' or '.join(map(repr, others))}" for value, others in list(near.items())[:SHOWN])
+    return f" ({where} write {cases}: one id written two ways?)"
 
 
 def _check_features(
-    rows: pd.DataFrame, feature_patients: Mapping[str, int], empty_reasons: Mapping[str, str], path: Path
-) -> None:
-    unknown = ~rows["patient_id"].isin(list(feature_patients))
-    if unknown.any():
+    rows: pd.DataFrame,
+    feature_patients: Mapping[str, int],
+    empty_reasons: Mapping[str, str],
+    path: Path,
+    leave_out: bool,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows whose patients have feature tokens, and the patients the run leaves out with the reason: labelled
+    ones without a store or without a valid token (refused unless ``leave_out``), and store patients without a
+    label row (left out with a warning)."""
+    patient = rows["patient_id"]
+    unknown = ~patient.isin(list(feature_patients))
+    if unknown.any() and not leave_out:
         raise LabelError(
-            f"labels {path}: {_rows(rows[unknown], 'patient_id')} name patients with no feature store; "
-            "extract their slides or remove those rows"
+            f"labels {path}: {_rows(rows[unknown], 'patient_id')} name patients with no feature store"
+            f"{_written_otherwise(patient[unknown], feature_patients)}; extract their slides or remove those rows, "
+            f"{LEAVE_OUT}"
         )
-    empty = rows["patient_id"].map(lambda patient: feature_patients[patient] == 0)
-    if empty.any():
-        why = "; ".join(
-            f"{patient!r}: {empty_reasons.get(patient, 'no valid tile')}"
-            for patient in rows["patient_id"][empty][:SHOWN]
-        )
+    empty = ~unknown & patient.map(lambda p: feature_patients.get(p) == 0)
+    if empty.any() and not leave_out:
+        why = "; ".join(f"{p!r}: {empty_reasons.get(p, 'no valid tile')}" for p in patient[empty][:SHOWN])
         raise LabelError(
             f"labels {path}: {_rows(rows[empty], 'patient_id')} name patients whose stores hold no valid feature "
-            f"token ({why}); fix those slides (see their previews) or remove those rows"
+            f"token ({why}); fix those slides (see their previews) or remove those rows, {LEAVE_OUT}"
         )
-    unlabelled = sorted(set(feature_patients) - set(rows["patient_id"]))
+    reasons = pd.Series("", index=rows.index)
+    reasons[unknown] = [f"no store{_written_otherwise([p], feature_patients)}" for p in patient[unknown]]
+    reasons[empty] = [f"no valid token ({empty_reasons.get(p, 'no valid tile')})" for p in patient[empty]]
+    gone = reasons != ""
+    if gone.any():
+        logger.warning(
+            "labels %s: %d labelled patient(s) left out (leave_out_missing): %s",
+            path,
+            int(gone.sum()),
+            "; ".join(f"{p!r}: {why}" for p, why in zip(patient[gone][:SHOWN], reasons[gone], strict=False)),
+        )
+    unlabelled = sorted(set(feature_patients) - set(patient))
     if unlabelled:
         logger.warning(
             "labels %s: %d patient(s) with feature stores have no label row and are left out: %s",
@@ -258,6 +344,16 @@ def _check_features(
             len(unlabelled),
             _ids(unlabelled),
         )
+    no_row = [f"no label row{_written_otherwise([p], patient, 'the labels')}" for p in unlabelled]
+    left = [rows[gone].assign(reason=reasons[gone]), pd.DataFrame({"patient_id": unlabelled, "reason": no_row})]
+    return rows[~gone], _stack(left, ["patient_id", *rows.columns.drop("patient_id"), "reason"])
+
+
+def _stack(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    """The rows of ``frames`` under ``columns`` (absent cells empty), as text; empty frames are skipped."""
+    frames = [frame.reindex(columns=columns) for frame in frames if len(frame)]
+    stacked = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    return stacked.astype(object).where(stacked.notna(), "").astype(str)
 
 
 def _classification_table(rows: pd.DataFrame, task: str, path: Path) -> tuple[pd.DataFrame, list[str]]:
@@ -310,6 +406,7 @@ def load_labels(
     empty_reasons: Mapping[str, str] | None = None,
     seed: int = 0,
     val_fraction: float = 0.2,
+    leave_out_missing: bool = False,
 ) -> Labels:
     """Read and check a labels CSV against the feature stores found.
 
@@ -317,6 +414,12 @@ def load_labels(
     valid tokens). slide_patients: slide_id -> patient_id of every store found (needed when the CSV is keyed by
     slide_id). empty_reasons: patient_id -> why a patient without tokens has none (named in the error).
     seed, val_fraction: how validation patients are drawn when the file has a single ``fold`` column.
+    leave_out_missing: leave out labelled patients (and slides) without a store or without a valid token, listed
+    in ``Labels.left_out`` with the reason, instead of refusing the file.
+
+    Raises LabelError naming the file, the rows and the fix: a missing or empty column, duplicate ids, one class
+    written two ways (``'LUAD'``/``'luad'``, ``'1'``/``'1.0'``), patients without a usable store (unless
+    ``leave_out_missing``), a single class, bad survival values or fold columns.
     """
     path = Path(path)
     raw = _read(path)
@@ -325,22 +428,77 @@ def load_labels(
     fold_columns = _fold_columns(raw, path)
     _check_filled(raw, [id_column, *task_columns, *fold_columns], id_column, path)
     _check_unique(raw, id_column, path)
+    if task != SURVIVAL:
+        _check_spellings(raw, task, id_column, path)
     values = _survival_values(raw, id_column, path) if task == SURVIVAL else raw[[task]]
     rows = pd.concat([raw[[id_column]], values, _fold_values(raw, fold_columns, id_column, path)], axis=1)
+    no_slide = pd.DataFrame()
     if id_column == "slide_id":
-        rows = _to_patients(rows, slide_patients, path)
-    _check_features(rows, feature_patients, empty_reasons or {}, path)
+        rows, no_slide = _to_patients(rows, slide_patients, path, leave_out_missing)
+    rows, left_out = _check_features(rows, feature_patients, empty_reasons or {}, path, leave_out_missing)
     rows = rows.sort_values("patient_id")
     if task == SURVIVAL:
         table, classes = _survival_table(rows, path), []
     else:
         table, classes = _classification_table(rows, task, path)
-    labels = Labels(path, task, table, classes, None)
+    left_out = _stack([left_out, no_slide], ["patient_id", "slide_id", *task_columns, "reason"])
+    labels = Labels(path, task, table, classes, None, left_out)
     if not fold_columns:
         return labels
     folds = _folds_from_file(table, rows[fold_columns], labels.strata(), path, seed, val_fraction)
     check_folds(labels, folds)
     return replace(labels, folds=folds)
+
+
+def _value_columns(labels: Labels) -> list[str]:
+    return list(SURVIVAL_COLUMNS) if labels.is_survival else [labels.task]
+
+
+def cohort_table(labels: Labels, slide_patients: Mapping[str, str]) -> pd.DataFrame:
+    """The cohort a run evaluates, one row per patient it saw (every labelled patient and every patient with a
+    store): ``patient_id``, the task's values (the class, or ``time`` and ``event``), ``slides`` (how many stores)
+    and ``slide_ids`` (``;``-separated), ``status`` (``included`` or ``left out``) and ``reason`` (why left out).
+    ``slide_patients``: slide_id -> patient_id of every store. A labelled slide without a store (a file keyed by
+    slide) is a row of its own with an empty ``patient_id`` and ``slides`` 0."""
+    values = _value_columns(labels)
+    slides: dict[str, list[str]] = {}
+    for slide, patient in sorted(slide_patients.items()):
+        slides.setdefault(patient, []).append(slide)
+    included = labels.table.reset_index()
+    if not labels.is_survival:
+        included[labels.task] = [labels.classes[code] for code in included["target"]]
+    included = included.assign(status=INCLUDED, reason="")
+    table = _stack([included, labels.left_out.assign(status=LEFT_OUT)], ["patient_id", *values, "status", "reason"])
+    stores = [slides.get(patient, []) for patient in table["patient_id"]]
+    labelled = [""] * len(included) + labels.left_out["slide_id"].tolist()  # a left-out labelled slide's id
+    ids = [
+        ";".join(found) if patient else slide
+        for patient, found, slide in zip(table["patient_id"], stores, labelled, strict=True)
+    ]
+    return table.assign(slides=[len(found) for found in stores], slide_ids=ids)[
+        ["patient_id", *values, "slides", "slide_ids", "status", "reason"]
+    ]
+
+
+def cohort_line(labels: Labels, cohort: pd.DataFrame) -> str:
+    """One line stating the cohort of :func:`cohort_table` ``cohort``: patients and slides included, the classes
+    with their counts (or the events), and who is left out and why (the first few)."""
+    kept = cohort[cohort["status"] == INCLUDED]
+    head = f"{len(kept)} patients with {int(kept['slides'].sum())} slides"
+    if labels.is_survival:
+        what = f"survival, {int(labels.table['event'].sum())} with an event"
+    else:
+        counts = kept[labels.task].value_counts()
+        what = "classes " + ", ".join(f"{name!r} {int(counts.get(name, 0))}" for name in labels.classes)
+    gone = cohort[cohort["status"] == LEFT_OUT]
+    if not len(gone):
+        return f"{head}; {what}; none left out"
+    named = [
+        f"{patient!r} ({reason.split(' (')[0]})" if patient else f"slide {ids!r} ({reason})"
+        for patient, ids, reason in gone[["patient_id", "slide_ids", "reason"]].itertuples(index=False)
+    ]
+    more = f" and {len(named) - SHOWN} more" if len(named) > SHOWN else ""
+    return f"{head}; {what}; {len(gone)} left out: {', '.join(named[:SHOWN])}{more}"
 
 
 def _check_fold_count(labels: Labels, num_folds: int) -> None:

@@ -3,6 +3,8 @@ after extraction (distillation, tokens, MIL) without slides or encoders."""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +42,7 @@ def store_attrs(
         "mpp": 0.5,
         "mpp_source": "manifest",
         "reader_backend": "cucim",
-        "slide_digest": "sha256:" + "a" * 64,
+        "slide_digest": "sha256:" + hashlib.sha256(slide_id.encode()).hexdigest(),  # one slide file per slide id
         "config_digest": "sha256:" + "c" * 64,
         "expert_weights": dict.fromkeys(dims, "random"),
         "expert_digests": dict.fromkeys(dims, "random"),
@@ -48,15 +50,23 @@ def store_attrs(
     }
 
 
-def write_store(folder: Path, slide_id: str, patient_id: str, rules: list[str], dims: dict[str, int]) -> list[dict]:
+def write_store(
+    folder: Path,
+    slide_id: str,
+    patient_id: str,
+    rules: list[str],
+    dims: dict[str, int],
+    attrs: Mapping[str, object] | None = None,
+) -> list[dict]:
     """Write ``folder/<slide_id>.h5`` with one region per rule ("full", "sparse" or "empty" validity), the regions
-    side by side on a slide one region high."""
+    side by side on a slide one region high; ``attrs`` overrides attributes of :func:`store_attrs` (e.g. the
+    experts' ``expert_digests``)."""
     rng = np.random.default_rng(sum(map(ord, slide_id)))
     regions = [region_arrays(rule, rng, dims) for rule in rules]
     slide_size = (REGION_PX * max(1, len(rules)), REGION_PX)
     origins = RegionGrid(*slide_size, 0.5).origins()
     path = folder / f"{slide_id}.h5"
-    attrs = store_attrs(slide_id, patient_id, dims, slide_size)
+    attrs = store_attrs(slide_id, patient_id, dims, slide_size) | dict(attrs or {})
     with RegionStoreWriter(path, attrs=attrs, n_regions=len(regions), experts=dims) as writer:
         for index, region in enumerate(regions):
             writer.write_region(index, coords=tuple(int(v) for v in origins[index]), **region)

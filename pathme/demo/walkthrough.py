@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from pathme.bundles import run_bundle
-from pathme.console import announce
+from pathme.console import announce, unannounced
 from pathme.demo.cohort_generator import make_demo_cohort
 from pathme.demo.sample_data import SAMPLE_FILENAME, fetch_sample_slide
 from pathme.deploy.pipeline import APP_CONFIG
@@ -139,6 +139,13 @@ def mil_runs(
     """Cross-validated MIL of each signal and task on each feature source (default: PatHME tokens and expert A's
     raw 20x features) of the ``tokens`` stores, each in ``<folder>/<signal>_<task>_<source>``; one row per
     metric, with the run's seconds."""
+    with unannounced("pathme.engines.mil_workflow"):  # each run's cohort line goes to the log: one line per stage
+        return pd.DataFrame(_mil_runs(out, settings, sources, signals, tokens, folder))
+
+
+def _mil_runs(
+    out: Path, settings: DemoSettings, sources: Sequence[str], signals: Sequence[str], tokens: str, folder: str
+) -> list[dict]:
     rows = []
     for signal in signals:
         labels = SIGNALS[signal]
@@ -161,7 +168,7 @@ def mil_runs(
                 )
                 run = {"signal": signal, "task": task, "features": source, "seconds": time.perf_counter() - started}
                 rows += [run | row for row in pd.read_csv(output / "summary.csv").to_dict("records")]
-    return pd.DataFrame(rows)
+    return rows
 
 
 def assemble_app_models(out: Path, settings: DemoSettings) -> Path:

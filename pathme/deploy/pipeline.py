@@ -178,10 +178,12 @@ def extract_features(case: Case, models: AppModels) -> Case:
 
 
 def compute_tokens(case: Case, models: AppModels) -> Case:
-    """PatHME region tokens from the teacher (bundle pathme_distillation, inference.json)."""
+    """PatHME region tokens from the teacher (bundle pathme_distillation, inference.json). A slide whose tokens
+    cannot be computed (e.g. its expert-A features come from other weights than the teacher was trained on) goes
+    no further, recorded with the reason."""
     if not _has_stores(case.features):
         return case
-    tokens = case.work / "tokens"
+    tokens, failed = case.work / "tokens", dict(case.failed)
     run_bundle(
         "pathme_distillation",
         "inference.json",
@@ -189,7 +191,11 @@ def compute_tokens(case: Case, models: AppModels) -> Case:
         output_dir=str(tokens),
         checkpoint=str(models.teacher),
     )
-    return replace(case, tokens=tokens)
+    summary = read_text_csv(tokens / "embed_summary.csv", "embedding summary", RuntimeError, "embedding stopped")
+    for row in summary.itertuples():
+        if row.status == "failed":
+            failed[row.slide] = row.error or row.status
+    return replace(case, tokens=tokens, failed=failed)
 
 
 def predict(case: Case, models: AppModels) -> Case:

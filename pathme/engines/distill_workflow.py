@@ -67,13 +67,16 @@ def load_checkpoint(path: str | Path) -> dict:
 class TrainedOn:
     """What a teacher was trained on, recorded in every checkpoint and in ``teacher.pt`` (key ``trained_on``), so
     embedding, inference and the Deploy app build its network and pick its input expert from the file instead of
-    repeating them: expert A (whose features it takes) and B, the preset, and the network's full config (its
-    ``in_dim`` is expert A's feature dimension)."""
+    repeating them: expert A (whose features it takes) and B, the preset, the network's full config (its
+    ``in_dim`` is expert A's feature dimension), and the digests of the experts' weights in the stores it was
+    trained on (``expert_digests``; empty in a checkpoint of an older pathme), so embedding refuses region stores
+    whose expert-A features come from other weights."""
 
     expert_a: str
     expert_b: str
     preset: str
     network: dict[str, Any]  # every PatHMEConfig field
+    expert_digests: dict[str, str] = field(default_factory=dict)  # expert name -> weights digest of its features
 
     @property
     def input_dim(self) -> int:
@@ -89,11 +92,13 @@ class TrainedOn:
         return asdict(self)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """On resume: the checkpoint must have been trained on what this run trains on."""
-        if dict(state) != self.state_dict():
+        """On resume: the checkpoint must have been trained on what this run trains on (expert weights too, where
+        the checkpoint records them)."""
+        recorded = {"expert_digests": self.expert_digests} | dict(state)  # an older pathme's records no digests
+        if recorded != self.state_dict():
             raise ValueError(
-                f"the checkpoint was trained on {dict(state)}, this run is configured for {self.state_dict()}; "
-                "resume with the same experts, preset and network, or start in a new output_dir"
+                f"the checkpoint was trained on {recorded}, this run is configured for {self.state_dict()}; "
+                "resume with the same experts (and weights), preset and network, or start in a new output_dir"
             )
 
     @classmethod
@@ -216,7 +221,8 @@ class DistillationRun:
             student, teacher, losses, optimizer, schedules, self.device, self.clip_grad, self.amp
         )
         trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: _set_epoch(engine, views, sampler))
-        trained_on = TrainedOn(self.expert_a, self.expert_b, self.preset, asdict(net.config))
+        digests = {name: regions.expert_provenance[f"{name} weights"] for name in (self.expert_a, self.expert_b)}
+        trained_on = TrainedOn(self.expert_a, self.expert_b, self.preset, asdict(net.config), digests)
         return {
             "trained_on": trained_on,
             "regions": regions,

@@ -114,14 +114,22 @@ class EmbedRun:
         if store_is_done(target, expected=expected, experts=[recorded.expert_a]):
             return {"status": "skipped (valid store)"}
         attrs = validate_store(store, experts=[recorded.expert_a])
-        if attrs["expert_dims"][recorded.expert_a] != recorded.input_dim:
+        expert = recorded.expert_a
+        if attrs["expert_dims"][expert] != recorded.input_dim:
             raise ValueError(
-                f"{store}: expert {recorded.expert_a!r} has {attrs['expert_dims'][recorded.expert_a]}-d features, "
+                f"{store}: expert {expert!r} has {attrs['expert_dims'][expert]}-d features, "
                 f"the teacher of {self.checkpoint} takes {recorded.input_dim}-d ones"
             )
+        trained = recorded.expert_digests.get(expert)
+        if trained and attrs["expert_digests"][expert] != trained:
+            raise ValueError(
+                f"{store}: its {expert!r} features come from weights {attrs['expert_digests'][expert]!r}, the teacher "
+                f"of {self.checkpoint} was trained on features of weights {trained!r}; embed region stores extracted "
+                f"with those weights (pathme extract --weights {expert}=...), or distill a teacher on these"
+            )
         extent = SlideProvenance.from_attrs(attrs).region_extent
-        tokens, coords = self._embed(teacher, store, recorded.expert_a, extent)
-        made_by = {"teacher_digest": digest, "teacher_checkpoint": str(self.checkpoint)}
+        tokens, coords = self._embed(teacher, store, expert, extent)
+        made_by = {"teacher_digest": digest, "teacher_checkpoint": str(self.checkpoint), "teacher_expert": expert}
         write_token_store(store, target, tokens, coords, made_by)
         return {"status": "done", "regions": len(tokens)}
 

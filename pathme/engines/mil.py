@@ -288,9 +288,14 @@ def save_fold_model(
     feature_source: str,
     inputs_digest: str = "",
     best: Mapping[str, float] | None = None,
+    feature_provenance: Mapping[str, str] | None = None,
+    training_slides: Sequence[str] = (),
 ) -> Path:
     """Weights with the network config, the task and the feature source: all a later prediction needs; with the
-    digest of the fold's inputs and its best epoch, so a rerun can reuse the fold instead of training it again."""
+    digest of the fold's inputs and its best epoch, so a rerun can reuse the fold instead of training it again;
+    with ``feature_provenance``, the weights behind its features (``BagIndex.feature_provenance``), so a prediction
+    refuses features of other weights; and ``training_slides``, the ``slide_digest`` of every slide of its training
+    and validation patients, so an evaluation can say which of its slides the model learnt from."""
     payload = {
         "state_dict": model.state_dict(),
         "model_config": asdict(config),
@@ -298,6 +303,8 @@ def save_fold_model(
         "feature_source": feature_source,
         "inputs_digest": inputs_digest,
         "best": dict(best or {}),
+        "feature_provenance": dict(feature_provenance or {}),
+        "training_slides": sorted(training_slides),
     }
     return write_atomic(path, lambda temp: torch.save(payload, temp))
 

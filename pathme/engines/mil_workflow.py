@@ -1,7 +1,8 @@
 """Patient-level cross-validation of attention MIL, evaluation of saved fold models, and inference on new slides.
 
-Everything a run writes lives under ``output_dir``: ``folds.csv`` (the splits used, generated and seeded when the
-labels have none), ``fold_<k>/model.pt``, ``predictions.csv``, ``results.csv`` (one row per fold, with the
+Everything a run writes lives under ``output_dir``: ``cohort.csv`` (every patient it saw: included, or left out
+and why; stated in one console line before training), ``folds.csv`` (the splits used, generated and seeded when
+the labels have none), ``fold_<k>/model.pt``, ``predictions.csv``, ``results.csv`` (one row per fold, with the
 metrics a fold could not compute and why), ``summary.csv`` (mean and sd over the folds that could be scored, and
 how many those were), ``slide_summary.csv`` (one row per slide: its tokens, its heatmap, or why it has none),
 ``heatmaps/<slide_id>_attention.{png,geojson,nii.gz}`` and ``tensorboard/fold_<k>``. Labels are checked completely
@@ -9,7 +10,9 @@ before any training starts. A rerun reuses every fold whose saved model was trai
 digest of its splits, targets, stores and settings is in the model file) and trains only the others.
 
 Slide images are opened for heatmaps as the stores record them (:mod:`pathme.store.provenance`): the same file,
-reader and µm/px as at extraction.
+reader and µm/px as at extraction, and only while the file is the one extraction read. The stores of a run must
+agree on the weights behind their features, and a fold model predicts only on features of the weights it was
+trained on (:mod:`pathme.store.agreement`).
 """
 
 from __future__ import annotations
@@ -27,15 +30,15 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from pathme.console import announce
 from pathme.data.bags import BagDataset, BagIndex
-from pathme.data.labels import Fold, Labels, load_labels, make_folds, write_folds
+from pathme.data.labels import Fold, Labels, cohort_line, cohort_table, load_labels, make_folds, write_folds
 from pathme.device import pick_device
 from pathme.engines.mil import (
     MILModelConfig,
     MILTask,
     TrainSettings,
     fold_model_from,
-    load_fold_model,
     predict,
     read_fold_model,
     save_fold_model,
@@ -44,6 +47,7 @@ from pathme.engines.mil import (
 )
 from pathme.losses import assign_bins, survival_bins
 from pathme.store import config_digest
+from pathme.store.agreement import check_same_features
 from pathme.store.atomic import set_aside, write_csv_atomic
 from pathme.viz.heatmap import write_heatmap_geojson, write_slide_heatmap
 from pathme.wsi.slide_error import SlideError, failure_text
@@ -94,7 +98,9 @@ def slide_rows(
     ``heatmaps_dir`` (None: no heatmaps) over the thumbnail (PNG), as GeoJSON and as NIfTI in level-0 µm.
 
     A slide gets status ``done``; ``no tokens`` with the reason its store gives; ``geojson only`` when its image
-    is gone or unreadable (the GeoJSON comes from the store's coordinates); ``failed`` on any other error; or
+    is gone, unreadable or no longer the file extraction read (another fingerprint or size: the store's coordinates
+    would be drawn on another image), the GeoJSON coming from the store's coordinates; ``failed`` on any other
+    error; or
     ``scored`` without heatmaps. The note says why; one slide's problem never stops the others.
     """
     rows = []
@@ -165,6 +171,7 @@ class MILRun:
     thumbnail_mpp: float = 16.0
     device: torch.device | str | None = None
     cache_bytes: int | None = None  # patient bags kept in memory (BagIndex); None: an eighth of the machine's
+    leave_out_missing: bool = False  # leave out labelled patients without a usable store (cohort.csv) or refuse
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
@@ -175,7 +182,8 @@ class MILRun:
     def prepare(self) -> tuple[BagIndex, Labels, list, MILTask]:
         """Everything checked before training: stores, labels, folds and the task's head."""
         index = BagIndex(self.features_dir, self.feature_source, self.cache_bytes)
-        labels = _load_labels(self.labels, self.task, index, seed=self.seed)
+        index.check_same_slides(refuse_across_patients=True)
+        labels = _load_labels(self.labels, self.task, index, seed=self.seed, leave_out_missing=self.leave_out_missing)
         # both paths check the folds (no shared patient, every class in every split) before returning them
         folds = labels.folds if labels.folds is not None else make_folds(labels, self.num_folds, self.seed)
         edges: tuple[float, ...] = ()
@@ -187,11 +195,13 @@ class MILRun:
         return index, labels, folds, task
 
     def run(self) -> pd.DataFrame:
-        """Train and test every fold; writes folds.csv, fold_<k>/model.pt, results.csv (metrics per fold),
-        predictions.csv, slide_summary.csv and summary.csv (mean, sd) in ``output_dir``; returns the summary.
-        Raises ValueError on labels that do not fit the stores."""
+        """Train and test every fold; writes cohort.csv, folds.csv, fold_<k>/model.pt, results.csv (metrics per
+        fold), predictions.csv, slide_summary.csv and summary.csv (mean, sd) in ``output_dir``; returns the summary.
+        Raises ValueError (LabelError) on labels that do not fit the stores, and on stores that disagree on the
+        weights behind their features or hold one slide file in two patients, before anything is written."""
         index, labels, folds, task = self.prepare()
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        _state_cohort(labels, index, self.output_dir)
         write_folds(folds, self.output_dir / "folds.csv")
         targets = _targets(labels, np.asarray(task.bin_edges) if task.bin_edges else None)
         in_dim = index.feature_dim()
@@ -210,7 +220,11 @@ class MILRun:
                     model, best = train_fold(
                         config, task, datasets["train"], datasets["val"], self.settings, self.device, seed, writer
                     )
-                    save_fold_model(path, model, config, task, self.feature_source, digest, best)
+                    trained = [
+                        index.provenance(s).slide_digest for p in fold.train + fold.val for s in index.patient_slides(p)
+                    ]
+                    provenance = index.feature_provenance
+                    save_fold_model(path, model, config, task, self.feature_source, digest, best, provenance, trained)
                 records = predict(model, task, datasets["test"], self.device)
                 stacked = stack_predictions(records, task)
                 metrics = task.metrics(stacked)
@@ -267,10 +281,28 @@ class MILRun:
         return fold_model_from(payload, self.device)[0], dict(payload["best"])
 
 
-def _load_labels(path: str | Path, task: str, index: BagIndex, seed: int = 0) -> Labels:
+def _load_labels(
+    path: str | Path, task: str, index: BagIndex, seed: int = 0, leave_out_missing: bool = False
+) -> Labels:
     """The labels checked against the stores found, with each token-less patient's reason from its stores."""
     counts = index.token_counts()
-    return load_labels(path, task, counts, index.slide_patients, empty_reasons=index.empty_reasons(counts), seed=seed)
+    reasons = index.empty_reasons(counts)
+    return load_labels(
+        path, task, counts, index.slide_patients, empty_reasons=reasons, seed=seed, leave_out_missing=leave_out_missing
+    )
+
+
+def _state_cohort(labels: Labels, index: BagIndex, output_dir: Path) -> None:
+    """Write ``cohort.csv`` (every patient seen: included, or left out and why) and say the cohort in one line."""
+    cohort = cohort_table(labels, index.slide_patients)
+    write_csv_atomic(output_dir / "cohort.csv", cohort)
+    announce(
+        logger,
+        "cohort of %s: %s (every patient in %s)",
+        labels.path.name,
+        cohort_line(labels, cohort),
+        output_dir / "cohort.csv",
+    )
 
 
 def fold_models(models_dir: str | Path) -> list[Path]:
@@ -296,26 +328,35 @@ class MILPredict:
     heatmaps: bool = True
     thumbnail_mpp: float = 16.0
     device: torch.device | str | None = None
+    leave_out_missing: bool = False  # with labels: leave out labelled patients without a usable store, or refuse
 
     def run(self) -> pd.DataFrame:
-        """Predict every patient (mean over fold models), write predictions (and metrics with ``labels``) and heatmaps
-        to ``output_dir``; returns the predictions table. Raises ValueError when the fold models disagree on task or
-        feature source."""
+        """Predict every patient (mean over fold models), write predictions (and, with ``labels``, cohort.csv and
+        metrics) and heatmaps to ``output_dir``; returns the predictions table. Raises ValueError when the fold
+        models disagree on task, feature source or the weights behind their features, or when the stores hold
+        features of other weights than the models were trained on."""
         device = pick_device(self.device)
         output = Path(self.output_dir)
-        loaded = [load_fold_model(path, device) for path in fold_models(self.models_dir)]
+        paths = fold_models(self.models_dir)
+        payloads = [read_fold_model(path, device) for path in paths]
+        loaded = [fold_model_from(payload, device) for payload in payloads]
         task, source = loaded[0][1], loaded[0][2]
         if any(t != task or s != source for _, t, s in loaded):
             raise ValueError(f"fold models in {self.models_dir} disagree on task or feature source")
         index = BagIndex(self.features_dir, source, cache_bytes=0)  # each patient is read once
+        _check_models_fit(paths, payloads, index)
+        index.check_same_slides(refuse_across_patients=False)  # no folds here: each copy is predicted
         targets = None
         patients = sorted(set(index.slide_patients.values()))
         if self.labels is not None:
-            labels = _load_labels(self.labels, task.name, index)
+            labels = _load_labels(self.labels, task.name, index, leave_out_missing=self.leave_out_missing)
             if not task.is_survival and tuple(labels.classes) != task.classes:
                 raise ValueError(f"labels {self.labels} have classes {labels.classes}, the models {list(task.classes)}")
             edges = np.asarray(task.bin_edges) if task.bin_edges else None
             targets, patients = _targets(labels, edges), list(labels.table.index)
+            output.mkdir(parents=True, exist_ok=True)
+            _state_cohort(labels, index, output)
+        _warn_trained_on(payloads, index, patients, self.models_dir)
         dataset = BagDataset(index, patients, targets)
         per_model = [predict(model, task, dataset, device) for model, _, _ in loaded]
         records = _ensemble(per_model, task)
@@ -330,6 +371,43 @@ class MILPredict:
         metrics = pd.DataFrame(rows)
         write_csv_atomic(output / "metrics.csv", metrics)
         return metrics
+
+
+def _check_models_fit(paths: Sequence[Path], payloads: Sequence[Mapping[str, Any]], index: BagIndex) -> None:
+    """Refuse stores whose features come from other weights than the fold models were trained on (ValueError naming
+    both); fold models saved before pathme recorded the weights are named in a warning, since they cannot be
+    checked."""
+    unrecorded = [path for path, payload in zip(paths, payloads, strict=True) if not payload.get("feature_provenance")]
+    if unrecorded:
+        logger.warning(
+            "%s: saved by an older pathme, without the weights behind their features: the stores in %s cannot be "
+            "checked against them (train again to record them)",
+            ", ".join(map(str, unrecorded)),
+            index.features_dir,
+        )
+    for path, payload in zip(paths, payloads, strict=True):
+        if payload.get("feature_provenance"):
+            check_same_features(payload["feature_provenance"], index.feature_provenance, path, index.features_dir)
+
+
+def _warn_trained_on(
+    payloads: Sequence[Mapping[str, Any]], index: BagIndex, patients: Sequence[str], models_dir: str | Path
+) -> None:
+    """A warning naming the slides to predict that a fold model was trained (or validated) on: their scores are
+    not those of unseen slides, and metrics on them overstate the model."""
+    trained = {digest for payload in payloads for digest in payload.get("training_slides", [])}
+    seen = [s for p in patients for s in index.patient_slides(p) if index.provenance(s).slide_digest in trained]
+    if seen:
+        shown = ", ".join(repr(slide) for slide in seen[:5]) + (f" and {len(seen) - 5} more" if len(seen) > 5 else "")
+        logger.warning(
+            "%d of the slides in %s were in the training or validation patients of fold models in %s (same "
+            "slide_digest): %s; their predictions are not those of unseen slides, and metrics on them overstate the "
+            "models",
+            len(seen),
+            index.features_dir,
+            models_dir,
+            shown,
+        )
 
 
 def _scored(model: str, records: list[dict[str, Any]], task: MILTask) -> dict[str, Any]:

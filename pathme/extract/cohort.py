@@ -7,7 +7,6 @@ store appears only when complete (written to a temporary name, then renamed).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -29,6 +28,7 @@ from pathme.extract.engine import encode_regions
 from pathme.extract.loader import RegionDataset, SlideSource, region_loader
 from pathme.store import RegionStoreWriter, config_digest, read_store_summary, store_is_done, write_features_h5
 from pathme.store.atomic import write_csv_atomic
+from pathme.store.digests import slide_fingerprint
 from pathme.store.interop import interop_attrs
 from pathme.store.provenance import read_provenance, slide_attrs
 from pathme.store.schema import COORDS, FEATURE_DTYPES, FEATURES, VALID
@@ -42,19 +42,7 @@ from pathme.wsi.tissue import TissueConfig
 
 logger = logging.getLogger(__name__)
 
-FINGERPRINT_BYTES = 4 << 20  # bytes hashed at each end of a slide file
 SUMMARY_COLUMNS = ["slide_id", "status", "reader_backend", "regions", "tiles", "seconds", "store", "note", "error"]
-
-
-def slide_fingerprint(path: Path) -> str:
-    """Size plus sha256 of the first and last 4 MiB: catches a replaced or truncated slide without hashing GBs."""
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with path.open("rb") as handle:
-        digest.update(handle.read(FINGERPRINT_BYTES))
-        handle.seek(max(0, size - FINGERPRINT_BYTES))
-        digest.update(handle.read(FINGERPRINT_BYTES))
-    return f"size-ends-sha256:{size}:{digest.hexdigest()}"
 
 
 @dataclass

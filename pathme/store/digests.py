@@ -1,12 +1,16 @@
-"""Digests of a store's inputs: a rerun redoes a slide when its slide file, weights or config changed."""
+"""Digests of a store's inputs: a rerun redoes a slide when its slide file, weights or config changed, and a later
+stage knows the file it reopens is the one the store was made from."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from pathme.store.attrs import canonical_json
+
+FINGERPRINT_BYTES = 4 << 20  # bytes hashed at each end of a slide file
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -23,3 +27,17 @@ def file_digest(path: str | os.PathLike[str]) -> str:
 def config_digest(config: Mapping[str, object]) -> str:
     """``sha256:<hex>`` of the config's canonical JSON: key order, tuples vs lists and Path vs str do not count."""
     return "sha256:" + hashlib.sha256(canonical_json(config).encode()).hexdigest()
+
+
+def slide_fingerprint(path: str | os.PathLike[str]) -> str:
+    """``size-ends-sha256:<bytes>:<hex>``: the file size plus sha256 of its first and last 4 MiB, as stores record
+    their slide's (``slide_digest``): catches a replaced, re-scanned or truncated slide without hashing GBs.
+    OSError when the file cannot be read."""
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as handle:
+        digest.update(handle.read(FINGERPRINT_BYTES))
+        handle.seek(max(0, size - FINGERPRINT_BYTES))
+        digest.update(handle.read(FINGERPRINT_BYTES))
+    return f"size-ends-sha256:{size}:{digest.hexdigest()}"

@@ -3,7 +3,7 @@
 Every stage after extraction (tokens, bags, heatmaps, evaluation and prediction, the Deploy app) takes the slide's
 file, size, level-0 µm/px, reader and region geometry from the store through :class:`SlideProvenance`, never
 from its own defaults: a slide whose µm/px came from the manifest, or that only OpenSlide decodes, is read again
-exactly as it was at extraction.
+exactly as it was at extraction, and only if it still is the file extraction read (same fingerprint and size).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pathme.store.digests import slide_fingerprint
 from pathme.store.validate import read_store_attrs
 
 if TYPE_CHECKING:
@@ -22,12 +23,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class SlideProvenance:
-    """The slide behind a store: ids, file, level-0 geometry and µm/px, reader, and why it has no region."""
+    """The slide behind a store: ids, file and its fingerprint, level-0 geometry and µm/px, reader, and why it has
+    no region."""
 
     slide_id: str
     patient_id: str
     slide_path: Path  # absolute
     slide_size: tuple[int, int]  # level-0 (width, height) in pixels
+    slide_digest: str  # the file's fingerprint at extraction (pathme.store.digests.slide_fingerprint)
     mpp: float  # level-0 µm/px
     mpp_source: str
     reader_backend: str  # the reader that decoded it: cucim or openslide
@@ -45,6 +48,7 @@ class SlideProvenance:
             patient_id=str(attrs["patient_id"]),
             slide_path=Path(str(attrs["slide_path"])),
             slide_size=(int(width), int(height)),
+            slide_digest=str(attrs["slide_digest"]),
             mpp=float(attrs["mpp"]),
             mpp_source=str(attrs["mpp_source"]),
             reader_backend=str(attrs["reader_backend"]),
@@ -55,12 +59,41 @@ class SlideProvenance:
         )
 
     def open_slide(self) -> Slide:
-        """The slide image, opened as at extraction: the same file, reader and µm/px. SlideError when it is gone
-        or can no longer be read."""
+        """The slide image, opened as at extraction: the same file, reader and µm/px. SlideError when it is gone,
+        can no longer be read, or is no longer the file extraction read: its fingerprint (``slide_digest``) or its
+        level-0 size differs from the store's (another image saved under its name, a re-scan), so the store's
+        coordinates would place nothing where it belongs; the message gives what the file holds now."""
         from pathme.wsi.slide import Slide  # here, so reading a store's provenance does not load MONAI
+        from pathme.wsi.slide_error import SlideError
 
+        if self.slide_path.is_file():
+            try:
+                changed = slide_fingerprint(self.slide_path) != self.slide_digest
+            except OSError as error:
+                raise SlideError(f"slide {self.slide_id}: {self.slide_path} cannot be read ({error})") from error
+            if changed:
+                raise SlideError(self._changed("its fingerprint differs from the store's"))
         source = f"its store ({self.mpp_source})"
-        return Slide.open(self.slide_path, self.reader_backend, self.mpp, self.slide_id, mpp_source=source)
+        slide = Slide.open(self.slide_path, self.reader_backend, self.mpp, self.slide_id, mpp_source=source)
+        if slide.size != self.slide_size:
+            raise SlideError(self._changed("same fingerprint, other level-0 size"))
+        return slide
+
+    def _changed(self, how: str) -> str:
+        """Why the slide file is not the one extraction read, with what it holds now (opened as a new slide)."""
+        from pathme.wsi.slide import Slide
+        from pathme.wsi.slide_error import SlideError
+
+        then = f"{self.slide_size[0]} x {self.slide_size[1]} px at {self.mpp:.3f} µm/px in its store"
+        try:
+            slide = Slide.open(self.slide_path, self.reader_backend, None, self.slide_id)
+            now = f"level-0 {slide.size[0]} x {slide.size[1]} px at {slide.mpp:.3f} µm/px now, {then}"
+        except SlideError as error:
+            now = f"it does not open as a slide now ({error}); {then}"
+        return (
+            f"slide {self.slide_id}: {self.slide_path} changed since extraction ({how}; {now}): the store's "
+            "coordinates do not fit it; re-extract the slide (pathme extract redoes it) to use the new file"
+        )
 
 
 def read_provenance(path: str | os.PathLike[str]) -> SlideProvenance:

@@ -135,6 +135,7 @@ TOKEN_ATTRS: dict[str, str] = {
     "region_store_digest": "digest of that region store's file when the tokens were computed",
     "teacher_checkpoint": "the distillation checkpoint whose teacher computed the tokens",
     "teacher_digest": "digest of that checkpoint",
+    "teacher_expert": "the expert whose features the teacher took (expert A); absent in stores of an older pathme",
 }
 
 
