@@ -27,7 +27,7 @@ from pathme.data.bags import BagDataset, collate_bags
 from pathme.losses import cox_partial_likelihood, discrete_time_nll, risk_from_logits
 from pathme.metrics import classification_metrics, survival_metrics
 from pathme.networks import ABMIL
-from pathme.store.atomic import write_atomic
+from pathme.store.atomic import save_torch
 
 logger = logging.getLogger(__name__)
 
@@ -290,7 +290,8 @@ def save_fold_model(
     best: Mapping[str, float] | None = None,
 ) -> Path:
     """Weights with the network config, the task and the feature source: all a later prediction needs; with the
-    digest of the fold's inputs and its best epoch, so a rerun can reuse the fold instead of training it again."""
+    digest of the fold's inputs and its best epoch, so a rerun can reuse the fold instead of training it again.
+    Written atomically (:func:`~pathme.store.atomic.save_torch`): WriteError naming ``path`` when the disk is full."""
     payload = {
         "state_dict": model.state_dict(),
         "model_config": asdict(config),
@@ -299,7 +300,7 @@ def save_fold_model(
         "inputs_digest": inputs_digest,
         "best": dict(best or {}),
     }
-    return write_atomic(path, lambda temp: torch.save(payload, temp))
+    return save_torch(path, payload)
 
 
 def read_fold_model(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
