@@ -186,3 +186,35 @@ def test_fold_models_and_checkpoints_that_hit_a_full_disk_are_named(tmp_path):
         f"cannot write checkpoints/distill_checkpoint_7.pt: [Errno 27] File too large {FULL_DISK}",
     ]
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == []
+
+
+MAPS_AND_TABLES_PAST_A_LIMIT = """
+import json
+import numpy as np
+import pandas as pd
+from PIL import Image
+from pathme.store.atomic import WriteError, write_atomic, write_csv_atomic
+from pathme.viz.nifti import write_map_nifti
+noise = np.random.default_rng(0).random((200, 200)).astype(np.float32)  # 160 kB, hardly compressible
+image = Image.fromarray(np.uint8(noise * 255))
+writes = [
+    lambda: write_map_nifti("maps/s0_attention.nii.gz", noise, 0.5, 16),
+    lambda: write_atomic("maps/s0_attention.png", lambda temp: image.save(temp, "PNG")),
+    lambda: write_atomic("maps/s0_attention.geojson", json.dumps({"scores": noise.tolist()})),
+    lambda: write_csv_atomic("predictions.csv", pd.DataFrame(noise)),
+]
+for write in writes:
+    try:
+        write()
+    except WriteError as error:
+        print(error)
+"""
+
+
+def test_maps_images_and_tables_that_hit_a_full_disk_are_named(tmp_path):
+    """Before: each raised the OSError of its hidden temporary file (".s0_attention.png.3f2a....tmp")."""
+    run = with_file_size_limit(["python", "-c", MAPS_AND_TABLES_PAST_A_LIMIT], 32 * 1024, tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    names = ["maps/s0_attention.nii.gz", "maps/s0_attention.png", "maps/s0_attention.geojson", "predictions.csv"]
+    assert run.stdout.splitlines() == [f"cannot write {name}: [Errno 27] File too large {FULL_DISK}" for name in names]
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []

@@ -25,6 +25,7 @@ from typing import BinaryIO
 
 import h5py
 import pandas as pd
+from filelock import FileLock
 
 SUFFIX = ".tmp"
 FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # the disk (or the user's quota, or the file-size limit) is full
@@ -151,12 +152,14 @@ class _HeldOnFailure:
     at a position, except that a write that fails is kept in the target's ``error`` and it and every later write are
     held in memory (reads see them), so HDF5 never meets a failed write.
 
-    Why: HDF5 cannot recover from one. A dataset whose chunk cache fails to flush when it is closed stays registered
-    with a pointer to its file, the file's close frees that file anyway, and the next close of any HDF5 file (which
-    flushes every open dataset) or the dataset's own release follows the dangling pointer: a segmentation fault
-    that kills the whole run (h5py issue 1120, PyTables issue 695). The file descriptor of the failed file is never
-    closed either, which keeps a full disk full. Held writes cost memory only until the writer notices
-    (:meth:`AtomicTarget.raise_if_failed`, checked after every region) and the file is closed and discarded."""
+    Why: HDF5 cannot recover from one. A dataset whose chunk cache fails to flush when it is released ("Can't
+    decrement id ref count", h5py issue 1120) stays registered with a pointer to its file, the file's close frees
+    that file anyway, and the next close of any HDF5 file (``H5F__dest`` flushes every open dataset) or the
+    dataset's own release follows the dangling pointer: a segmentation fault that kills the whole run. The file
+    descriptor of the failed file is never closed either, which keeps a full disk full. Held writes cost memory
+    only until the writer notices and the file is closed and discarded: a region store checks after every region
+    (:meth:`AtomicTarget.raise_if_failed`), so it holds a region's features and HDF5's chunk caches at most; files
+    written in one go (token stores, interop files) at most their own size."""
 
     def __init__(self, target: AtomicTarget, file: BinaryIO):
         self._target, self._file, self._position = target, file, 0
@@ -295,6 +298,15 @@ def copy_atomic(source: str | os.PathLike[str], path: str | os.PathLike[str]) ->
     """Copy the bytes of ``source`` to ``path`` through :func:`write_atomic`; returns ``path``. Raises
     FileNotFoundError when ``source`` is missing (nothing is written then)."""
     return write_atomic(path, lambda temp: shutil.copyfile(source, temp))
+
+
+def writer_lock(path: str | os.PathLike[str]) -> FileLock:
+    """The lock a run holds while it computes and writes ``path``, so that a second run on the same folder waits for
+    it instead of doing the same work twice: ``.<name>.lock`` beside ``path``, an ``flock`` (the ``filelock``
+    package), released when its holder's process ends, even killed. The empty file stays after release (waiters
+    share it). Locking only saves work: the atomic write keeps ``path`` whole without it."""
+    path = Path(path)
+    return FileLock(path.with_name(f".{path.name}.lock"))
 
 
 def set_aside(path: str | os.PathLike[str]) -> Path:
