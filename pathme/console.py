@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
+
+from pathme.store.atomic import WriteError
 
 LOG_FILE = "pathme.log"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -80,14 +82,19 @@ class ConsoleFormatter(logging.Formatter):
 
 class OutputFolderLog(logging.FileHandler):
     """Appends to ``<folder>/pathme.log``, holding records in memory until the run has created ``folder``: a run
-    refused before it writes anything leaves no folder behind (its error is on the console)."""
+    refused before it writes anything leaves no folder behind (its error is on the console). A log file that cannot
+    be written (a full disk) is said once on the console, named with the cause, and then left alone: the run goes
+    on, where logging's default would print a traceback for every line."""
 
     def __init__(self, folder: Path) -> None:
         super().__init__(Path(folder) / LOG_FILE, mode="a", encoding="utf-8", delay=True)
         self.held: list[logging.LogRecord] = []
+        self.failed = False
 
     def emit(self, record: logging.LogRecord) -> None:
         """Write ``record`` (after those held), or hold it while the folder does not exist."""
+        if self.failed:
+            return
         if self.stream is None and not Path(self.baseFilename).parent.is_dir():
             self.held.append(record)
             return
@@ -96,9 +103,24 @@ class OutputFolderLog(logging.FileHandler):
         self.held.clear()
         super().emit(record)
 
+    def handleError(self, record: logging.LogRecord) -> None:
+        """A failed write of the file (an OSError) closes it for the rest of the run, with one console warning."""
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            super().handleError(record)
+            return
+        self.failed = True
+        stream, self.stream = self.stream, None
+        with suppress(OSError):  # what is still buffered cannot be written either
+            if stream is not None:
+                stream.close()
+        logging.getLogger(__name__).warning(
+            "%s; this run goes on without its log file", WriteError(self.baseFilename, error)
+        )
+
     def close(self) -> None:
         """Write what is held if the folder exists by now, then close the file."""
-        if self.held and Path(self.baseFilename).parent.is_dir():
+        if self.held and not self.failed and Path(self.baseFilename).parent.is_dir():
             for waiting in self.held:
                 super().emit(waiting)
         self.held.clear()

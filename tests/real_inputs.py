@@ -1,5 +1,6 @@
 """The slides people actually have, built small with tifffile and numpy: tissue blobs on glass, a 72-dpi TIFF,
-grayscale, RGBA with deflate tiles, pen-marked glass, truncated files and a cohort mixing them.
+grayscale, RGBA with deflate tiles, pen-marked glass, truncated files and a cohort mixing them; and the disk they
+have, which fills up (:func:`with_file_size_limit`).
 
 "Tissue" is an H&E-like pink/purple noisy blob on glass (RGB 243); slides are 0.5 µm/px unless said otherwise.
 """
@@ -7,6 +8,10 @@ grayscale, RGBA with deflate tiles, pen-marked glass, truncated files and a coho
 from __future__ import annotations
 
 import math
+import os
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +19,8 @@ import pandas as pd
 import tifffile
 
 from pathme.demo.synthetic_slides import write_pyramid
+
+REPO = Path(__file__).resolve().parents[1]
 
 GLASS = 243
 PINK, PURPLE = np.array([225.0, 130.0, 180.0]), np.array([120.0, 60.0, 150.0])
@@ -116,3 +123,20 @@ def tissue_cohort(folder: Path, kind: str, n_slides: int = 8) -> tuple[Path, Pat
     labels_path = folder / "labels.csv"
     pd.DataFrame(labels).to_csv(labels_path, index=False)
     return write_manifest(folder, rows), labels_path
+
+
+def with_file_size_limit(
+    argv: list[str], limit: int, cwd: Path, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` (``python`` is this interpreter, with this checkout's ``pathme``) in ``cwd`` with files limited
+    to ``limit`` bytes (RLIMIT_FSIZE): a write past it fails with EFBIG (errno 27) as a write to a full disk fails
+    with ENOSPC. Returns the finished process, stdout and stderr as text."""
+
+    def limit_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    argv = [sys.executable if argv[0] == "python" else argv[0], *argv[1:]]
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(
+        argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, preexec_fn=limit_files, check=False
+    )

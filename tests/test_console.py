@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, block_pattern
+from real_inputs import with_file_size_limit
 
 from pathme import bundles
 from pathme.cli import main
@@ -174,3 +175,27 @@ def test_a_preview_prints_its_table_and_nothing_else(tmp_path):
     assert _no_gpu_noise(done.stdout + done.stderr) == [] and done.stderr == ""
     assert done.stdout.splitlines()[0].split()[:2] == ["slide_id", "backend"] and len(done.stdout.splitlines()) == 2
     assert "slide A: opened with cucim" in (tmp_path / "previews" / LOG_FILE).read_text()
+
+
+LOGGING_PAST_A_LIMIT = """
+import logging
+from pathlib import Path
+from pathme.console import console_logging
+with console_logging(Path("run")):
+    Path("run").mkdir()
+    for line in range(300):
+        logging.getLogger("pathme.test").info("line %d of a long run's log", line)
+    logging.getLogger("pathme.test").error("the run's own error, still on the console")
+"""
+
+
+def test_a_log_file_on_a_full_disk_is_one_warning_and_the_run_goes_on(tmp_path):
+    """Before: logging's default, a "--- Logging error ---" traceback on the console for every line logged."""
+    run = with_file_size_limit(["python", "-c", LOGGING_PAST_A_LIMIT], 4096, tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stderr.splitlines() == [
+        f"WARNING pathme.console: cannot write {tmp_path / 'run' / LOG_FILE}: [Errno 27] File too large (the disk is "
+        "full or a file-size limit is reached); free space and run again; this run goes on without its log file",
+        "ERROR pathme.test: the run's own error, still on the console",
+    ]
+    assert (tmp_path / "run" / LOG_FILE).stat().st_size <= 4096

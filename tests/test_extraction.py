@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -195,7 +196,8 @@ def test_sigkill_at_several_points_then_a_rerun_gives_identical_stores(tmp_path,
     _kill_when(command, lambda: len(stores()) >= 2)
     _run_bundle(cohort, output, "--tiles_per_batch", "32")
     assert_same_stores(reference, output, SLIDES)
-    assert not [path for path in output.iterdir() if path.name.startswith(".")]  # no temporary files left
+    hidden = [path for path in output.iterdir() if path.name.startswith(".") and path.suffix != ".lock"]
+    assert not hidden  # no temporary files left (the empty slide locks stay, shared by waiting runs)
 
 
 def test_two_torchrun_processes_write_the_same_stores_as_one(tmp_path, reference, cohort):
@@ -247,3 +249,86 @@ def test_the_pathme_command_wraps_the_bundle(tmp_path, reference, cohort):
     command = ["extract", "--manifest", str(cohort), "--output-dir", str(tmp_path / "out"), "--tiles-per-batch", "32"]
     assert main(command) == 0
     assert_same_stores(reference, tmp_path / "out", SLIDES)
+
+
+HOLD_THE_LOCK = """
+import sys, time
+from pathme.store.atomic import writer_lock
+lock = writer_lock(sys.argv[1])
+lock.acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+class _KillWhenLogged(logging.Handler):
+    """Keeps what pathme.extract.cohort logs; kills ``process`` when a message contains ``trigger``."""
+
+    def __init__(self, process: subprocess.Popen, trigger: str) -> None:
+        super().__init__(logging.INFO)
+        self.process, self.trigger, self.messages = process, trigger, []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+        if self.trigger in self.messages[-1]:
+            self.process.kill()
+            self.process.wait()
+
+
+def test_a_slide_another_run_holds_is_put_off_then_waited_for_and_redone_when_that_run_dies(tmp_path, cohort):
+    """Before: no lock, so two runs on one folder encoded every slide twice (the last rename won)."""
+    output = tmp_path / "out"
+    output.mkdir()
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_LOCK, str(output / "cmu_a.h5")], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"  # "another run" is extracting cmu_a
+        logger = logging.getLogger("pathme.extract.cohort")
+        watcher, level = _KillWhenLogged(holder, "waiting for the other run"), logger.level
+        logger.addHandler(watcher)
+        logger.setLevel(logging.INFO)
+        try:
+            summary = CohortExtractor(cohort, output, EXPERTS, batch_size=32).run()
+        finally:
+            logger.removeHandler(watcher)
+            logger.setLevel(level)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert summary["slide_id"].tolist() == SLIDES and (summary["status"] == "done").all()  # in manifest order
+    events = [
+        message.split(":")[0] + ": encoded" if " tiles encoded -> " in message else message
+        for message in watcher.messages
+        if message.startswith("slide") and "opened" not in message
+    ]
+    assert events == [
+        "slide cmu_a: another run is extracting it; put off to the end",
+        "slide cmu_b: encoded",
+        "slide cmu_c: encoded",
+        "slide cmu_a: waiting for the other run that is extracting it",  # then that run is killed: its lock goes
+        "slide cmu_a: encoded",  # no valid store from it, so this run extracts the slide
+    ]
+
+
+def test_two_runs_on_one_folder_encode_each_slide_once_and_write_the_stores_of_one(tmp_path, reference, cohort):
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "pathme.cli", "-v", "extract", "--manifest", str(cohort), "--output-dir"]
+    command += [str(output), "--tiles-per-batch", "32"]
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    runs = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=600)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    encoded = [output.count(" tiles encoded -> ") for output in outputs]
+    assert sum(encoded) == 3, encoded  # was 6: both runs encoded every slide
+    for text in outputs:  # each run's summary lists every slide, done by it or skipped as done by the other
+        assert "3 slides: " in text and ", 0 failed; see" in text
+    summary = pd.read_csv(output / "run_summary.csv", keep_default_na=False)
+    assert summary["slide_id"].tolist() == SLIDES
+    assert set(summary["status"]) <= {"done", "skipped (valid store)"}
+    assert_same_stores(reference, output, SLIDES)
+    assert not list(output.glob(".*.tmp"))

@@ -1,6 +1,6 @@
 """Whole runs on the inputs people actually have (issue 11): provenance from the store (K1), a cohort of every bad
 kind (K2-K5), resuming with damaged checkpoints and interrupted cross-validation (K6), the CLI and honest
-metrics (K7), features other tools open (K8)."""
+metrics (K7), features other tools open (K8); a disk that fills up (issue 23)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from real_inputs import (
     tissue_cohort,
     tissue_image,
     truncate,
+    with_file_size_limit,
     write_72_dpi_glass,
     write_manifest,
     write_slide,
@@ -31,6 +32,7 @@ from pathme.demo.synthetic_stores import write_store
 from pathme.engines.distill_workflow import load_checkpoint, newest_readable_checkpoint
 from pathme.engines.mil import TrainSettings
 from pathme.engines.mil_workflow import MILRun
+from pathme.store.atomic import SUFFIX
 from pathme.store.provenance import read_provenance
 
 MIL = ["--num-folds", "2", "--max-epochs", "2"]
@@ -320,3 +322,46 @@ def test_interop_files_carry_the_geometry_trident_readers_use(tmp_path):
     assert attrs["name"] == "s40x" and attrs["expert"] == "tiny-vit"
     assert len(coords) == len(features) > 0 and not (coords % 512).any()  # tiles 512 level-0 px apart
     assert np.isfinite(features).all()
+
+
+# issue 23: a full disk (a file-size limit stands in for it)
+
+FULL_DISK = "[Errno 27] File too large (the disk is full or a file-size limit is reached); free space and run again"
+
+
+def test_a_full_disk_fails_each_store_by_name_and_the_summary_and_the_rerun_complete(tmp_path):
+    """Before: a segmentation fault in HDF5 at the second slide: no summary, the other slides never tried."""
+    manifest, _ = tissue_cohort(tmp_path / "cohort", "plain", n_slides=3)
+    extract = ["-m", "pathme.cli", "extract", "--manifest", str(manifest), "--output-dir", "features"]
+    extract += ["--experts", "tiny-vit", "--device", "cpu", "--num-workers", "0"]
+    run = with_file_size_limit(["python", *extract], 12 * 1024, tmp_path)  # a store takes about 17 KiB
+    assert run.returncode == 1, run.stderr[-3000:]  # was -11 (SIGSEGV)
+    summary = pd.read_csv(tmp_path / "features" / "run_summary.csv", keep_default_na=False)
+    assert list(summary["slide_id"]) == ["s0", "s1", "s2"] and set(summary["status"]) == {"failed"}
+    assert list(summary["error"]) == [f"cannot write features/s{index}.h5: {FULL_DISK}" for index in range(3)]
+    assert "Traceback" not in run.stderr
+    written = sorted(p.name for p in (tmp_path / "features").iterdir() if not p.name.endswith(".lock"))
+    assert written == ["pathme.log", "run_summary.csv"]  # no store, no temporary file (empty slide locks stay)
+    assert _extract(manifest, tmp_path / "features", "--num-workers", "0") == 0  # the rerun without the limit
+    summary = pd.read_csv(tmp_path / "features" / "run_summary.csv", keep_default_na=False)
+    assert set(summary["status"]) == {"done"}
+
+
+def test_a_full_disk_fails_the_fold_model_by_name_and_the_rerun_completes(tmp_path):
+    """Before: torch's traceback ("PytorchStreamWriter failed writing file data/0"), naming neither file nor cause."""
+    features = tmp_path / "features"
+    features.mkdir()
+    for index in range(6):
+        write_store(features, f"s{index}", f"p{index}", ["full", "sparse"], {"tiny-vit": 16})
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"patient_id": [f"p{i}" for i in range(6)], "label": list("ABABAB")}).to_csv(labels, index=False)
+    mil = ["-m", "pathme.cli", "mil", "--dataset-dir", "features", "--feature-source", "tiny-vit", "--labels"]
+    mil += [str(labels), "--output-dir", "mil", "--num-folds", "2", "--max-epochs", "1", "--min-epochs", "1"]
+    mil += ["--device", "cpu", "--no-heatmaps"]
+    run = with_file_size_limit(["python", *mil], 100 * 1024, tmp_path)  # a fold model takes about 280 KiB
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert run.stderr.splitlines()[-1] == f"ERROR pathme: cannot write mil/fold_0/model.pt: {FULL_DISK}"
+    assert "Traceback" not in run.stderr and not list((tmp_path / "mil").rglob("*.pt"))
+    assert not list(tmp_path.rglob(f"*{SUFFIX}"))  # no temporary file left
+    assert _mil(features, labels, tmp_path / "mil", "--num-folds", "2", "--max-epochs", "1", "--no-heatmaps") == 0
+    assert sorted(p.parent.name for p in (tmp_path / "mil").glob("fold_*/model.pt")) == ["fold_0", "fold_1"]

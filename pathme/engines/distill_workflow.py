@@ -37,7 +37,7 @@ from pathme.engines.distill import (
 )
 from pathme.engines.schedules import Schedules
 from pathme.networks import PatHME, PatHMEConfig, preset_config
-from pathme.store.atomic import set_aside, write_atomic
+from pathme.store.atomic import save_torch, set_aside
 
 if TYPE_CHECKING:  # tensorboard is imported where a run writes to it, not by every reader of this module
     from torch.utils.tensorboard import SummaryWriter
@@ -257,7 +257,7 @@ class DistillationRun:
         to_save = self.to_save(parts)
         saver = Checkpoint(
             to_save,
-            DiskSaver(checkpoints, require_empty=False),
+            AtomicDiskSaver(checkpoints, require_empty=False),
             filename_prefix="distill",
             n_saved=2,
             global_step_transform=lambda engine, _: engine.state.iteration,
@@ -295,7 +295,19 @@ def save_teacher(teacher: torch.nn.Module, path: Path, iteration: int, trained_o
     ``torch.load(weights_only=True)`` reads, unlike the full checkpoints whose trainer state holds NumPy RNG states
     (MONAI's ``ckpt_export`` loads that way and refuses them)."""
     state = {"teacher": teacher.state_dict(), "iteration": iteration, TRAINED_ON: trained_on.state_dict()}
-    return write_atomic(path, lambda temp: torch.save(state, temp))
+    return save_torch(path, state)
+
+
+class AtomicDiskSaver(DiskSaver):
+    """Ignite's :class:`DiskSaver` writing through :func:`~pathme.store.atomic.save_torch`: a failed checkpoint write
+    is a WriteError naming the checkpoint file and the cause (DiskSaver's is torch's "PytorchStreamWriter failed
+    writing file data/0", naming neither), and a run killed while writing leaves only a hidden temporary sibling,
+    which the next write of that file removes (DiskSaver's ``tmp*`` files stayed forever)."""
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        """Save ``checkpoint`` as ``<dirname>/<filename>`` on the saving rank."""
+        if self.save_on_rank == idist.get_rank():
+            save_torch(self.dirname / filename, checkpoint)
 
 
 def newest_readable_checkpoint(folder: Path) -> tuple[Path, dict] | None:

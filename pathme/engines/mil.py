@@ -27,7 +27,7 @@ from pathme.data.bags import BagDataset, collate_bags
 from pathme.losses import cox_partial_likelihood, discrete_time_nll, risk_from_logits
 from pathme.metrics import classification_metrics, survival_metrics
 from pathme.networks import ABMIL
-from pathme.store.atomic import write_atomic
+from pathme.store.atomic import save_torch
 
 logger = logging.getLogger(__name__)
 
@@ -295,7 +295,8 @@ def save_fold_model(
     digest of the fold's inputs and its best epoch, so a rerun can reuse the fold instead of training it again;
     with ``feature_provenance``, the weights behind its features (``BagIndex.feature_provenance``), so a prediction
     refuses features of other weights; and ``training_slides``, the ``slide_digest`` of every slide of its training
-    and validation patients, so an evaluation can say which of its slides the model learnt from."""
+    and validation patients, so an evaluation can say which of its slides the model learnt from. Written atomically
+    (:func:`~pathme.store.atomic.save_torch`): WriteError naming ``path`` when the disk is full."""
     payload = {
         "state_dict": model.state_dict(),
         "model_config": asdict(config),
@@ -306,7 +307,7 @@ def save_fold_model(
         "feature_provenance": dict(feature_provenance or {}),
         "training_slides": sorted(training_slides),
     }
-    return write_atomic(path, lambda temp: torch.save(payload, temp))
+    return save_torch(path, payload)
 
 
 def read_fold_model(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -19,15 +20,17 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
+from filelock import Timeout
 from tqdm import tqdm
 
 import pathme
+from pathme.console import announce
 from pathme.device import pick_device
 from pathme.encoders import Expert, build_expert
 from pathme.extract.engine import encode_regions
 from pathme.extract.loader import RegionDataset, SlideSource, region_loader
 from pathme.store import RegionStoreWriter, config_digest, read_store_summary, store_is_done, write_features_h5
-from pathme.store.atomic import write_csv_atomic
+from pathme.store.atomic import write_csv_atomic, writer_lock
 from pathme.store.digests import slide_fingerprint
 from pathme.store.interop import interop_attrs
 from pathme.store.provenance import read_provenance, slide_attrs
@@ -92,7 +95,12 @@ class CohortExtractor:
         }
 
     def run(self) -> pd.DataFrame:
-        """Extract this rank's share of the slides; rank 0 returns (and writes) the summary of all ranks."""
+        """Extract this rank's share of the slides; rank 0 returns (and writes) the summary of all ranks.
+
+        Each slide is extracted under its store's :func:`~pathme.store.atomic.writer_lock`: a slide that another run
+        on the same output folder is extracting is put off to the end of this run's list and then waited for, and
+        its store is checked like any other (skipped when valid, redone when that run failed). So two runs encode
+        each slide once between them, and each run's summary lists every slide."""
         rank, world = idist.get_rank(), idist.get_world_size()
         entries = read_manifest(self.manifest)[rank::world]
         experts = {
@@ -100,16 +108,48 @@ class CohortExtractor:
             for name in self.experts
         }
         self.output_dir.mkdir(parents=True, exist_ok=True)  # after the experts: a refused one leaves no folder
-        records = []
-        slides = tqdm(entries, desc=f"extract (rank {rank})" if world > 1 else "extract", unit="slide", disable=None)
-        for entry in slides:
-            record = self._extract_or_skip(entry, experts)
-            records.append(record)
-            slides.set_postfix(status=record["status"], tiles_per_s=_rate(record))
-        return self._summarise(records, rank, world)
+        records: dict[int, dict] = {}
+        queue = deque((position, False) for position in range(len(entries)))  # (manifest position, wait for it)
+        desc = f"extract (rank {rank})" if world > 1 else "extract"
+        with tqdm(total=len(entries), desc=desc, unit="slide", disable=None) as slides:
+            while queue:
+                position, wait = queue.popleft()
+                entry = entries[position]
+                record = self._extract_locked(entry, experts, wait)
+                if record is None:
+                    logger.info("slide %s: another run is extracting it; put off to the end", entry.slide_id)
+                    queue.append((position, True))
+                    continue
+                records[position] = record
+                slides.update()
+                slides.set_postfix(status=record["status"], tiles_per_s=_rate(record))
+        return self._summarise([records[position] for position in range(len(entries))], rank, world)
+
+    def _store(self, entry: ManifestRow) -> Path:
+        return self.output_dir / f"{entry.slide_id}.h5"
+
+    def _extract_locked(self, entry: ManifestRow, experts: Mapping[str, Expert], wait: bool) -> dict | None:
+        """:meth:`_extract_or_skip` holding the store's writer lock; None when another run holds it and ``wait`` is
+        False. A lock that cannot be taken at all (no room for its empty file) is done without: it only saves work."""
+        lock = writer_lock(self._store(entry))
+        try:
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                if not wait:
+                    return None
+                announce(logger, "slide %s: waiting for the other run that is extracting it", entry.slide_id)
+                lock.acquire()
+        except OSError as error:  # (filelock's Timeout is one too, but is handled above)
+            logger.warning("slide %s: extracted without a lock, which cannot be taken (%s)", entry.slide_id, error)
+            return self._extract_or_skip(entry, experts)
+        try:
+            return self._extract_or_skip(entry, experts)
+        finally:
+            lock.release()
 
     def _extract_or_skip(self, entry: ManifestRow, experts: Mapping[str, Expert]) -> dict:
-        store = self.output_dir / f"{entry.slide_id}.h5"
+        store = self._store(entry)
         record = dict.fromkeys(SUMMARY_COLUMNS, "") | {"slide_id": entry.slide_id, "store": str(store)}
         start = time.perf_counter()
         try:

@@ -172,7 +172,10 @@ class RegionStoreWriter:
         valid_l1: np.ndarray,
         features: Mapping[str, FeatureTriple],
     ) -> None:
-        """Write region ``index`` (canonical order); ``features[expert]`` = (L0 [256, D], L1 [16, D], L2 [D])."""
+        """Write region ``index`` (canonical order); ``features[expert]`` = (L0 [256, D], L1 [16, D], L2 [D]).
+
+        StoreError for a value that does not fit the store; :class:`~pathme.store.atomic.WriteError` naming the store
+        and the cause once a write to disk has failed (a full disk: leave the ``with`` block, which discards it)."""
         if self._file is None:
             raise StoreError(f"{self.path}: writer already committed or aborted")
         if not 0 <= index < self.n_regions:
@@ -214,9 +217,11 @@ class RegionStoreWriter:
             self._file[name][index] = value
         self._coords[index] = position
         self._written[index] = True
+        self._target.raise_if_failed()  # a full disk stops the slide here, not after encoding all of it
 
     def commit(self) -> Path:
-        """Check every region is written, mark the store complete and rename it into place; returns the path."""
+        """Check every region is written, mark the store complete and rename it into place; returns the path.
+        WriteError naming the store and the cause when a write failed (nothing appears at the path then)."""
         if self._file is None:
             raise StoreError(f"{self.path}: writer already committed or aborted")
         missing = np.flatnonzero(~self._written)

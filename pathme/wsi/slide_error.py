@@ -1,4 +1,4 @@
-"""Errors about one slide: a cohort run records them for that slide and goes on with the others."""
+"""Errors about one slide, and the one line a cohort run records for a slide that failed before it goes on."""
 
 from __future__ import annotations
 
@@ -6,7 +6,12 @@ import logging
 import re
 
 
-class SlideError(ValueError):
+class ExplainedError(Exception):
+    """An error whose message is the whole story a user needs: what failed, where, and what to do. A cohort's summary
+    row gives it as it is, without a type name or a traceback (:func:`failure_text`)."""
+
+
+class SlideError(ExplainedError, ValueError):
     """A slide that cannot be used; the message names the slide, the file and the problem."""
 
 
@@ -35,13 +40,15 @@ def error_reason(error: BaseException) -> str:
 def failure_text(error: Exception, slide_id: str, logger: logging.Logger) -> str:
     """The one line a cohort's summary row gets for a slide that failed, logged as an error.
 
-    A :class:`SlideError` is a problem with the input and its message says what to do; anything else is
-    unexpected (a bug, a full disk, memory), so its type is named and its traceback logged at DEBUG (``-v``). An
-    error from a DataLoader worker gives its original message (:func:`error_reason`).
+    An :class:`ExplainedError` (a :class:`SlideError`: a problem with the input; a full disk's
+    :class:`~pathme.store.atomic.WriteError`) says what to do in its message; anything else is unexpected (a bug,
+    memory), so its type is named and its traceback logged at DEBUG (``-v``). An error from a DataLoader worker gives
+    its original message (:func:`error_reason`).
     """
+    told = isinstance(error, ExplainedError)
     reason = error_reason(error)
-    text = reason if isinstance(error, SlideError) else f"{type(error).__name__}: {reason}"
+    text = reason if told else f"{type(error).__name__}: {reason}"
     logger.error("slide %s failed: %s", slide_id, text)
-    if not isinstance(error, SlideError):
+    if not told:
         logger.debug("slide %s: traceback of the failure", slide_id, exc_info=error)
     return text
