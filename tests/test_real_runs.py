@@ -211,13 +211,21 @@ def test_the_newest_readable_checkpoint_is_the_one_resumed_from(tmp_path):
     assert load_checkpoint(path) == {"iteration": 10}
 
 
-def test_a_rerun_of_an_interrupted_cross_validation_trains_only_the_unfinished_folds(tmp_path, monkeypatch):
-    features = tmp_path / "features"
+def _store_cohort(folder: Path, patients: int) -> tuple[Path, Path]:
+    """``folder/features``: a random tiny-vit store of two regions per patient p0.. (slide s<i>), labelled A, B, A, ...
+    in ``folder/labels.csv``; (features, labels)."""
+    features = folder / "features"
     features.mkdir()
-    for index in range(9):
+    for index in range(patients):
         write_store(features, f"s{index}", f"p{index}", ["full", "sparse"], {"tiny-vit": 16})
-    labels = tmp_path / "labels.csv"
-    pd.DataFrame({"patient_id": [f"p{i}" for i in range(9)], "label": list("ABABABABA")}).to_csv(labels, index=False)
+    labels = folder / "labels.csv"
+    rows = {"patient_id": [f"p{i}" for i in range(patients)], "label": ["AB"[i % 2] for i in range(patients)]}
+    pd.DataFrame(rows).to_csv(labels, index=False)
+    return features, labels
+
+
+def test_a_rerun_of_an_interrupted_cross_validation_trains_only_the_unfinished_folds(tmp_path, monkeypatch):
+    features, labels = _store_cohort(tmp_path, 9)
     settings = TrainSettings(max_epochs=3, min_epochs=1)
 
     def run(output: Path) -> pd.DataFrame:
@@ -349,12 +357,7 @@ def test_a_full_disk_fails_each_store_by_name_and_the_summary_and_the_rerun_comp
 
 def test_a_full_disk_fails_the_fold_model_by_name_and_the_rerun_completes(tmp_path):
     """Before: torch's traceback ("PytorchStreamWriter failed writing file data/0"), naming neither file nor cause."""
-    features = tmp_path / "features"
-    features.mkdir()
-    for index in range(6):
-        write_store(features, f"s{index}", f"p{index}", ["full", "sparse"], {"tiny-vit": 16})
-    labels = tmp_path / "labels.csv"
-    pd.DataFrame({"patient_id": [f"p{i}" for i in range(6)], "label": list("ABABAB")}).to_csv(labels, index=False)
+    features, labels = _store_cohort(tmp_path, 6)
     mil = ["-m", "pathme.cli", "mil", "--dataset-dir", "features", "--feature-source", "tiny-vit", "--labels"]
     mil += [str(labels), "--output-dir", "mil", "--num-folds", "2", "--max-epochs", "1", "--min-epochs", "1"]
     mil += ["--device", "cpu", "--no-heatmaps"]
