@@ -83,17 +83,19 @@ def is_built(path: Path) -> bool:
     return path.with_suffix(".done").is_file()
 
 
-def build_slide(path: Path, width: int, height: int, mpp: float, sample: Path) -> Path:
-    """The slide at ``path`` (kept when already complete), see the module docstring."""
+def build_slide(
+    path: Path, width: int, height: int, mpp: float, sample: Path, downsamples: tuple[int, ...] = DOWNSAMPLES
+) -> Path:
+    """The slide at ``path`` (kept when already complete), see the module docstring; ``downsamples`` of its levels."""
     if is_built(path):
         return path
     rng = np.random.default_rng(width + height)
     mask = tissue_mask(width, height, rng)
     base = texture(sample, mpp)
-    period = {d: downsample_area(base, (base.shape[1] // d, base.shape[0] // d)) for d in DOWNSAMPLES}
+    period = {d: downsample_area(base, (base.shape[1] // d, base.shape[0] // d)) for d in downsamples}
 
     def render(level: int, x: int, y: int, box_width: int, box_height: int) -> np.ndarray:
-        d = DOWNSAMPLES[level]
+        d = downsamples[level]
         tissue = period[d]
         rows, cols = np.arange(y, y + box_height), np.arange(x, x + box_width)
         pixels = tissue[np.ix_(rows % tissue.shape[0], cols % tissue.shape[1])]
@@ -101,7 +103,7 @@ def build_slide(path: Path, width: int, height: int, mpp: float, sample: Path) -
         return np.where(inside[..., None], pixels, GLASS)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_tiled_pyramid(path, (width, height), render, mpp, "svs", DOWNSAMPLES, 0.25 * 40 / mpp, "jpeg")
+    write_tiled_pyramid(path, (width, height), render, mpp, "svs", downsamples, 0.25 * 40 / mpp, "jpeg")
     path.with_suffix(".done").write_text(json.dumps({"tissue_share": float(mask.mean())}))
     return path
 

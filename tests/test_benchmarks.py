@@ -29,6 +29,14 @@ def scale_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("scale")
 
 
+def test_bench_thumbnail_previews_a_slide_with_and_without_a_pyramid(tmp_path, cmu_slide, scale_cache):
+    out = tmp_path / "thumbnail.json"
+    run_script("bench_thumbnail.py", "--smallest", "--cache", str(scale_cache), "--json", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["levels"] for row in rows] == ["pyramid", "level 0 only"]
+    assert all(row["slide"] == "4096 x 3072" and row["peak_rss_MB"] > 0 and row["seconds"] > 0 for row in rows)
+
+
 def test_bench_scale_builds_a_slide_extracts_it_and_projects_a_cohort(tmp_path, cmu_slide, scale_cache):
     out = tmp_path / "scale.json"
     run_script("bench_scale.py", "--smallest", "--cache", str(scale_cache), "--json", str(out))
