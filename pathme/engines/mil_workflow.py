@@ -100,8 +100,7 @@ def slide_rows(
     A slide gets status ``done``; ``no tokens`` with the reason its store gives; ``geojson only`` when its image
     is gone, unreadable or no longer the file extraction read (another fingerprint or size: the store's coordinates
     would be drawn on another image), the GeoJSON coming from the store's coordinates; ``failed`` on any other
-    error; or
-    ``scored`` without heatmaps. The note says why; one slide's problem never stops the others.
+    error; or ``scored`` without heatmaps. The note says why; one slide's problem never stops the others.
     """
     rows = []
     for record in records:
