@@ -24,6 +24,7 @@ import csv
 import io
 import math
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,9 +140,20 @@ def make_demo_cohort(out_dir: Path, source: Path, n_slides: int = 8, seed: int =
     context = draw_truth(patients[-1] + 1, rng)
     plan = plan_slides(patients, planted, context, rng)
     planted_rows = []
-    for slide in tqdm(plan, desc="demo slides", unit="slide", disable=not sys.stderr.isatty()):
-        tumour = tumour_tiles(stains, slide.grade) if slide.planted else stains[:0]
-        planted_rows += _write_slide(out_dir / "slides" / slide.filename, slide, pools, tumour, rng)
+    # Slides are drawn here in plan order (the seeded rng's draws stay the same) while the previous one is being
+    # compressed and written on a second thread (PIL's resize and JPEG encoding release the GIL): at most two
+    # slides' pixels in memory.
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        written: Future | None = None
+        for slide in tqdm(plan, desc="demo slides", unit="slide", disable=not sys.stderr.isatty()):
+            tumour = tumour_tiles(stains, slide.grade) if slide.planted else stains[:0]
+            image, rows = draw_slide(slide, pools, tumour, rng)
+            planted_rows += rows
+            if written is not None:
+                written.result()
+            written = writer.submit(_write_slide, out_dir / "slides" / slide.filename, slide.flavour, image)
+        if written is not None:
+            written.result()
     _write_csv(out_dir / "planted.csv", PLANTED_COLUMNS, planted_rows)
     for name, truth in (("labels.csv", planted), ("labels_context.csv", context)):
         _write_csv(out_dir / name, ["patient_id", "label", "time", "event"], truth.rows())
@@ -246,21 +258,12 @@ def plan_slides(
     return plan
 
 
-def _write_slide(
-    path: Path,
-    slide: PlannedSlide,
-    pools: tuple[np.ndarray, np.ndarray],
-    tumour: np.ndarray,
-    rng: np.random.Generator,
-) -> list[list]:
-    """Draw and write one slide (atomically); return its planted.csv rows."""
-    image, rows = draw_slide(slide, pools, tumour, rng)
-    magnification = MAGNIFICATION if slide.flavour == "svs" else None
+def _write_slide(path: Path, flavour: str, image: np.ndarray) -> None:
+    """Write one slide's level-0 ``image`` as a JPEG pyramid of ``flavour`` ('svs' or 'tiff'), atomically."""
+    magnification = MAGNIFICATION if flavour == "svs" else None
     write_atomic(
-        path,
-        lambda temp: write_pyramid(temp, image, MPP, slide.flavour, DOWNSAMPLES, magnification, compression="jpeg"),
+        path, lambda temp: write_pyramid(temp, image, MPP, flavour, DOWNSAMPLES, magnification, compression="jpeg")
     )
-    return rows
 
 
 def draw_slide(

@@ -18,13 +18,14 @@ import tifffile
 from PIL import Image
 
 TILE = 256
+BOX = Image.Resampling.BOX  # PIL's area (box) filter
 
 
 def downsample_area(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Area-resize a uint8 image (gray, RGB or RGBA) to ``size`` = (width, height) with PIL's box filter."""
     if (image.shape[1], image.shape[0]) == tuple(size):
         return image
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
+    return np.asarray(Image.fromarray(image).resize(size, BOX))
 
 
 def _aperio_description(width: int, height: int, mpp: float | None, magnification: float | None) -> str:
@@ -60,13 +61,12 @@ def write_pyramid(
         raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) uint8 image, got {image.shape} {image.dtype}")
     height, width = image.shape[:2]
     sizes = level_sizes((width, height), downsamples)
-    current: dict[int, np.ndarray] = {}
+    source = Image.fromarray(image)  # converted once for every level (a copy of level 0 per level before)
+    levels = [image if size == (width, height) else np.asarray(source.resize(size, BOX)) for size in sizes]
+    del source
 
     def render(level: int, x: int, y: int, box_width: int, box_height: int) -> np.ndarray:
-        if level not in current:  # one level in memory at a time
-            current.clear()
-            current[level] = downsample_area(image, sizes[level])
-        return current[level][y : y + box_height, x : x + box_width]
+        return levels[level][y : y + box_height, x : x + box_width]
 
     channels = image.shape[2] if image.ndim == 3 else 0
     return write_tiled_pyramid(
