@@ -70,6 +70,9 @@ def test_nominal_20x_scans_either_side_of_0_5_are_read_and_a_coarse_one_refused_
     assert "\n" not in reason and not (tmp_path / "features" / "m75.h5").exists()
     refused = _extract(manifest, tmp_path / "strict", mpp_tolerance=0.0)
     assert refused.loc["m504", "status"] == "failed" and "beyond the 0% µm/px tolerance" in refused.loc["m504", "error"]
+    rerun = _extract(manifest, tmp_path / "features", mpp_tolerance=0.0)  # its stores were read under 5 %
+    assert rerun.loc["m504", "status"] == "failed" and rerun.loc["m504", "error"] == refused.loc["m504", "error"]
+    assert rerun.loc["m499", "status"] == "skipped (valid store)"
 
 
 # kind 4: readers that hand over pixels that cannot be right (t05, t07)

@@ -21,7 +21,7 @@ import logging
 import math
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -293,7 +293,16 @@ def _to_patients(
 
 def _written_otherwise(ids: Iterable[str], known: Iterable[str], where: str = "the stores") -> str:
     """`` (the stores write 'P1' as 'p1': one id written two ways?)`` for ids ``known`` spells otherwise, else ''."""
+    return _otherwise_text(_spellings(ids, known), where)
+
+
+def _each_written_otherwise(ids: Sequence[str], known: Iterable[str], where: str = "the stores") -> list[str]:
+    """:func:`_written_otherwise` of each id alone, with ``known``'s spellings indexed once."""
     near = _spellings(ids, known)
+    return [_otherwise_text({value: near[value]} if value in near else {}, where) for value in ids]
+
+
+def _otherwise_text(near: Mapping[str, list[str]], where: str) -> str:
     if not near:
         return ""
     cases = ", ".join(f"{value!r} as {' or '.join(map(repr, others))}" for value, others in list(near.items())[:SHOWN])
@@ -326,7 +335,7 @@ def _check_features(
             f"token ({why}); fix those slides (see their previews) or remove those rows, {LEAVE_OUT}"
         )
     reasons = pd.Series("", index=rows.index)
-    reasons[unknown] = [f"no store{_written_otherwise([p], feature_patients)}" for p in patient[unknown]]
+    reasons[unknown] = [f"no store{text}" for text in _each_written_otherwise(list(patient[unknown]), feature_patients)]
     reasons[empty] = [f"no valid token ({empty_reasons.get(p, 'no valid tile')})" for p in patient[empty]]
     gone = reasons != ""
     if gone.any():
@@ -344,7 +353,7 @@ def _check_features(
             len(unlabelled),
             _ids(unlabelled),
         )
-    no_row = [f"no label row{_written_otherwise([p], patient, 'the labels')}" for p in unlabelled]
+    no_row = [f"no label row{text}" for text in _each_written_otherwise(unlabelled, patient, "the labels")]
     left = [rows[gone].assign(reason=reasons[gone]), pd.DataFrame({"patient_id": unlabelled, "reason": no_row})]
     return rows[~gone], _stack(left, ["patient_id", *rows.columns.drop("patient_id"), "reason"])
 

@@ -39,6 +39,7 @@ from pathme.wsi.backends import AUTO
 from pathme.wsi.grid import L0_MPP, L0_SIDE, L1_MPP, L2_MPP, REGION_PX, TILE_PX, tile_origins
 from pathme.wsi.manifest import ManifestRow, read_manifest
 from pathme.wsi.mpp import MPP_TOLERANCE
+from pathme.wsi.reading import refuse_too_coarse
 from pathme.wsi.regions import plan_regions
 from pathme.wsi.slide_error import SlideError, failure_text
 from pathme.wsi.tissue import TissueConfig
@@ -155,6 +156,9 @@ class CohortExtractor:
         try:
             expected = self._expected(entry, experts)
             if store_is_done(store, expected=expected, experts=list(experts)):
+                # the tolerance is not in the config digest (changing it must not redo every store), so a store
+                # read under a looser one is held to this run's
+                refuse_too_coarse(entry.slide_id, read_provenance(store).mpp, L0_MPP, self.mpp_tolerance)
                 record |= {"status": "skipped (valid store)", "regions": read_store_summary(store)["n_regions"]}
             else:
                 regions, tiles = self._extract(entry, experts, store, expected)

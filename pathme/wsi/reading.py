@@ -76,12 +76,19 @@ def level_read(slide: Slide, target_mpp: float) -> LevelRead:
         level = max(candidates, key=slide.level_mpp)
         return LevelRead(slide.slide_id, level, slide.level_mpp(level), target_mpp, slide.mpp_tolerance)
     finest = slide.level_mpp(0)
-    if finest <= target_mpp * (1 + slide.mpp_tolerance):
-        return LevelRead(slide.slide_id, 0, finest, target_mpp, slide.mpp_tolerance)
-    coarser, tolerance = _percent(finest / target_mpp - 1), _percent(slide.mpp_tolerance)
+    refuse_too_coarse(slide.slide_id, finest, target_mpp, slide.mpp_tolerance)
+    return LevelRead(slide.slide_id, 0, finest, target_mpp, slide.mpp_tolerance)
+
+
+def refuse_too_coarse(slide_id: str, level0_mpp: float, target_mpp: float, tolerance: float) -> None:
+    """Raise the one SlideError every stage gives when level 0 (at ``level0_mpp``) is more than ``tolerance`` (a
+    fraction) coarser than ``target_mpp``; return quietly otherwise."""
+    if level0_mpp <= target_mpp * (1 + tolerance):
+        return
+    coarser, percent = _percent(level0_mpp / target_mpp - 1), _percent(tolerance)
     raise SlideError(
-        f"slide {slide.slide_id}: level 0 is {finest:.4f} µm/px (about {MPP_AT_1X / finest:.3g}x), {coarser} coarser "
-        f"than the {target_mpp:g} µm/px ({MPP_AT_1X / target_mpp:g}x) it must be read at, beyond the {tolerance} µm/px "
+        f"slide {slide_id}: level 0 is {level0_mpp:.4f} µm/px (about {MPP_AT_1X / level0_mpp:.3g}x), {coarser} coarser "
+        f"than the {target_mpp:g} µm/px ({MPP_AT_1X / target_mpp:g}x) it must be read at, beyond the {percent} µm/px "
         "tolerance (mpp_tolerance, --mpp-tolerance); scan it at 20x (0.5 µm/px) or finer, or give its right µm/px in "
         "the manifest's 'mpp' column if the file's is wrong"
     )
