@@ -95,20 +95,29 @@ class OutputFolderLog(logging.FileHandler):
         """Write ``record`` (after those held), or hold it while the folder does not exist."""
         if self.failed:
             return
-        if self.stream is None and not Path(self.baseFilename).parent.is_dir():
-            self.held.append(record)
-            return
-        for waiting in self.held:
-            super().emit(waiting)
+        self.held.append(record)
+        if self.stream is not None or Path(self.baseFilename).parent.is_dir():
+            self._write_held()
+
+    def _write_held(self) -> None:
+        """Write the held records in order until one fails (then the rest are dropped with the file)."""
+        while self.held and not self.failed:
+            record = self.held.pop(0)
+            try:
+                super().emit(record)
+            except OSError as error:  # FileHandler.emit opens the file outside the try that calls handleError
+                self._give_up(error)
         self.held.clear()
-        super().emit(record)
 
     def handleError(self, record: logging.LogRecord) -> None:
         """A failed write of the file (an OSError) closes it for the rest of the run, with one console warning."""
         error = sys.exc_info()[1]
-        if not isinstance(error, OSError):
+        if isinstance(error, OSError):
+            self._give_up(error)
+        else:
             super().handleError(record)
-            return
+
+    def _give_up(self, error: OSError) -> None:
         self.failed = True
         stream, self.stream = self.stream, None
         with suppress(OSError):  # what is still buffered cannot be written either
@@ -120,9 +129,8 @@ class OutputFolderLog(logging.FileHandler):
 
     def close(self) -> None:
         """Write what is held if the folder exists by now, then close the file."""
-        if self.held and not self.failed and Path(self.baseFilename).parent.is_dir():
-            for waiting in self.held:
-                super().emit(waiting)
+        if not self.failed and Path(self.baseFilename).parent.is_dir():
+            self._write_held()
         self.held.clear()
         super().close()
 

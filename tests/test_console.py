@@ -199,3 +199,38 @@ def test_a_log_file_on_a_full_disk_is_one_warning_and_the_run_goes_on(tmp_path):
         "ERROR pathme.test: the run's own error, still on the console",
     ]
     assert (tmp_path / "run" / LOG_FILE).stat().st_size <= 4096
+
+
+LOG_FILE_TROUBLE = {
+    "records held until the folder exists, then a full disk": """
+for line in range(300):
+    logging.getLogger("pathme.test").info("line %d, held until the folder exists", line)
+Path("run").mkdir()
+""",
+    "a log file that cannot be opened": """
+Path("run", "pathme.log").mkdir(parents=True)
+logging.getLogger("pathme.test").info("a line of the run's log")
+""",
+}
+
+
+@pytest.mark.parametrize("trouble", sorted(LOG_FILE_TROUBLE))
+def test_a_log_file_that_fails_with_records_held_or_at_its_opening_is_one_warning(tmp_path, trouble):
+    """Before: a warning for each held record once the first failed, and a traceback out of the run's own
+    logging call when the file could not be opened."""
+    script = "\n".join(
+        [
+            "import logging",
+            "from pathlib import Path",
+            "from pathme.console import console_logging",
+            'with console_logging(Path("run")):',
+            *(f"    {line}" for line in LOG_FILE_TROUBLE[trouble].strip().splitlines()),
+            '    logging.getLogger("pathme.test").error("the run\'s own error, still on the console")',
+        ]
+    )
+    run = with_file_size_limit(["python", "-c", script], 4096, tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    warning, error = run.stderr.splitlines()
+    assert warning.startswith(f"WARNING pathme.console: cannot write {tmp_path / 'run' / LOG_FILE}: ")
+    assert warning.endswith("; this run goes on without its log file")
+    assert error == "ERROR pathme.test: the run's own error, still on the console"
