@@ -143,7 +143,7 @@ def test_fold_models_predict_only_on_features_of_the_weights_they_were_trained_o
         ValueError,
         match=r"fold_0/model.pt was trained on features of other weights than the stores in .*seed1 hold \(exp "
         r"weights 'random:0' in training, 'random:1' in .*seed1\); features of different weights are not "
-        r"comparable: predict on stores extracted",
+        r"comparable: use stores extracted",
     ):
         MILPredict(seed1, tmp_path / "mil", tmp_path / "pred", heatmaps=False).run()
     assert not (tmp_path / "pred").exists()

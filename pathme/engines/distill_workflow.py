@@ -37,6 +37,7 @@ from pathme.engines.distill import (
 )
 from pathme.engines.schedules import Schedules
 from pathme.networks import PatHME, PatHMEConfig, preset_config
+from pathme.store.agreement import weights_key
 from pathme.store.atomic import save_torch, set_aside
 
 if TYPE_CHECKING:  # tensorboard is imported where a run writes to it, not by every reader of this module
@@ -221,7 +222,7 @@ class DistillationRun:
             student, teacher, losses, optimizer, schedules, self.device, self.clip_grad, self.amp
         )
         trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: _set_epoch(engine, views, sampler))
-        digests = {name: regions.expert_provenance[f"{name} weights"] for name in (self.expert_a, self.expert_b)}
+        digests = {name: regions.expert_provenance[weights_key(name)] for name in (self.expert_a, self.expert_b)}
         trained_on = TrainedOn(self.expert_a, self.expert_b, self.preset, asdict(net.config), digests)
         return {
             "trained_on": trained_on,

@@ -25,6 +25,7 @@ from pathme.device import pick_device
 from pathme.engines.distill_workflow import TrainedOn, load_checkpoint, newest_readable_checkpoint
 from pathme.networks import PatHME
 from pathme.store import file_digest, store_is_done, validate_store
+from pathme.store.agreement import check_same_features, weights_key, weights_provenance
 from pathme.store.atomic import write_csv_atomic
 from pathme.store.provenance import SlideProvenance
 from pathme.store.schema import COORDS, FEATURES, VALID
@@ -120,13 +121,8 @@ class EmbedRun:
                 f"{store}: expert {expert!r} has {attrs['expert_dims'][expert]}-d features, "
                 f"the teacher of {self.checkpoint} takes {recorded.input_dim}-d ones"
             )
-        trained = recorded.expert_digests.get(expert)
-        if trained and attrs["expert_digests"][expert] != trained:
-            raise ValueError(
-                f"{store}: its {expert!r} features come from weights {attrs['expert_digests'][expert]!r}, the teacher "
-                f"of {self.checkpoint} was trained on features of weights {trained!r}; embed region stores extracted "
-                f"with those weights (pathme extract --weights {expert}=...), or distill a teacher on these"
-            )
+        trained = {weights_key(name): digest for name, digest in recorded.expert_digests.items()}
+        check_same_features(trained, weights_provenance(attrs, [expert]), self.checkpoint, store)
         extent = SlideProvenance.from_attrs(attrs).region_extent
         tokens, coords = self._embed(teacher, store, expert, extent)
         made_by = {"teacher_digest": digest, "teacher_checkpoint": str(self.checkpoint), "teacher_expert": expert}

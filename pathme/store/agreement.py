@@ -19,6 +19,11 @@ TEACHER = "teacher"
 SHOWN = 4  # stores named per value in a message
 
 
+def weights_key(expert: str) -> str:
+    """The provenance key of an expert's weights digest (:func:`weights_provenance`)."""
+    return f"{expert} weights"
+
+
 def weights_provenance(attrs: Mapping[str, Any], experts: Iterable[str], tokens: bool = False) -> dict[str, str]:
     """The digests that define the feature space of a store's features, as text: ``"<expert> weights"`` (its
     ``expert_digests`` entry) and ``"<expert> dimension"`` for each of ``experts``; with ``tokens`` (a token store)
@@ -26,13 +31,13 @@ def weights_provenance(attrs: Mapping[str, Any], experts: Iterable[str], tokens:
     records which (``teacher_expert``)."""
     provenance: dict[str, str] = {}
     for expert in experts:
-        provenance[f"{expert} weights"] = str(attrs["expert_digests"][expert])
+        provenance[weights_key(expert)] = str(attrs["expert_digests"][expert])
         provenance[f"{expert} dimension"] = str(attrs["expert_dims"][expert])
     if tokens:
         provenance[TEACHER] = str(attrs.get("teacher_digest", ""))
         expert_a = attrs.get("teacher_expert")
         if expert_a:
-            provenance[f"{expert_a} weights"] = str(attrs["expert_digests"][expert_a])
+            provenance[weights_key(expert_a)] = str(attrs["expert_digests"][expert_a])
     return provenance
 
 
@@ -88,6 +93,6 @@ def check_same_features(
         cases = "; ".join(f"{key} {trained[key]!r} in training, {found[key]!r} in {where}" for key in differ)
         raise ValueError(
             f"{model} was trained on features of other weights than the stores in {where} hold ({cases}); "
-            f"{_fix(differ[0]).split(': ', 1)[0]}: predict on stores extracted (and embedded) with the weights the "
-            "model was trained on, or train a model on these"
+            f"{_fix(differ[0]).split(': ', 1)[0]}: use stores extracted (and embedded) with the weights the model "
+            "was trained on, or train a model on these"
         )
