@@ -18,14 +18,16 @@ import tifffile
 from PIL import Image
 
 TILE = 256
-BOX = Image.Resampling.BOX  # PIL's area (box) filter
 
 
-def downsample_area(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Area-resize a uint8 image (gray, RGB or RGBA) to ``size`` = (width, height) with PIL's box filter."""
-    if (image.shape[1], image.shape[0]) == tuple(size):
-        return image
-    return np.asarray(Image.fromarray(image).resize(size, BOX))
+def downsample_area(image: np.ndarray | Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """Area-resize a uint8 image (gray, RGB or RGBA) to ``size`` = (width, height) with PIL's box filter. A PIL image
+    (the array converted once) spares the conversion when one image is resized to several sizes."""
+    if isinstance(image, np.ndarray):
+        if (image.shape[1], image.shape[0]) == tuple(size):
+            return image
+        image = Image.fromarray(image)
+    return np.asarray(image if image.size == tuple(size) else image.resize(size, Image.Resampling.BOX))
 
 
 def _aperio_description(width: int, height: int, mpp: float | None, magnification: float | None) -> str:
@@ -61,8 +63,8 @@ def write_pyramid(
         raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) uint8 image, got {image.shape} {image.dtype}")
     height, width = image.shape[:2]
     sizes = level_sizes((width, height), downsamples)
-    source = Image.fromarray(image)  # converted once for every level (a copy of level 0 per level before)
-    levels = [image if size == (width, height) else np.asarray(source.resize(size, BOX)) for size in sizes]
+    source = Image.fromarray(image)  # converted once for all levels
+    levels = [image, *(downsample_area(source, size) for size in sizes[1:])]
     del source
 
     def render(level: int, x: int, y: int, box_width: int, box_height: int) -> np.ndarray:
