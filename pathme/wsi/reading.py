@@ -37,7 +37,6 @@ MAX_READ_SIDE = 4096
 class LevelRead:
     """How a slide is read at ``target_mpp``: from ``level``, whose µm/px is ``level_mpp``."""
 
-    slide_id: str
     level: int
     level_mpp: float
     target_mpp: float
@@ -74,10 +73,10 @@ def level_read(slide: Slide, target_mpp: float) -> LevelRead:
     ]
     if candidates:
         level = max(candidates, key=slide.level_mpp)
-        return LevelRead(slide.slide_id, level, slide.level_mpp(level), target_mpp, slide.mpp_tolerance)
+        return LevelRead(level, slide.level_mpp(level), target_mpp, slide.mpp_tolerance)
     finest = slide.level_mpp(0)
     refuse_too_coarse(slide.slide_id, finest, target_mpp, slide.mpp_tolerance)
-    return LevelRead(slide.slide_id, 0, finest, target_mpp, slide.mpp_tolerance)
+    return LevelRead(0, finest, target_mpp, slide.mpp_tolerance)
 
 
 def refuse_too_coarse(slide_id: str, level0_mpp: float, target_mpp: float, tolerance: float) -> None:
