@@ -23,6 +23,7 @@ from pathme import __version__
 from pathme.bundles import bundle_dir
 from pathme.console import LOG_FILE, console_logging
 from pathme.gpu_libraries import import_image_codecs_quietly
+from pathme.shards.run import Interrupted
 from pathme.store.schema import FEATURE_DTYPES
 from pathme.wsi.backends import AUTO, BACKENDS
 from pathme.wsi.slide_error import error_reason
@@ -33,6 +34,10 @@ DEVICE_HELP = "torch device, e.g. cpu or cuda:1 (default: the GPU when there is 
 MPP_TOLERANCE_HELP = (
     "how much coarser than 0.5 µm/px (20x) a slide's level 0 may be and still be read at 20x, resampled up, as a "
     "fraction (a nominal 20x scan at 0.504 µm/px is 0.008 coarser)"
+)
+SHARD_HELP = (
+    "I/N: work on shard I of N of the slides, balanced by file size, e.g. 0/4 (default null: the SLURM array task, "
+    "else the torchrun rank, else all slides)"
 )
 TISSUE_HELP = {
     "tissue#mpp": "µm/px of the thumbnail tissue is detected on",
@@ -167,9 +172,12 @@ EXTRACT = BundleFlags(
         "reader_backend": "slide reader; auto tries cucim, then openslide, per slide",
         "mpp_tolerance": MPP_TOLERANCE_HELP,
         "tiles_per_batch": "tiles per encoder batch",
-        "num_workers": "region-reading processes",
+        "num_workers": "region-reading processes (default: the CPUs this task was given, less one)",
         "device": DEVICE_HELP,
         "seed": "random seed",
+        "shard": SHARD_HELP,
+        "stage_dir": "node-local folder (e.g. $TMPDIR) each slide is copied to before it is read, one slide ahead, "
+        "removed after use (default null: read in place)",
         "interop_h5": "also write CLAM/TRIDENT-style h5_files/<expert>/<slide_id>.h5",
         "feature_dtype": "dtype of the stored features (computed in float32, bf16 on a GPU)",
         **TISSUE_HELP,
@@ -233,6 +241,7 @@ EMBED = BundleFlags(
         "checkpoint": "teacher.pt of a finished run, a checkpoint, or a folder of them (the newest readable one)",
         "regions_per_batch": "regions per forward pass",
         "device": DEVICE_HELP,
+        "shard": SHARD_HELP.replace("slides", "stores"),
     },
     required=("dataset_dir", "output_dir", "checkpoint"),
 )
@@ -349,7 +358,7 @@ def _preview(args: argparse.Namespace) -> int:
     }
     tissue = {config_id.split("#")[1]: values[config_id] for config_id in TISSUE_HELP}
     summary = preview_manifest(
-        args.manifest, args.out, args.backend, TissueConfig(**tissue), mpp_tolerance=values["mpp_tolerance"]
+        args.manifest, args.out, args.backend, TissueConfig(**tissue), values["mpp_tolerance"], args.shard
     )
     columns = ["slide_id", "backend", "mpp", "regions", "valid_l0_tiles", "tissue_fraction", "ink_fraction", "preview"]
     return _report(summary, columns)
@@ -386,8 +395,34 @@ def _extract(args: argparse.Namespace) -> int:
     _mapping_flags(args, EXTRACT)
     configs = ["inference.json", "multi_gpu_inference.json"] if args.multi_gpu else "inference.json"
     run_bundle(EXTRACT.bundle, configs, **EXTRACT.overrides(args))
-    summary = pd.read_csv(Path(args.output_dir) / "run_summary.csv", keep_default_na=False)
+    summary = _shard_rows(args.output_dir, "extract", "run_summary.csv", args.shard, "slide_id")
     return _report(summary, ["slide_id", "status", "reader_backend", "regions", "tiles", "seconds"])
+
+
+def _shard_rows(output_dir: Path, kind: str, summary: str, shard: str | None, key_column: str) -> pd.DataFrame:
+    """The rows of the merged ``summary`` for the slides of this process's shard (all of them for one shard)."""
+    from pathme.shards import RunRecords, resolve_shard
+
+    plan = RunRecords(output_dir, kind).read_plan()
+    table = pd.read_csv(Path(output_dir) / summary, keep_default_na=False)
+    if plan is None or plan.count == 1:
+        return table
+    return table[table[key_column].isin(plan.keys_of(resolve_shard(shard).index))]
+
+
+def _status(args: argparse.Namespace) -> int:
+    """Where each sharded run in the output folder stands (pathme.shards.status); 0 when every slide has its
+    output, 1 while any is missing or failed."""
+    from pathme.shards import RunRecords, run_status
+
+    kinds = [args.kind] if args.kind else RunRecords.kinds(args.output_dir)
+    if not kinds:
+        raise FileNotFoundError(
+            f"{args.output_dir}: no records of a pathme preview, extract or embed run (records/<kind>/plan.json)"
+        )
+    reports = [run_status(args.output_dir, kind) for kind in kinds]
+    print("\n\n".join(report.render() for report in reports))
+    return int(not all(report.complete for report in reports))
 
 
 def _distill(args: argparse.Namespace) -> int:
@@ -410,7 +445,7 @@ def _embed(args: argparse.Namespace) -> int:
     from pathme.bundles import run_bundle
 
     run_bundle(EMBED.bundle, EMBED.config, **EMBED.overrides(args))
-    summary = pd.read_csv(Path(args.output_dir) / "embed_summary.csv", keep_default_na=False)
+    summary = _shard_rows(args.output_dir, "embed", "embed_summary.csv", args.shard, "slide")
     failed = summary["status"] == "failed"
     print(summary.loc[~failed, ["slide", "status", "regions"]].to_string(index=False))
     for slide, error in summary.loc[failed, ["slide", "error"]].itertuples(index=False):
@@ -487,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--out", type=Path, required=True, help="folder for the PNGs and preview_summary.csv")
     preview.add_argument("--backend", choices=BACKENDS, default=AUTO, help=f"slide reader (default {AUTO})")
     values = EXTRACT.config_values()  # the extraction bundle's tissue detection, so a preview shows what it will do
-    for config_id, meaning in {"mpp_tolerance": MPP_TOLERANCE_HELP, **TISSUE_HELP}.items():
+    for config_id, meaning in {"mpp_tolerance": MPP_TOLERANCE_HELP, "shard": SHARD_HELP, **TISSUE_HELP}.items():
         add_flag(preview, config_id, values[config_id], meaning)
     preview.set_defaults(run=_preview)
 
@@ -495,6 +530,15 @@ def build_parser() -> argparse.ArgumentParser:
     EXTRACT.add_to(extract)
     extract.add_argument("--multi-gpu", action="store_true", help="add multi_gpu_inference.json (start with torchrun)")
     extract.set_defaults(run=_extract)
+
+    status = commands.add_parser(
+        "status", help="where a preview, extract or embed run stands: per shard, missing and failed slides, ETA"
+    )
+    status.add_argument("--output-dir", type=Path, required=True, help="the run's output folder")
+    status.add_argument(
+        "--kind", choices=("preview", "extract", "embed"), help="which run (default: every one with records there)"
+    )
+    status.set_defaults(run=_status)
 
     distill = commands.add_parser("distill", help="train the PatHME teacher (the pathme_distillation bundle)")
     DISTILL.add_to(distill)
@@ -555,6 +599,9 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("pathme %s: %s", __version__, " ".join(sys.argv[1:] if argv is None else argv))
         try:
             return args.run(args)
+        except Interrupted as stop:  # scancel, a time limit: the shard is recorded; say so in one line
+            logger.error("%s: %s; the slides finished are kept, rerun the same command to go on", args.command, stop)
+            return 128 + stop.signal
         except (ValueError, OSError, RuntimeError) as error:  # bad input: one clear line, no traceback (-v shows it)
             cause = _input_error(error)
             if args.verbose or cause is None:

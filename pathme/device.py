@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import ignite.distributed as idist
 import torch
 
@@ -21,3 +23,17 @@ def pick_device(named: torch.device | str | None = None) -> torch.device:
     if not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", idist.get_local_rank())
+
+
+def cpu_budget() -> int:
+    """The CPUs this process may use: those of its affinity mask (what a scheduler's cgroup or ``taskset`` gives),
+    and no more than ``SLURM_CPUS_PER_TASK`` when SLURM sets it, which it does not always enforce; never the
+    machine's core count when the task was given fewer."""
+    cpus = len(os.sched_getaffinity(0))
+    given = os.environ.get("SLURM_CPUS_PER_TASK", "").strip()
+    return max(1, min(cpus, int(given))) if given.isdigit() else cpus
+
+
+def reader_workers() -> int:
+    """Default region-reading processes of extraction: the CPU budget less one for the process that encodes."""
+    return max(1, cpu_budget() - 1)

@@ -33,6 +33,7 @@ FOLDER_IDS = {
     "dataset_dir": "the stores the config reads",
     "output_dir": "where the config writes",
     "models_dir": "a MIL training run's output (its fold models)",
+    "stage_dir": "node-local folder slides are copied to before they are read",
 }
 
 

@@ -262,7 +262,7 @@ time.sleep(600)
 
 
 class _KillWhenLogged(logging.Handler):
-    """Keeps what pathme.extract.cohort logs; kills ``process`` when a message contains ``trigger``."""
+    """Keeps what the loggers it is added to log; kills ``process`` when a message contains ``trigger``."""
 
     def __init__(self, process: subprocess.Popen, trigger: str) -> None:
         super().__init__(logging.INFO)
@@ -285,15 +285,17 @@ def test_a_slide_another_run_holds_is_put_off_then_waited_for_and_redone_when_th
     )
     try:
         assert holder.stdout.readline() == "held\n"  # "another run" is extracting cmu_a
-        logger = logging.getLogger("pathme.extract.cohort")
-        watcher, level = _KillWhenLogged(holder, "waiting for the other run"), logger.level
-        logger.addHandler(watcher)
-        logger.setLevel(logging.INFO)
+        loggers = [logging.getLogger(name) for name in ("pathme.shards.run", "pathme.extract.cohort")]
+        watcher, levels = _KillWhenLogged(holder, "waiting for the other task"), [lg.level for lg in loggers]
+        for logger in loggers:
+            logger.addHandler(watcher)
+            logger.setLevel(logging.INFO)
         try:
             summary = CohortExtractor(cohort, output, EXPERTS, batch_size=32).run()
         finally:
-            logger.removeHandler(watcher)
-            logger.setLevel(level)
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.removeHandler(watcher)
+                logger.setLevel(level)
     finally:
         holder.kill()
         holder.wait()
@@ -304,10 +306,10 @@ def test_a_slide_another_run_holds_is_put_off_then_waited_for_and_redone_when_th
         if message.startswith("slide") and "opened" not in message
     ]
     assert events == [
-        "slide cmu_a: another run is extracting it; put off to the end",
+        "slide cmu_a: another task is on it; put off to the end",
         "slide cmu_b: encoded",
         "slide cmu_c: encoded",
-        "slide cmu_a: waiting for the other run that is extracting it",  # then that run is killed: its lock goes
+        "slide cmu_a: waiting for the other task that is on it",  # then that run is killed: its lock goes
         "slide cmu_a: encoded",  # no valid store from it, so this run extracts the slide
     ]
 

@@ -19,14 +19,13 @@ import h5py
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from pathme.device import pick_device
 from pathme.engines.distill_workflow import TrainedOn, load_checkpoint, newest_readable_checkpoint
 from pathme.networks import PatHME
+from pathme.shards import ShardRun, WorkItem, resolve_shard
 from pathme.store import file_digest, store_is_done, validate_store
 from pathme.store.agreement import check_same_features, weights_key, weights_provenance
-from pathme.store.atomic import write_csv_atomic
 from pathme.store.provenance import SlideProvenance
 from pathme.store.schema import COORDS, FEATURES, VALID
 from pathme.store.tokens import write_token_store
@@ -34,6 +33,8 @@ from pathme.wsi.grid import L1_SIDE, tile_origins
 from pathme.wsi.slide_error import failure_text
 
 logger = logging.getLogger(__name__)
+
+COLUMNS = ["slide", "status", "regions", "store", "error"]
 
 
 def load_teacher(checkpoint: Path) -> PatHME:
@@ -74,6 +75,7 @@ class EmbedRun:
     checkpoint: str | Path
     batch_size: int = 32
     device: torch.device | str | None = None
+    shard: str | None = None  # "I/N"; None: from the SLURM array, torchrun, or all stores (pathme.shards)
 
     def __post_init__(self) -> None:
         self.dataset_dir, self.output_dir = Path(self.dataset_dir), Path(self.output_dir)
@@ -85,28 +87,28 @@ class EmbedRun:
         self.device = pick_device(self.device)
 
     def run(self) -> pd.DataFrame:
-        """Write the token store of every region store of ``dataset_dir`` into ``output_dir``; returns one row per
-        slide (slide, status, regions, store; error when it failed). Raises FileNotFoundError when there is no store."""
+        """Write the token store of each region store of ``dataset_dir`` in this task's shard into ``output_dir``;
+        returns one row per store (slide, status, regions, store; error when it failed), and ``embed_summary.csv``
+        holds every store embedded so far. Raises FileNotFoundError when there is no store."""
         stores = sorted(self.dataset_dir.glob("*.h5"))
         if not stores:
             raise FileNotFoundError(f"no region stores (*.h5) in {self.dataset_dir}")
+        run = ShardRun("embed", self.output_dir, resolve_shard(self.shard), "embed_summary.csv", COLUMNS, "slide")
+        items = run.share([WorkItem(p.stem, p, self.output_dir / p.name) for p in stores], self.dataset_dir)
         state = load_checkpoint(self.checkpoint)
         teacher = teacher_from(state, self.checkpoint).to(self.device)
         recorded = TrainedOn.of(state, self.checkpoint)
         digest = file_digest(self.checkpoint)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        records = []
-        for store in tqdm(stores, desc="embed", unit="slide", disable=None):
-            record = {"slide": store.stem, "status": "", "regions": "", "store": str(self.output_dir / store.name)}
-            record["error"] = ""
+
+        def embed(item: WorkItem, store: Path) -> dict[str, object]:
+            record = {"slide": item.key, "status": "", "regions": "", "store": str(item.target), "error": ""}
             try:
-                record |= self._embed_store(teacher, recorded, store, digest)
+                return record | self._embed_store(teacher, recorded, store, digest)
             except Exception as error:  # one store's failure, whatever it is, is its row; the others go on
-                record |= {"status": "failed", "error": failure_text(error, store.stem, logger)}
-            records.append(record)
-        summary = pd.DataFrame(records)
-        write_csv_atomic(self.output_dir / "embed_summary.csv", summary)
-        return summary
+                return record | {"status": "failed", "error": failure_text(error, item.key, logger)}
+
+        return run.run(items, embed)
 
     def _embed_store(self, teacher: PatHME, recorded: TrainedOn, store: Path, digest: str) -> dict[str, object]:
         """Write the token store of ``store`` unless a valid one is there; the summary row's status and size."""

@@ -1,4 +1,4 @@
-"""Feature extraction over a cohort: resumable, one bad slide never stops the others, slides sharded over ranks.
+"""Feature extraction over a cohort: resumable, one bad slide never stops the others, sharded over tasks.
 
 A slide is skipped only when its region store opens and validates against the schema and the digests of its
 inputs (slide fingerprint, expert weights, extraction config); anything else is redone from scratch, and the
@@ -9,28 +9,27 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import h5py
-import ignite.distributed as idist
 import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-from filelock import Timeout
 from tqdm import tqdm
 
 import pathme
-from pathme.console import announce
-from pathme.device import pick_device
+from pathme.device import cpu_budget, pick_device, reader_workers
 from pathme.encoders import Expert, build_expert
-from pathme.extract.engine import encode_regions
+from pathme.extract.engine import SlideTimes, encode_regions
 from pathme.extract.loader import RegionDataset, SlideSource, region_loader
+from pathme.shards import ShardRun, Stager, WorkItem, check_room, resolve_shard
+from pathme.shards.staging import stageable
+from pathme.shards.status import write_merged
 from pathme.store import RegionStoreWriter, config_digest, read_store_summary, store_is_done, write_features_h5
-from pathme.store.atomic import write_csv_atomic, writer_lock
 from pathme.store.digests import slide_fingerprint
 from pathme.store.interop import interop_attrs
 from pathme.store.provenance import read_provenance, slide_attrs
@@ -46,7 +45,20 @@ from pathme.wsi.tissue import TissueConfig
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_COLUMNS = ["slide_id", "status", "reader_backend", "regions", "tiles", "seconds", "store", "note", "error"]
+SUMMARY_COLUMNS = [
+    "slide_id",
+    "status",
+    "reader_backend",
+    "regions",
+    "tiles",
+    "seconds",
+    "read_s",
+    "encode_s",
+    "write_s",
+    "store",
+    "note",
+    "error",
+]
 
 
 @dataclass
@@ -59,13 +71,15 @@ class CohortExtractor:
     weights: Mapping[str, str] = field(default_factory=dict)
     reader_backend: str = AUTO
     batch_size: int = 64
-    num_workers: int = 1
+    num_workers: int | str | None = None  # region-reading processes; None: the CPU budget less one (reader_workers)
     device: torch.device | str | None = None
     tissue: TissueConfig = field(default_factory=TissueConfig)
     interop_h5: bool = False
     seed: int = 0
     feature_dtype: str = "float16"
     mpp_tolerance: float = MPP_TOLERANCE  # how much coarser than 0.5 µm/px a level 0 may be and be read at 20x
+    shard: str | None = None  # "I/N"; None: from the SLURM array, torchrun, or the whole cohort
+    stage_dir: str | Path | None = None  # node-local folder slides are copied to before they are read
 
     def __post_init__(self) -> None:
         if not self.experts:
@@ -78,6 +92,7 @@ class CohortExtractor:
             )
         if self.feature_dtype not in FEATURE_DTYPES:
             raise ValueError(f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, got {self.feature_dtype!r}")
+        self.num_workers = reader_workers() if self.num_workers is None else int(self.num_workers)
         if self.batch_size < 1 or self.num_workers < 0:
             raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {self.batch_size}, {self.num_workers}")
         self.output_dir = Path(self.output_dir)
@@ -96,73 +111,54 @@ class CohortExtractor:
         }
 
     def run(self) -> pd.DataFrame:
-        """Extract this rank's share of the slides; rank 0 returns (and writes) the summary of all ranks.
+        """Extract this task's shard of the slides (:func:`~pathme.shards.resolve_shard`: ``shard``, a SLURM array
+        task, a torchrun rank, or all) and return its summary rows; under torchrun, rank 0 returns the summary of
+        every rank's slides. ``run_summary.csv`` holds every slide that has a record (:mod:`pathme.shards`).
 
-        Each slide is extracted under its store's :func:`~pathme.store.atomic.writer_lock`: a slide that another run
-        on the same output folder is extracting is put off to the end of this run's list and then waited for, and
-        its store is checked like any other (skipped when valid, redone when that run failed). So two runs encode
-        each slide once between them, and each run's summary lists every slide."""
-        rank, world = idist.get_rank(), idist.get_world_size()
-        entries = read_manifest(self.manifest)[rank::world]
+        Each slide is extracted under its store's claim (:class:`~pathme.shards.ShardRun`): a slide another task or
+        run is extracting is put off to the end and then waited for, and its store is checked like any other
+        (skipped when valid, redone when that run failed). So two tasks encode each slide once between them.
+        ShardError, StageError or ValueError (bad shard, stage folder or expert) before anything is written."""
+        shard = resolve_shard(self.shard)
+        entries = {entry.slide_id: entry for entry in read_manifest(self.manifest)}
+        run = ShardRun("extract", self.output_dir, shard, "run_summary.csv", SUMMARY_COLUMNS)
+        items = run.share([WorkItem(key, e.path, self._store(e)) for key, e in entries.items()], self.manifest)
+        if self.stage_dir is not None:
+            check_room(self.stage_dir, [item.path.stat().st_size for item in items if stageable(item.path)])
         experts = {
             name: build_expert(name, self.weights.get(name), device=self.device, seed=self.seed)
             for name in self.experts
         }
+        torch.set_num_threads(min(torch.get_num_threads(), cpu_budget()))
         self.output_dir.mkdir(parents=True, exist_ok=True)  # after the experts: a refused one leaves no folder
-        records: dict[int, dict] = {}
-        queue = deque((position, False) for position in range(len(entries)))  # (manifest position, wait for it)
-        desc = f"extract (rank {rank})" if world > 1 else "extract"
-        with tqdm(total=len(entries), desc=desc, unit="slide", disable=None) as slides:
-            while queue:
-                position, wait = queue.popleft()
-                entry = entries[position]
-                record = self._extract_locked(entry, experts, wait)
-                if record is None:
-                    logger.info("slide %s: another run is extracting it; put off to the end", entry.slide_id)
-                    queue.append((position, True))
-                    continue
-                records[position] = record
-                slides.update()
-                slides.set_postfix(status=record["status"], tiles_per_s=_rate(record))
-        return self._summarise([records[position] for position in range(len(entries))], rank, world)
+        with Stager(self.stage_dir) if self.stage_dir is not None else nullcontext() as stager:
+            rows = run.run(items, lambda item, path: self._extract_or_skip(entries[item.key], experts, path), stager)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.barrier()  # every rank's records are written: rank 0's merged summary holds them all
+            if dist.get_rank() == 0:
+                write_merged(run.records, run.plan, self.output_dir, run.summary, run.columns)
+                rows = pd.read_csv(self.output_dir / run.summary, keep_default_na=False)
+        _log_failures(rows, self.output_dir / "run_summary.csv")
+        return rows
 
     def _store(self, entry: ManifestRow) -> Path:
         return self.output_dir / f"{entry.slide_id}.h5"
 
-    def _extract_locked(self, entry: ManifestRow, experts: Mapping[str, Expert], wait: bool) -> dict | None:
-        """:meth:`_extract_or_skip` holding the store's writer lock; None when another run holds it and ``wait`` is
-        False. A lock that cannot be taken at all (no room for its empty file) is done without: it only saves work."""
-        lock = writer_lock(self._store(entry))
-        try:
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                if not wait:
-                    return None
-                announce(logger, "slide %s: waiting for the other run that is extracting it", entry.slide_id)
-                lock.acquire()
-        except OSError as error:  # (filelock's Timeout is one too, but is handled above)
-            logger.warning("slide %s: extracted without a lock, which cannot be taken (%s)", entry.slide_id, error)
-            return self._extract_or_skip(entry, experts)
-        try:
-            return self._extract_or_skip(entry, experts)
-        finally:
-            lock.release()
-
-    def _extract_or_skip(self, entry: ManifestRow, experts: Mapping[str, Expert]) -> dict:
+    def _extract_or_skip(self, entry: ManifestRow, experts: Mapping[str, Expert], path: Path) -> dict:
+        """The summary row of one slide, read from ``path`` (the slide's file or its staged copy)."""
         store = self._store(entry)
         record = dict.fromkeys(SUMMARY_COLUMNS, "") | {"slide_id": entry.slide_id, "store": str(store)}
         start = time.perf_counter()
         try:
-            expected = self._expected(entry, experts)
+            expected = self._expected(entry, experts, path)
             if store_is_done(store, expected=expected, experts=list(experts)):
                 # the tolerance is not in the config digest (changing it must not redo every store), so a store
                 # read under a looser one is held to this run's
                 refuse_too_coarse(entry.slide_id, read_provenance(store).mpp, L0_MPP, self.mpp_tolerance)
                 record |= {"status": "skipped (valid store)", "regions": read_store_summary(store)["n_regions"]}
             else:
-                regions, tiles = self._extract(entry, experts, store, expected)
-                record |= {"status": "done", "regions": regions, "tiles": tiles}
+                regions, times = self._extract(entry, experts, store, expected, path)
+                record |= {"status": "done", "regions": regions} | times.record()
             provenance = read_provenance(store)
             note = "; ".join(filter(None, (provenance.reader_note, provenance.resampling)))
             record |= {"reader_backend": provenance.reader_backend, "note": note}
@@ -177,19 +173,19 @@ class CohortExtractor:
         record["seconds"] = round(time.perf_counter() - start, 3)
         return record
 
-    def _expected(self, entry: ManifestRow, experts: Mapping[str, Expert]) -> dict:
-        if not entry.path.is_file():
+    def _expected(self, entry: ManifestRow, experts: Mapping[str, Expert], path: Path) -> dict:
+        if not path.is_file():
             raise SlideError(f"slide {entry.slide_id}: file not found: {entry.path}")
         return {
-            "slide_digest": slide_fingerprint(entry.path),
+            "slide_digest": slide_fingerprint(path),  # a staged copy has the slide's bytes
             "config_digest": config_digest(self.config() | {"mpp_override": entry.mpp}),
             "expert_digests": {name: expert.weights_digest for name, expert in experts.items()},
         }
 
     def _extract(
-        self, entry: ManifestRow, experts: Mapping[str, Expert], store: Path, expected: dict
-    ) -> tuple[int, int]:
-        source = SlideSource(entry.path, entry.slide_id, self.reader_backend, entry.mpp, self.mpp_tolerance)
+        self, entry: ManifestRow, experts: Mapping[str, Expert], store: Path, expected: dict, path: Path
+    ) -> tuple[int, SlideTimes]:
+        source = SlideSource(path, entry.slide_id, self.reader_backend, entry.mpp, self.mpp_tolerance)
         slide = source.open()
         source = replace(source, backend=slide.backend)  # workers: the reader that worked
         plan = plan_regions(slide, self.tissue)
@@ -197,6 +193,7 @@ class CohortExtractor:
             expected
             | slide_attrs(slide, entry.patient_id, plan.reason, plan.resampling)
             | {
+                "slide_path": str(entry.path.absolute()),  # the slide, not the staged copy it was read from
                 "experts": list(experts),
                 "expert_dims": {name: expert.dim for name, expert in experts.items()},
                 "expert_weights": {name: expert.weights_source for name, expert in experts.items()},
@@ -213,10 +210,14 @@ class CohortExtractor:
             ) as writer,
             tqdm(total=len(plan.regions), desc=entry.slide_id, unit="region", leave=False, disable=None) as bar,
         ):
-            tiles = encode_regions(iter(loader), plan.regions, experts, writer, self.batch_size, self.device, bar)
+            times = encode_regions(iter(loader), plan.regions, experts, writer, self.batch_size, self.device, bar)
+            start = time.perf_counter()
             writer.commit()
-        logger.info("slide %s: %d regions, %d tiles encoded -> %s", entry.slide_id, len(plan.regions), tiles, store)
-        return len(plan.regions), tiles
+            times.write_s += time.perf_counter() - start
+        logger.info(
+            "slide %s: %d regions, %d tiles encoded -> %s", entry.slide_id, len(plan.regions), times.tiles, store
+        )
+        return len(plan.regions), times
 
     def _write_interop(self, store: Path, slide_id: str, experts: list[str]) -> None:
         """CLAM/TRIDENT-style files (`coords` [N, 2], `features` [N, D]) of the valid L0 tiles, from the store, with
@@ -232,32 +233,11 @@ class CohortExtractor:
                 attrs = interop_attrs(provenance) | {"expert": name}
                 write_features_h5(target, tile_xy[valid], features[valid], attrs=attrs)
 
-    def _summarise(self, records: list[dict], rank: int, world: int) -> pd.DataFrame:
-        part = pd.DataFrame(records, columns=SUMMARY_COLUMNS)
-        if world == 1:
-            return _save_summary(part, self.output_dir / "run_summary.csv")
-        write_csv_atomic(self.output_dir / f".run_summary.rank{rank}.csv", part)
-        dist.barrier()
-        if rank != 0:
-            return part
-        parts = [self.output_dir / f".run_summary.rank{r}.csv" for r in range(world)]
-        summary = pd.concat([pd.read_csv(p, keep_default_na=False) for p in parts], ignore_index=True)
-        for path in parts:
-            path.unlink()
-        return _save_summary(summary.sort_values("slide_id", ignore_index=True), self.output_dir / "run_summary.csv")
 
-
-def _rate(record: dict) -> str:
-    tiles, seconds = record.get("tiles"), record.get("seconds")
-    return f"{tiles / seconds:.0f}" if isinstance(tiles, int) and seconds else "-"
-
-
-def _save_summary(summary: pd.DataFrame, path: Path) -> pd.DataFrame:
-    write_csv_atomic(path, summary)
+def _log_failures(summary: pd.DataFrame, path: Path) -> None:
     failed = summary[summary["status"] == "failed"]
     for row in failed.itertuples():
         logger.error("FAILED %s: %s", row.slide_id, row.error)
     done = int((summary["status"] == "done").sum())
     skipped = int(summary["status"].str.startswith("skipped").sum())
     logger.info("%d slides: %d done, %d skipped, %d failed; see %s", len(summary), done, skipped, len(failed), path)
-    return summary

@@ -9,6 +9,7 @@ Invalid tiles are not encoded; their feature rows stay zero and their validity f
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from tqdm import tqdm
 
 from pathme.encoders import Expert
 from pathme.extract.loader import L0_ROWS, L1_ROWS, L2_ROW, TILES_PER_REGION, tile_validity
+from pathme.shards.run import raise_if_stopped
 from pathme.store import RegionStoreWriter
 from pathme.wsi.regions import Region
 
@@ -71,11 +73,41 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def encode_batch(experts: Mapping[str, Expert], tiles: torch.Tensor, device: torch.device) -> dict[str, np.ndarray]:
-    """Features of a batch of uint8 tiles [B, 256, 256, 3] from every expert, as float32 arrays [B, D]."""
+@dataclass
+class SlideTimes:
+    """Where a slide's encoding time went, in seconds: waiting for the region readers, each expert's forward passes
+    (their results copied back to the CPU, so a GPU's work is finished when its clock stops), writing the store."""
+
+    tiles: int = 0
+    read_s: float = 0.0
+    encode_s: dict[str, float] = field(default_factory=dict)
+    write_s: float = 0.0
+
+    def record(self) -> dict[str, object]:
+        """The figures as a slide's summary row holds them (:mod:`pathme.shards.throughput`)."""
+        return {
+            "tiles": self.tiles,
+            "read_s": round(self.read_s, 3),
+            "encode_s": round(sum(self.encode_s.values()), 3),
+            "encode_s_by_expert": {name: round(seconds, 3) for name, seconds in self.encode_s.items()},
+            "write_s": round(self.write_s, 3),
+        }
+
+
+def encode_batch(
+    experts: Mapping[str, Expert], tiles: torch.Tensor, device: torch.device, times: SlideTimes | None = None
+) -> dict[str, np.ndarray]:
+    """Features of a batch of uint8 tiles [B, 256, 256, 3] from every expert, as float32 arrays [B, D]; each
+    expert's seconds are added to ``times`` when given."""
     tiles = tiles.to(device, non_blocking=True)
+    features = {}
     with torch.inference_mode(), _autocast(device):
-        return {name: expert(tiles).float().cpu().numpy() for name, expert in experts.items()}
+        for name, expert in experts.items():
+            clock = time.perf_counter()
+            features[name] = expert(tiles).float().cpu().numpy()
+            if times is not None:
+                times.encode_s[name] = times.encode_s.get(name, 0.0) + time.perf_counter() - clock
+    return features
 
 
 def encode_regions(
@@ -86,15 +118,15 @@ def encode_regions(
     batch_size: int,
     device: torch.device,
     progress: tqdm | None = None,
-) -> int:
-    """Encode the regions the loader yields and write each one once complete; return the number of tiles encoded."""
+) -> SlideTimes:
+    """Encode the regions the loader yields and write each one once complete; return the number of tiles encoded
+    and where the time went."""
     queue = _TileQueue()
-    encoded = 0
+    times = SlideTimes()
 
     def flush(count: int) -> None:
-        nonlocal encoded
         tiles, owners = queue.take(count)
-        features = encode_batch(experts, tiles, device)
+        features = encode_batch(experts, tiles, device, times)
         start = 0
         for pending, rows in owners:
             for name, values in features.items():
@@ -102,12 +134,20 @@ def encode_regions(
             start += len(rows)
             pending.remaining -= len(rows)
             if pending.remaining == 0:
+                clock = time.perf_counter()
                 _write(writer, pending)
+                times.write_s += time.perf_counter() - clock
                 if progress is not None:
                     progress.update(1)
-        encoded += len(tiles)
+        times.tiles += len(tiles)
 
-    for index, stacked in batches:
+    while True:
+        raise_if_stopped()  # a SIGTERM whose own exception was lost (pathme.shards.run)
+        clock = time.perf_counter()
+        index, stacked = next(batches, (None, None))
+        times.read_s += time.perf_counter() - clock
+        if index is None:
+            break
         region = regions[index]
         rows = np.flatnonzero(tile_validity(region))
         pending = _PendingRegion(
@@ -119,7 +159,7 @@ def encode_regions(
             flush(batch_size)
     if queue.size:
         flush(queue.size)
-    return encoded
+    return times
 
 
 def _write(writer: RegionStoreWriter, pending: _PendingRegion) -> None:

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
-from pathme.store.atomic import write_atomic, write_csv_atomic
+from pathme.shards import ShardRun, WorkItem, resolve_shard
+from pathme.store.atomic import write_atomic
 from pathme.viz.nifti import write_map_nifti
 from pathme.wsi.backends import AUTO
 from pathme.wsi.grid import L0_SIDE, L1_SIDE
-from pathme.wsi.manifest import read_manifest
+from pathme.wsi.manifest import ManifestRow, read_manifest
 from pathme.wsi.mpp import MPP_TOLERANCE
 from pathme.wsi.regions import SlidePlan, plan_regions
 from pathme.wsi.slide import Slide
@@ -91,43 +91,52 @@ def preview_manifest(
     backend: str = AUTO,
     tissue: TissueConfig = TissueConfig(),
     mpp_tolerance: float = MPP_TOLERANCE,
+    shard: str | None = None,
 ) -> pd.DataFrame:
     """Write one preview per slide of a manifest (``<slide_id>_preview.png``), its tissue mask
     (``<slide_id>_tissue.nii.gz``: uint8 1 on tissue, 0 elsewhere, ``tissue.mpp`` µm per pixel, see
     :mod:`pathme.viz.nifti`) and a ``preview_summary.csv``; a slide that fails, or has no region, is reported
     there with the reason (its preview and mask are still written when it could be read) and the others go on. A
-    slide is refused, or its 20x resampling noted, exactly as extraction would (``mpp_tolerance``)."""
+    slide is refused, or its 20x resampling noted, exactly as extraction would (``mpp_tolerance``).
+
+    ``shard``: ``I/N``, or None for the SLURM array task, torchrun rank or all slides (:mod:`pathme.shards`); returns
+    this task's rows, and ``preview_summary.csv`` holds every slide previewed so far."""
     out_dir = Path(out_dir)
-    rows = []
-    for entry in tqdm(read_manifest(manifest), desc="previews", unit="slide", disable=None):
-        record: dict = {"slide_id": entry.slide_id, "path": str(entry.path), "note": "", "error": ""}
-        try:
-            slide = Slide.open(
-                entry.path, backend=backend, mpp=entry.mpp, slide_id=entry.slide_id, mpp_tolerance=mpp_tolerance
-            )
-            plan = plan_regions(slide, tissue)
-            preview = save_preview(plan, slide.mpp, tissue.mpp, out_dir / f"{entry.slide_id}_preview.png")
-            mask_path = out_dir / f"{entry.slide_id}_tissue.nii.gz"
-            mask = write_map_nifti(mask_path, plan.mask, slide.mpp, tissue.mpp / slide.mpp, "pathme tissue mask")
-        except Exception as error:  # one slide's failure, whatever it is, is its row; the others go on
-            record["error"] = failure_text(error, entry.slide_id, logger)
-        else:
-            if plan.reason:
-                logger.warning("slide %s: %s", entry.slide_id, plan.reason)
-            record |= {
-                "backend": slide.backend,
-                "mpp": slide.mpp,
-                "mpp_source": slide.mpp_source,
-                "regions": len(plan.regions),
-                "valid_l0_tiles": int(sum(region.valid_l0.sum() for region in plan.regions)),
-                "tissue_fraction": round(plan.tissue_fraction, 4),
-                "ink_fraction": round(plan.ink_fraction, 4),
-                "preview": str(preview),
-                "tissue_mask": str(mask),
-                "note": "; ".join(filter(None, (slide.reader_note, plan.resampling))),
-                "error": plan.reason,
-            }
-        rows.append(record)
-    summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS).astype({"regions": "Int64", "valid_l0_tiles": "Int64"})
-    write_csv_atomic(out_dir / "preview_summary.csv", summary)
-    return summary
+    entries = {entry.slide_id: entry for entry in read_manifest(manifest)}
+    run = ShardRun("preview", out_dir, resolve_shard(shard), "preview_summary.csv", SUMMARY_COLUMNS)
+    items = [WorkItem(key, e.path, out_dir / f"{key}_preview.png") for key, e in entries.items()]
+    mine = run.share(items, manifest)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = run.run(mine, lambda item, path: _preview(entries[item.key], out_dir, backend, tissue, mpp_tolerance))
+    return rows.astype({"regions": "Int64", "valid_l0_tiles": "Int64"})
+
+
+def _preview(entry: ManifestRow, out_dir: Path, backend: str, tissue: TissueConfig, mpp_tolerance: float) -> dict:
+    """The summary row of one slide, its preview and tissue mask written."""
+    record: dict = {"slide_id": entry.slide_id, "path": str(entry.path), "note": "", "error": ""}
+    try:
+        slide = Slide.open(
+            entry.path, backend=backend, mpp=entry.mpp, slide_id=entry.slide_id, mpp_tolerance=mpp_tolerance
+        )
+        plan = plan_regions(slide, tissue)
+        preview = save_preview(plan, slide.mpp, tissue.mpp, out_dir / f"{entry.slide_id}_preview.png")
+        mask_path = out_dir / f"{entry.slide_id}_tissue.nii.gz"
+        mask = write_map_nifti(mask_path, plan.mask, slide.mpp, tissue.mpp / slide.mpp, "pathme tissue mask")
+    except Exception as error:  # one slide's failure, whatever it is, is its row; the others go on
+        record["error"] = failure_text(error, entry.slide_id, logger)
+        return record
+    if plan.reason:
+        logger.warning("slide %s: %s", entry.slide_id, plan.reason)
+    return record | {
+        "backend": slide.backend,
+        "mpp": slide.mpp,
+        "mpp_source": slide.mpp_source,
+        "regions": len(plan.regions),
+        "valid_l0_tiles": int(sum(region.valid_l0.sum() for region in plan.regions)),
+        "tissue_fraction": round(plan.tissue_fraction, 4),
+        "ink_fraction": round(plan.ink_fraction, 4),
+        "preview": str(preview),
+        "tissue_mask": str(mask),
+        "note": "; ".join(filter(None, (slide.reader_note, plan.resampling))),
+        "error": plan.reason,
+    }

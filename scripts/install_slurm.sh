@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Installs a single-node SLURM (Debian/Ubuntu packages: slurmctld, slurmd, slurm-client, munge) for the tests
+# that run a real cluster (tests/slurm_cluster.py, tests/test_slurm_cluster.py; pytest -m slurm). Idempotent: it
+# does nothing when the daemons and clients are already installed, and nothing (exit 0, with a message) when it is
+# not run as root or the machine has no apt-get. It only installs: the tests write their own slurm.conf and munge
+# key into a temporary folder and start and stop the daemons themselves, so nothing here is configured or started.
+#
+#   sudo scripts/install_slurm.sh
+set -euo pipefail
+
+PACKAGES=(slurmctld slurmd slurm-client munge)
+BINARIES=(slurmctld slurmd slurmstepd sbatch srun squeue scontrol scancel sinfo munged munge)
+
+# the daemons live in /usr/sbin, which a non-root PATH may lack
+export PATH=$PATH:/usr/sbin:/sbin
+missing=()
+for binary in "${BINARIES[@]}"; do
+    command -v "$binary" >/dev/null 2>&1 || missing+=("$binary")
+done
+if ((${#missing[@]} == 0)); then
+    # (`slurmd -V`, not `sinfo --version`: the clients refuse to print their version without a slurm.conf)
+    echo "install_slurm: SLURM and munge are installed ($(slurmd -V 2>&1 || true)); nothing to do"
+    exit 0
+fi
+if ((EUID != 0)); then
+    echo "install_slurm: missing ${missing[*]}; run as root (sudo $0) to install ${PACKAGES[*]}; nothing done"
+    exit 0
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "install_slurm: missing ${missing[*]}, and no apt-get here: install SLURM and munge with this system's" \
+        "package manager (slurmctld, slurmd, the SLURM clients, munge); nothing done"
+    exit 0
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+# apt-get update only when the package lists do not know every package (a fresh image has no lists at all)
+# (the policy is read into a variable: `apt-cache policy | grep -q` fails under pipefail when grep stops early)
+for package in "${PACKAGES[@]}"; do
+    policy_text=$(apt-cache policy "$package" 2>/dev/null || true)
+    if [[ $policy_text != *"Candidate: "[0-9]* ]]; then
+        echo "install_slurm: apt-get update (the package lists lack $package)"
+        apt-get update -qq
+        break
+    fi
+done
+echo "install_slurm: apt-get install ${PACKAGES[*]}"
+# policy-rc.d exit 101 keeps the packages' maintainer scripts from starting the daemons with the stock
+# /etc/slurm configuration (there is none): the tests start their own
+policy=/usr/sbin/policy-rc.d
+created_policy=0
+if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    created_policy=1
+fi
+# quiet: the maintainer scripts' notices, such as invoke-rc.d's refusals, go to a log printed only on failure
+log=$(mktemp)
+trap '((created_policy)) && rm -f "$policy"; rm -f "$log"' EXIT
+# dpkg --configure -a first: an install cut off earlier leaves packages unpacked but not configured, which
+# apt-get install refuses to build on
+if ! { dpkg --configure -a && apt-get install -y -qq --no-install-recommends -o Dpkg::Use-Pty=0 "${PACKAGES[@]}"; } \
+    >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "install_slurm: apt-get install ${PACKAGES[*]} failed (its output above)" >&2
+    exit 1
+fi
+echo "install_slurm: installed $(slurmd -V 2>&1), $(munged --version 2>&1)"
