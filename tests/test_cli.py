@@ -38,6 +38,7 @@ def test_help_works_for_every_subcommand():
         ["distill"],
         ["embed"],
         ["mil"],
+        ["status"],
         ["demo"],
     ):
         result = subprocess.run(

@@ -162,6 +162,7 @@ def test_a_slurm_array_with_a_cancelled_shard_resubmitted_writes_the_stores_of_o
             status.stdout
         )
         assert "resubmit: sbatch --array=2 " in status.stdout
+        print(status.stdout)  # what docs/cluster.md shows (pytest -s)
 
         rerun = cluster.sbatch(TEMPLATE, "--array=2", *args, env=dict(env, SHARDS="4"))
         assert cluster.wait(rerun, timeout=300)[2].state == "COMPLETED"

@@ -349,7 +349,7 @@ def test_a_full_disk_fails_each_store_by_name_and_the_summary_and_the_rerun_comp
     assert list(summary["error"]) == [f"cannot write features/s{index}.h5: {FULL_DISK}" for index in range(3)]
     assert "Traceback" not in run.stderr
     written = sorted(p.name for p in (tmp_path / "features").iterdir() if not p.name.endswith(".lock"))
-    assert written == ["pathme.log", "run_summary.csv"]  # no store, no temporary file (empty slide locks stay)
+    assert written == ["extract_throughput.csv", "pathme.log", "records", "run_summary.csv"]  # no store, no temp
     assert _extract(manifest, tmp_path / "features", "--num-workers", "0") == 0  # the rerun without the limit
     summary = pd.read_csv(tmp_path / "features" / "run_summary.csv", keep_default_na=False)
     assert set(summary["status"]) == {"done"}

@@ -97,7 +97,8 @@ def extract_features(out: Path, cohort: Path, distill: Path, settings: DemoSetti
     for manifest, folder in ((cohort, "features"), (distill, "distill_features")):
         config = {"manifest": str(manifest), "output_dir": str(out / folder), "reader_backend": settings.backend}
         config |= {"experts": list(experts), "weights": settings.weights, "seed": settings.seed}
-        run_bundle("pathme_feature_extraction", "inference.json", **config)
+        with unannounced("pathme.shards.run"):  # the throughput line goes to the log: one line per stage
+            run_bundle("pathme_feature_extraction", "inference.json", **config)
 
 
 def distill_teacher(out: Path, settings: DemoSettings, folder: str = "distillation", **overrides: object) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from pathme.shards.shard import Shard, ShardError, assign
-from pathme.store.atomic import write_atomic
+from pathme.store.atomic import flock, write_atomic
 
 RECORDS = "records"
 
@@ -69,6 +69,7 @@ class Plan:
 
     @classmethod
     def make(cls, source: str, work: Mapping[str, int], count: int) -> Plan:
+        """The plan of the slides ``work`` (slide id -> bytes, in the source's order) in ``count`` shards."""
         digest = hashlib.sha256(json.dumps(sorted(work)).encode()).hexdigest()
         return cls(source, digest, count, dict(work), assign(work, count))
 
@@ -77,6 +78,7 @@ class Plan:
         return [key for key in self.work if self.shards[key] == index]
 
     def as_json(self) -> dict[str, object]:
+        """What ``plan.json`` holds: the source, digest, count and one entry per slide (id, bytes, shard)."""
         return {
             "source": self.source,
             "digest": self.digest,
@@ -86,6 +88,7 @@ class Plan:
 
     @classmethod
     def from_json(cls, data: Mapping) -> Plan:
+        """The plan :meth:`as_json` wrote."""
         slides = data["slides"]
         return cls(
             data["source"],
@@ -113,6 +116,7 @@ class RunRecords:
 
     # the plan ---------------------------------------------------------------------------------------------------
     def read_plan(self) -> Plan | None:
+        """The recorded plan, or None before any task of this kind wrote one here."""
         path = self.folder / "plan.json"
         return Plan.from_json(json.loads(path.read_text())) if path.is_file() else None
 
@@ -136,13 +140,24 @@ class RunRecords:
         return plan
 
     def write_plan(self, plan: Plan) -> Plan:
-        """Record ``plan`` unless the same slides and count are recorded already (then return that one)."""
+        """Record ``plan`` unless the same slides and count are recorded already (then return that one). Under a lock
+        where the file system has them, so the tasks starting together keep the first task's plan."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        with FileLock(self.folder / "plan.lock"):
-            recorded = self.read_plan()
-            if recorded is not None and (recorded.digest, recorded.count) == (plan.digest, plan.count):
-                return recorded
-            write_atomic(self.folder / "plan.json", json.dumps(plan.as_json(), indent=1))
+        lock = flock(self.folder / "plan.lock")
+        try:
+            lock.acquire()
+        except OSError:  # no flock here: tasks of one run compute the same plan anyway, unless sizes read differently
+            return self._write_plan(plan)
+        try:
+            return self._write_plan(plan)
+        finally:
+            lock.release()
+
+    def _write_plan(self, plan: Plan) -> Plan:
+        recorded = self.read_plan()
+        if recorded is not None and (recorded.digest, recorded.count) == (plan.digest, plan.count):
+            return recorded
+        write_atomic(self.folder / "plan.json", json.dumps(plan.as_json(), indent=1))
         return plan
 
     # slides -----------------------------------------------------------------------------------------------------
@@ -151,6 +166,7 @@ class RunRecords:
         write_atomic(self.slides / f"{key}.json", json.dumps(record, default=str))
 
     def read_slide(self, key: str) -> dict | None:
+        """The record of slide ``key``, or None when it has none."""
         path = self.slides / f"{key}.json"
         try:
             return json.loads(path.read_text())
@@ -167,9 +183,10 @@ class RunRecords:
     def shard_lock(self, shard: Shard) -> FileLock:
         """The lock a task holds while it works on ``shard`` (see :meth:`shard_running`)."""
         self.shards.mkdir(parents=True, exist_ok=True)
-        return FileLock(self.shards / f"{shard.name}.lock")
+        return flock(self.shards / f"{shard.name}.lock")
 
     def write_shard(self, shard: Shard, record: Mapping[str, object]) -> None:
+        """Write the record of ``shard``'s task atomically (replacing the one it wrote when it started)."""
         write_atomic(self.shards / f"{shard.name}.json", json.dumps(record, indent=1, default=str))
 
     def read_shards(self, count: int) -> dict[int, dict]:
@@ -183,15 +200,18 @@ class RunRecords:
 
     def shard_running(self, shard: Shard) -> bool:
         """Whether a task holds the shard's lock now (a flock: released by the kernel when its task dies, and on a
-        network file system when the dead node's lease with the server expires)."""
+        network file system when the dead node's lease with the server expires); False where it cannot be told (a file
+        system without ``flock``)."""
         path = self.shards / f"{shard.name}.lock"
         if not path.exists():
             return False
-        lock = FileLock(path)
+        lock = flock(path)
         try:
             lock.acquire(timeout=0)
         except Timeout:
             return True
+        except OSError:
+            return False
         lock.release()
         return False
 

@@ -75,12 +75,12 @@ def _stop_on_sigterm() -> Iterator[None]:
         yield
         return
 
-    def stop(signum: int, frame: object) -> None:
+    def _stop(signum: int, frame: object) -> None:
         if not _STOP.is_set():
             _STOP.set()
             raise Interrupted(signum)
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = signal.signal(signal.SIGTERM, _stop)
     try:
         yield
     finally:
@@ -143,6 +143,9 @@ class ShardRun:
         except Timeout:
             logger.warning("shard %s: another task is on it too; each slide is still done once", self.shard)
             held = False
+        except OSError as error:  # no flock on this file system: `pathme status` cannot tell running from dead
+            logger.warning("shard %s: its lock cannot be taken (%s); pathme status may call it died", self.shard, error)
+            held = False
         started, clock = now(), time.perf_counter()
         record = {"kind": self.kind, "shard": str(self.shard), "origin": self.shard.origin, "started": started}
         record |= {"summary": self.summary, "columns": self.columns}
@@ -161,7 +164,11 @@ class ShardRun:
                 lock.release()
             if state == "finished":
                 write_merged(self.records, self.plan, self.output_dir, self.summary, self.columns)
-            announce(logger, "%s shard %s %s: %s", self.kind, self.shard, state, describe(figures))
+            line = ("%s shard %s %s: %s", self.kind, self.shard, state, describe(figures))
+            if throughput.tiles:  # an extraction's figures are shown; a preview's or an embedding's logged
+                announce(logger, *line)
+            else:
+                logger.info(*line)
         return pd.DataFrame([rows[position] for position in sorted(rows)], columns=self.columns)
 
     def _work(

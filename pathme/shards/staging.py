@@ -89,5 +89,6 @@ class Stager:
             copy.result().unlink(missing_ok=True)
 
     def close(self) -> None:
+        """Wait for a copy in progress, then remove the stage folder with every copy in it."""
         self._copier.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(self.folder, ignore_errors=True)

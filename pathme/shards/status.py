@@ -48,7 +48,7 @@ def write_merged(records: RunRecords, plan: Plan, output_dir: Path, summary: str
     order) and ``<kind>_throughput.csv``; atomic, so tasks ending together do not mix their files."""
     slides = records.read_slides()
     table = pd.DataFrame([slides[key] for key in plan.work if key in slides], columns=list(columns))
-    write_csv_atomic(output_dir / summary, table)
+    write_csv_atomic(output_dir / summary, table.convert_dtypes())  # counts stay integers beside empty cells
     write_csv_atomic(output_dir / f"{records.kind}_throughput.csv", throughput_table(records, plan))
 
 
@@ -65,6 +65,9 @@ def array_list(indices: Sequence[int]) -> str:
 
 @dataclass
 class ShardState:
+    """One shard of a run: its state (see the module docstring), its task's host and start, its slides' counts, and
+    for a running shard the seconds it still needs (None: not known yet)."""
+
     shard: Shard
     state: str
     host: str = ""
@@ -91,6 +94,7 @@ class RunStatus:
 
     @property
     def complete(self) -> bool:
+        """Whether every slide has its output (none missing, none failed)."""
         return not self.failed and not self.missing
 
     @property
@@ -100,6 +104,8 @@ class RunStatus:
         return sorted(s.shard.index for s in self.shards if s.shard.index in waiting and s.state != "running")
 
     def render(self) -> str:
+        """The report ``pathme status`` prints: totals, one line per shard, ETA, throughput, failed and missing
+        slides, what to resubmit."""
         plan, count = self.plan, self.plan.count
         ok = sum(s.ok for s in self.shards)
         lines = [

@@ -46,6 +46,7 @@ class Throughput:
     encode_s: dict[str, float] = field(default_factory=dict)
 
     def add(self, record: Mapping[str, object]) -> None:
+        """Count one slide's record: done, skipped or failed, and a done slide's tiles and seconds."""
         status = str(record.get("status", DONE if not record.get("error") else FAILED))
         if status == DONE:
             self.done += 1
@@ -112,7 +113,7 @@ def describe(row: Mapping[str, object]) -> str:
     peaks = {k.removeprefix("peak_").removesuffix("_mb"): v for k, v in row.items() if k.startswith("peak_")}
     memory = ", ".join(f"{name} {value:g} MB" for name, value in peaks.items())
     return (
-        f"{row['slides_done']} slides done in {float(row['wall_s']):.0f} s ({row['slides_per_hour']:g} slides/h), "
+        f"{row['slides_done']} slide(s) done in {float(row['wall_s']):.0f} s ({row['slides_per_hour']:g} slides/h), "
         f"{row['tiles']} tiles ({row['tiles_per_s']:g}/s; per expert's own time: {experts or '-'}); time reading "
         f"{spent['read'] / busy:.0%}, encoding {spent['encode'] / busy:.0%}, writing {spent['write'] / busy:.0%}; "
         f"peak memory: {memory}"

@@ -302,13 +302,20 @@ def copy_atomic(source: str | os.PathLike[str], path: str | os.PathLike[str]) ->
     return write_atomic(path, lambda temp: shutil.copyfile(source, temp))
 
 
+def flock(path: str | os.PathLike[str]) -> FileLock:
+    """An exclusive lock on the file ``path`` (created when missing): an ``flock`` through the ``filelock`` package,
+    released by the kernel when its holder's process ends, even killed; on NFS the server releases the locks of a
+    dead client when its lease expires. Never filelock's marker-file fallback, which a dead holder would leave
+    behind for good: on a file system without ``flock`` (Lustre mounted without it) acquiring raises OSError."""
+    return FileLock(path, fallback_to_soft=False)
+
+
 def writer_lock(path: str | os.PathLike[str]) -> FileLock:
     """The lock a run holds while it computes and writes ``path``, so that a second run on the same folder waits for
-    it instead of doing the same work twice: ``.<name>.lock`` beside ``path``, an ``flock`` (the ``filelock``
-    package), released when its holder's process ends, even killed. The empty file stays after release (waiters
-    share it). Locking only saves work: the atomic write keeps ``path`` whole without it."""
+    it instead of doing the same work twice: :func:`flock` of ``.<name>.lock`` beside ``path``. Locking only saves
+    work: the atomic write keeps ``path`` whole without it."""
     path = Path(path)
-    return FileLock(path.with_name(f".{path.name}.lock"))
+    return flock(path.with_name(f".{path.name}.lock"))
 
 
 def set_aside(path: str | os.PathLike[str]) -> Path:
