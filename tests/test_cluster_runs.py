@@ -12,13 +12,17 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import DEMO_EXPERTS, REPO
 
 from pathme.cli import main
+from pathme.engines.embed import EmbedRun
 from pathme.extract import CohortExtractor
 from pathme.shards import RunRecords, run_status
+from pathme.viz.preview import preview_manifest
 from pathme.wsi.manifest import read_manifest
 
 TEMPLATE = REPO / "scripts" / "slurm" / "extract_array.sbatch"
@@ -42,20 +46,46 @@ def assert_same_bytes(stores: Path, reference: Path, slide_ids: list[str]) -> No
 
 
 def test_reordered_and_extended_manifests_never_redo_a_slide(tmp_path, demo_cohort, demo_features):
-    first = sub_manifest(demo_cohort, tmp_path, [0, 1, 2, 3])
     out = tmp_path / "features"
-    rows = CohortExtractor(first, out, DEMO_EXPERTS, shard="0/2").run()
-    done = rows["slide_id"].tolist()
-    assert len(done) == 2 and (rows["status"] == "done").all()
-    changed = sub_manifest(demo_cohort, tmp_path, [5, 3, 2, 1, 0, 4])  # reordered, two slides added
+    rows = CohortExtractor(sub_manifest(demo_cohort, tmp_path, [0, 1]), out, DEMO_EXPERTS, shard="0/2").run()
+    (done,) = rows["slide_id"]
+    assert rows["status"].tolist() == ["done"]
+    changed = sub_manifest(demo_cohort, tmp_path, [3, 1, 0, 2])  # reordered, two slides added
     rows = pd.concat([CohortExtractor(changed, out, DEMO_EXPERTS, shard=f"{i}/2").run() for i in range(2)])
     status = rows.set_index("slide_id")["status"]
-    assert (status[done] == "skipped (valid store)").all()  # the slides done before, wherever they landed now
-    assert (status.drop(done) == "done").all() and len(status) == 6
+    assert status[done] == "skipped (valid store)"  # the slide done before, wherever it landed now
+    assert (status.drop(done) == "done").all() and len(status) == 4
     assert_same_bytes(out, demo_features, status.index.tolist())
     summary = pd.read_csv(out / "run_summary.csv", keep_default_na=False)
     assert sorted(summary["slide_id"]) == sorted(status.index) and (summary["read_s"] != "").all()
     assert run_status(out, "extract").complete
+
+
+def test_previews_and_tokens_shard_as_extraction_does(tmp_path, demo_cohort, demo_features, demo_tokens, demo_teacher):
+    manifest = sub_manifest(demo_cohort, tmp_path, [0, 1, 2, 3])
+    previews = tmp_path / "previews"
+    first = preview_manifest(manifest, previews, shard="1/2")
+    assert len(first) == 2 and sorted(p.name for p in previews.glob("*_preview.png")) == sorted(
+        f"{slide}_preview.png" for slide in first["slide_id"]
+    )
+    assert not run_status(previews, "preview").complete
+    preview_manifest(manifest, previews, shard="0/2")
+    assert run_status(previews, "preview").complete and len(list(previews.glob("*_preview.png"))) == 4
+
+    stores = tmp_path / "stores"
+    stores.mkdir()
+    slides = [row.slide_id for row in read_manifest(manifest)]
+    for slide in slides:
+        (stores / f"{slide}.h5").symlink_to(demo_features / f"{slide}.h5")
+    tokens = tmp_path / "tokens"
+    for index in range(2):
+        rows = EmbedRun(stores, tokens, demo_teacher, shard=f"{index}/2").run()
+        assert len(rows) == 2 and (rows["status"] == "done").all()
+    status = run_status(tokens, "embed")
+    assert status.complete and [s.slides for s in status.shards] == [2, 2]
+    for slide in slides:
+        with h5py.File(tokens / f"{slide}.h5") as ours, h5py.File(demo_tokens / f"{slide}.h5") as theirs:
+            np.testing.assert_array_equal(ours["tokens"][:], theirs["tokens"][:])
 
 
 @pytest.fixture
