@@ -136,6 +136,7 @@ def assert_refused(tmp_path: Path, demo_cohort: Path, caplog, flags: list[str], 
 
 def test_a_staged_extraction_reads_copies_and_leaves_the_stage_empty(tmp_path, demo_cohort, demo_features, monkeypatch):
     import pathme.extract.cohort as cohort
+    import pathme.shards.staging as staging
 
     opened: list[str] = []
 
@@ -148,11 +149,16 @@ def test_a_staged_extraction_reads_copies_and_leaves_the_stage_empty(tmp_path, d
     stage = tmp_path / "stage"
     stage.mkdir()
     out = tmp_path / "features"
-    rows = CohortExtractor(sub_manifest(demo_cohort, tmp_path, [6, 7]), out, DEMO_EXPERTS, stage_dir=stage).run()
+    manifest = sub_manifest(demo_cohort, tmp_path, [6, 7])
+    rows = CohortExtractor(manifest, out, DEMO_EXPERTS, stage_dir=stage).run()
     assert (rows["status"] == "done").all()
     assert opened and all(path.startswith(str(stage)) for path in opened)  # read from the node-local copies
     assert list(stage.iterdir()) == []
     assert_same_bytes(out, demo_features, rows["slide_id"].tolist())  # the store names the slide, not the copy
+    copies: list[Path] = []
+    monkeypatch.setattr(staging, "copy_atomic", lambda source, target: copies.append(source))
+    rows = CohortExtractor(manifest, out, DEMO_EXPERTS, stage_dir=stage).run()
+    assert (rows["status"] == "skipped (valid store)").all() and copies == []  # a finished shard copies nothing
 
 
 def _wait_for(condition, what: str, timeout: float = 240) -> None:

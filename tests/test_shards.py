@@ -32,9 +32,9 @@ def items_of(folder: Path, sizes: dict[str, int]) -> list[WorkItem]:
     return [WorkItem(key, folder / f"{key}.bin", folder / f"{key}.out") for key in sizes]
 
 
-def make_output(item: WorkItem, path: Path) -> dict:
-    """A stand-in for a slide's work: writes its output, as extraction writes a store."""
-    item.target.write_bytes(path.read_bytes())
+def make_output(item: WorkItem, local) -> dict:
+    """A stand-in for a slide's work: writes its output from its input, as extraction writes a store."""
+    item.target.write_bytes(local().read_bytes())
     return {"slide_id": item.key, "status": "done", "tiles": 10, "error": "", "encode_s_by_expert": {"a": 0.5}}
 
 
@@ -102,9 +102,9 @@ def test_status_names_missing_failed_interrupted_and_dead_shards_and_what_to_res
     items = items_of(tmp_path / "in", {f"s{i}": 10 * (i + 1) for i in range(8)})
     out = tmp_path / "out"
 
-    def fail_s7(item: WorkItem, path: Path) -> dict:
+    def fail_s7(item: WorkItem, local) -> dict:
         failure = {"status": "failed", "error": "slide s7: unreadable"}
-        return make_output(item, path) | (failure if item.key == "s7" else {})
+        return make_output(item, local) | (failure if item.key == "s7" else {})
 
     runs = [ShardRun("extract", out, Shard(i, 4), "run_summary.csv", COLUMNS) for i in range(4)]
     mine = [run.share(items, "m.csv") for run in runs]
@@ -150,7 +150,7 @@ def test_a_slide_redone_or_skipped_keeps_the_record_of_the_run_that_made_it(tmp_
     run = ShardRun("extract", out, Shard(0, 1), "run_summary.csv", COLUMNS)
     run.run(run.share(items, "m.csv"), make_output)
     again = ShardRun("extract", out, Shard(0, 1), "run_summary.csv", COLUMNS)
-    rows = again.run(again.share(items, "m.csv"), lambda item, path: {"slide_id": "a", "status": "skipped (valid)"})
+    rows = again.run(again.share(items, "m.csv"), lambda item, local: {"slide_id": "a", "status": "skipped (valid)"})
     assert rows["status"].tolist() == ["skipped (valid)"]  # this run's row
     assert json.loads((out / "records/extract/slides/a.json").read_text())["status"] == "done"  # the record kept
 
@@ -161,7 +161,7 @@ from pathlib import Path
 from pathme.shards import Shard, ShardRun, WorkItem
 folder = Path(sys.argv[1])
 items = [WorkItem(k, folder / f"{k}.bin", folder / f"{k}.out") for k in "abc"]
-def slow(item, path):
+def slow(item, local):
     item.target.write_text("x")
     print(item.key, flush=True)
     time.sleep(60 if item.key == "b" else 0)
@@ -206,14 +206,16 @@ def test_staging_copies_ahead_and_removes_each_copy_after_use(tmp_path):
     stage = tmp_path / "stage"
     stage.mkdir()
     with Stager(stage) as stager:
-        stager.prefetch([items[1].path])
+        stager.expect([items[1].path])
         local = stager.local(items[0].path)
         assert local.parent.parent == stage and local.read_bytes() == items[0].path.read_bytes()
-        deadline = time.monotonic() + 10
-        while len(list(stager.folder.iterdir())) < 2 and time.monotonic() < deadline:  # b is copied meanwhile
-            time.sleep(0.01)
         stager.release(items[0].path)
-        assert [p.name.split("-", 1)[1] for p in stager.folder.iterdir()] == ["b.bin"]
+        assert not local.exists()
+        deadline = time.monotonic() + 10
+        while not any("b.bin" in p.name for p in stager.folder.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.01)  # b is being copied (or is) though nobody asked for it yet: copied ahead, behind a
+        ahead = stager.local(items[1].path)
+        assert list(stager.folder.iterdir()) == [ahead] and ahead.read_bytes() == items[1].path.read_bytes()
     assert list(stage.iterdir()) == []  # everything removed when the run ends
 
 

@@ -11,7 +11,7 @@ stands for (the region for a prompt, its 5x tile for an L1 token).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,7 +93,7 @@ class EmbedRun:
         stores = sorted(self.dataset_dir.glob("*.h5"))
         if not stores:
             raise FileNotFoundError(f"no region stores (*.h5) in {self.dataset_dir}")
-        run = ShardRun("embed", self.output_dir, resolve_shard(self.shard), "embed_summary.csv", COLUMNS, "slide")
+        run = ShardRun("embed", self.output_dir, resolve_shard(self.shard), "embed_summary.csv", COLUMNS)
         items = run.share([WorkItem(p.stem, p, self.output_dir / p.name) for p in stores], self.dataset_dir)
         state = load_checkpoint(self.checkpoint)
         teacher = teacher_from(state, self.checkpoint).to(self.device)
@@ -101,10 +101,10 @@ class EmbedRun:
         digest = file_digest(self.checkpoint)
         self.output_dir.mkdir(parents=True, exist_ok=True)
 
-        def embed(item: WorkItem, store: Path) -> dict[str, object]:
+        def embed(item: WorkItem, local: Callable[[], Path]) -> dict[str, object]:
             record = {"slide": item.key, "status": "", "regions": "", "store": str(item.target), "error": ""}
             try:
-                return record | self._embed_store(teacher, recorded, store, digest)
+                return record | self._embed_store(teacher, recorded, local(), digest)
             except Exception as error:  # one store's failure, whatever it is, is its row; the others go on
                 return record | {"status": "failed", "error": failure_text(error, item.key, logger)}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -132,7 +132,7 @@ class CohortExtractor:
         torch.set_num_threads(min(torch.get_num_threads(), cpu_budget()))
         self.output_dir.mkdir(parents=True, exist_ok=True)  # after the experts: a refused one leaves no folder
         with Stager(self.stage_dir) if self.stage_dir is not None else nullcontext() as stager:
-            rows = run.run(items, lambda item, path: self._extract_or_skip(entries[item.key], experts, path), stager)
+            rows = run.run(items, lambda item, local: self._extract_or_skip(entries[item.key], experts, local), stager)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.barrier()  # every rank's records are written: rank 0's merged summary holds them all
             if dist.get_rank() == 0:
@@ -144,20 +144,21 @@ class CohortExtractor:
     def _store(self, entry: ManifestRow) -> Path:
         return self.output_dir / f"{entry.slide_id}.h5"
 
-    def _extract_or_skip(self, entry: ManifestRow, experts: Mapping[str, Expert], path: Path) -> dict:
-        """The summary row of one slide, read from ``path`` (the slide's file or its staged copy)."""
+    def _extract_or_skip(self, entry: ManifestRow, experts: Mapping[str, Expert], local: Callable[[], Path]) -> dict:
+        """The summary row of one slide, read (when its store is not valid already) from ``local()``: the slide's
+        file or its staged copy."""
         store = self._store(entry)
         record = dict.fromkeys(SUMMARY_COLUMNS, "") | {"slide_id": entry.slide_id, "store": str(store)}
         start = time.perf_counter()
         try:
-            expected = self._expected(entry, experts, path)
+            expected = self._expected(entry, experts)
             if store_is_done(store, expected=expected, experts=list(experts)):
                 # the tolerance is not in the config digest (changing it must not redo every store), so a store
                 # read under a looser one is held to this run's
                 refuse_too_coarse(entry.slide_id, read_provenance(store).mpp, L0_MPP, self.mpp_tolerance)
                 record |= {"status": "skipped (valid store)", "regions": read_store_summary(store)["n_regions"]}
             else:
-                regions, times = self._extract(entry, experts, store, expected, path)
+                regions, times = self._extract(entry, experts, store, expected, local())
                 record |= {"status": "done", "regions": regions} | times.record()
             provenance = read_provenance(store)
             note = "; ".join(filter(None, (provenance.reader_note, provenance.resampling)))
@@ -173,11 +174,11 @@ class CohortExtractor:
         record["seconds"] = round(time.perf_counter() - start, 3)
         return record
 
-    def _expected(self, entry: ManifestRow, experts: Mapping[str, Expert], path: Path) -> dict:
-        if not path.is_file():
+    def _expected(self, entry: ManifestRow, experts: Mapping[str, Expert]) -> dict:
+        if not entry.path.is_file():
             raise SlideError(f"slide {entry.slide_id}: file not found: {entry.path}")
         return {
-            "slide_digest": slide_fingerprint(path),  # a staged copy has the slide's bytes
+            "slide_digest": slide_fingerprint(entry.path),  # its ends only: cheap over the network
             "config_digest": config_digest(self.config() | {"mpp_override": entry.mpp}),
             "expert_digests": {name: expert.weights_digest for name, expert in experts.items()},
         }

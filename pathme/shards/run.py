@@ -33,9 +33,12 @@ from pathme.shards.staging import AHEAD, Stager
 from pathme.shards.status import write_merged
 from pathme.shards.throughput import DONE, FAILED, Throughput, describe, peak_memory_mb
 from pathme.store.atomic import writer_lock
-from pathme.wsi.slide_error import failure_text
 
 logger = logging.getLogger(__name__)
+
+
+#: what a run does to one item: ``process(item, local)`` -> its summary row (see :meth:`ShardRun.run`)
+Process = Callable[["WorkItem", Callable[[], Path]], dict]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -99,7 +102,7 @@ class ShardRun:
     """A task's run over its shard of the slides: :meth:`share` (reads only), then :meth:`run`.
 
     ``kind`` names the run in records (``extract``, ``preview``, ``embed``); ``summary`` is the file of the merged
-    rows of every slide in ``output_dir``; ``columns`` the caller's row columns (``key_column`` first), to which a
+    rows of every slide in ``output_dir``; ``columns`` the caller's row columns (the slide id's first), to which a
     ``shard`` column is added."""
 
     def __init__(
@@ -109,12 +112,10 @@ class ShardRun:
         shard: Shard,
         summary: str,
         columns: Sequence[str],
-        key_column: str = "slide_id",
     ):
         self.kind, self.shard, self.summary = kind, shard, summary
         self.output_dir = Path(output_dir)
         self.columns = [*columns, "shard"]
-        self.key_column = key_column
         self.records = RunRecords(self.output_dir, kind)
         self.plan: Plan | None = None
 
@@ -127,11 +128,10 @@ class ShardRun:
         mine = set(self.plan.keys_of(self.shard.index))
         return [item for item in items if item.key in mine]
 
-    def run(
-        self, items: Sequence[WorkItem], process: Callable[[WorkItem, Path], dict], stager: Stager | None = None
-    ) -> pd.DataFrame:
-        """``process(item, path)`` -> the row of each item (``path``: the file to read, a staged copy when
-        ``stager`` is given), under the item's claim; returns this task's rows, writes the records and the merged
+    def run(self, items: Sequence[WorkItem], process: Process, stager: Stager | None = None) -> pd.DataFrame:
+        """``process(item, local)`` -> the row of each item, under the item's claim (``local()``: the file to read, a
+        staged copy when ``stager`` is given, copied on that call unless copied ahead, so a slide skipped without
+        reading is never waited for); returns this task's rows, writes the records and the merged
         summary. :class:`Interrupted` when the task is stopped by SIGTERM."""
         if self.plan is None:
             raise RuntimeError("ShardRun.run before share")
@@ -174,7 +174,7 @@ class ShardRun:
     def _work(
         self,
         items: Sequence[WorkItem],
-        process: Callable[[WorkItem, Path], dict],
+        process: Process,
         stager: Stager | None,
         throughput: Throughput,
         rows: dict[int, dict],
@@ -185,7 +185,7 @@ class ShardRun:
             while queue:
                 position, wait = queue.popleft()
                 if stager is not None:
-                    stager.prefetch(items[p].path for p, _ in list(queue)[:AHEAD])
+                    stager.expect(items[p].path for p, _ in list(queue)[:AHEAD])
                 row = self._claimed(items[position], process, stager, wait)
                 if row is None:
                     logger.info("slide %s: another task is on it; put off to the end", items[position].key)
@@ -196,9 +196,7 @@ class ShardRun:
                 bar.update()
                 bar.set_postfix(status=row.get("status") or ("failed" if row.get("error") else DONE))
 
-    def _claimed(
-        self, item: WorkItem, process: Callable[[WorkItem, Path], dict], stager: Stager | None, wait: bool
-    ) -> dict | None:
+    def _claimed(self, item: WorkItem, process: Process, stager: Stager | None, wait: bool) -> dict | None:
         """The item's row, done under its claim; None when another task holds the claim and ``wait`` is False. A
         claim that cannot be taken at all (no room for its file) is done without: claims only save work."""
         lock = writer_lock(item.target)
@@ -218,18 +216,13 @@ class ShardRun:
         finally:
             lock.release()
 
-    def _done(self, item: WorkItem, process: Callable[[WorkItem, Path], dict], stager: Stager | None) -> dict:
+    def _done(self, item: WorkItem, process: Process, stager: Stager | None) -> dict:
         started = now()
         try:
-            path = stager.local(item.path) if stager is not None else item.path
-        except Exception as error:  # a copy that failed (a full stage folder): this slide's failure
-            row = {self.key_column: item.key, "status": FAILED, "error": failure_text(error, item.key, logger)}
-        else:
-            try:
-                row = process(item, path)
-            finally:
-                if stager is not None:
-                    stager.release(item.path)
+            row = process(item, (lambda: stager.local(item.path)) if stager is not None else (lambda: item.path))
+        finally:
+            if stager is not None:
+                stager.release(item.path)
         failed = row.get("status") == FAILED or bool(row.get("error"))
         if not (_STOP.is_set() and failed):  # a failure during a stop is the stop's (a reader killed by it)
             row |= {"shard": str(self.shard)}

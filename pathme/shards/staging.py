@@ -25,6 +25,11 @@ MULTI_FILE = {".mrxs", ".vms", ".vmu"}
 AHEAD = 1  # slides copied ahead of the one being read
 
 
+def _remove_copy(copy: Future[Path]) -> None:
+    if not copy.cancelled() and copy.exception() is None:
+        copy.result().unlink(missing_ok=True)
+
+
 class StageError(ValueError):
     """A stage folder that cannot hold the slides: names the folder, the room it has and what it needs."""
 
@@ -50,14 +55,17 @@ def check_room(stage_dir: str | Path, sizes: Iterable[int]) -> None:
 
 
 class Stager:
-    """Copies of slides in a private folder under ``stage_dir``: :meth:`prefetch` starts copies in a background
-    thread, :meth:`local` waits for one, :meth:`release` removes it; closing removes the folder and all in it."""
+    """Copies of slides in a private folder under ``stage_dir``, made by a background thread: :meth:`expect` names
+    the slides coming next, :meth:`local` copies a slide (then starts on the next ones, which copy while this one is
+    read) and waits for its copy, :meth:`release` removes it; closing removes the folder and all in it. A slide
+    whose output turns out valid is never asked for, so a rerun of a finished shard copies nothing."""
 
     def __init__(self, stage_dir: str | Path):
         self.folder = Path(tempfile.mkdtemp(prefix="pathme-stage-", dir=stage_dir))
         self._copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pathme-stage")
         self._copies: dict[Path, Future[Path]] = {}
         self._numbers = itertools.count()  # copies are numbered: two slides may share a file name
+        self._upcoming: list[Path] = []
 
     def __enter__(self) -> Stager:
         return self
@@ -65,17 +73,21 @@ class Stager:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def prefetch(self, paths: Iterable[Path]) -> None:
-        """Start copying those of ``paths`` that can be staged and are not yet staged or being staged."""
-        for path in paths:
-            if path not in self._copies and stageable(path):
-                target = self.folder / f"{next(self._numbers)}-{path.name}"
-                self._copies[path] = self._copier.submit(copy_atomic, path, target)
+    def expect(self, paths: Iterable[Path]) -> None:
+        """The slides read after the next :meth:`local` one, in order: the first :data:`AHEAD` are copied then."""
+        self._upcoming = list(paths)
+
+    def _start(self, path: Path) -> None:
+        if path not in self._copies and stageable(path):
+            target = self.folder / f"{next(self._numbers)}-{path.name}"
+            self._copies[path] = self._copier.submit(copy_atomic, path, target)
 
     def local(self, path: Path) -> Path:
-        """The staged copy of ``path`` (copied now unless prefetched), or ``path`` itself when it cannot be staged.
-        WriteError when the copy fails (a full stage folder): the slide fails, the run goes on."""
-        self.prefetch([path])
+        """The staged copy of ``path`` (copied now unless it was copied ahead), or ``path`` itself when it cannot be
+        staged; the expected next slides start copying behind it. WriteError when the copy fails (a full stage
+        folder): the slide fails, the run goes on."""
+        for wanted in [path, *self._upcoming[:AHEAD]]:
+            self._start(wanted)
         copy = self._copies.get(path)
         if copy is None:
             logger.info("%s is not one self-contained file: read where it is, not staged", path)
@@ -83,10 +95,11 @@ class Stager:
         return copy.result()
 
     def release(self, path: Path) -> None:
-        """Remove the staged copy of ``path`` (once its copy has finished)."""
+        """Drop the staged copy of ``path`` without waiting: a copy not started is cancelled, one in progress is
+        removed when it finishes, a finished one now."""
         copy = self._copies.pop(path, None)
-        if copy is not None and copy.exception() is None:
-            copy.result().unlink(missing_ok=True)
+        if copy is not None and not copy.cancel():
+            copy.add_done_callback(_remove_copy)
 
     def close(self) -> None:
         """Wait for a copy in progress, then remove the stage folder with every copy in it."""

@@ -107,7 +107,7 @@ def preview_manifest(
     items = [WorkItem(key, e.path, out_dir / f"{key}_preview.png") for key, e in entries.items()]
     mine = run.share(items, manifest)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = run.run(mine, lambda item, path: _preview(entries[item.key], out_dir, backend, tissue, mpp_tolerance))
+    rows = run.run(mine, lambda item, local: _preview(entries[item.key], out_dir, backend, tissue, mpp_tolerance))
     return rows.astype({"regions": "Int64", "valid_l0_tiles": "Int64"})
 
 
