@@ -3,9 +3,11 @@ function, so each property is checked in milliseconds; extraction itself is in t
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -129,6 +131,26 @@ def test_status_names_missing_failed_interrupted_and_dead_shards_and_what_to_res
     text = status.render()
     assert "resubmit: sbatch --array=0,2 " in text and "--shard $SLURM_ARRAY_TASK_ID/4" in text
     assert "FAILED s7 (shard 0/4): slide s7: unreadable" in text and "ETA: not known yet" in text
+
+
+def test_the_eta_is_a_running_shards_remaining_bytes_at_the_rate_of_its_finished_slides(tmp_path):
+    items = items_of(tmp_path / "in", {"a": 3000, "b": 1000})  # one shard: a, then b
+    out = tmp_path / "out"
+    run = ShardRun("extract", out, Shard(0, 1), "run_summary.csv", COLUMNS)
+    records = RunRecords(out, "extract")
+    run.share(items, "m.csv")
+    records.write_plan(run.plan)
+    started = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=30)).isoformat(timespec="seconds")
+    records.write_shard(Shard(0, 1), {"shard": "0/1", "state": "running", "started": started})
+    records.write_slide("a", {"slide_id": "a", "status": "done", "finished": started})  # 3000 bytes in 30 s
+    held = records.shard_lock(Shard(0, 1))
+    held.acquire()
+    try:
+        status = run_status(out, "extract")
+    finally:
+        held.release()
+    assert status.shards[0].eta_s == pytest.approx(10, abs=1.5)  # b: 1000 more bytes at 100 bytes/s
+    assert re.search(r"ETA: about (9|10|11) s for the 1 running shard\(s\)", status.render())
 
 
 def test_a_retry_follows_the_recorded_plan_and_an_automatic_shard_of_another_count_is_refused(tmp_path):

@@ -131,7 +131,7 @@ class RunStatus:
         running = [s for s in self.shards if s.state == "running"]
         if running:
             known = [s.eta_s for s in running if s.eta_s is not None]
-            eta = f"about {max(known) / 60:.0f} min" if known else "not known yet (no slide finished)"
+            eta = f"about {_duration(max(known))}" if known else "not known yet (no slide finished)"
             waiting = sum(s.state in ("not started",) for s in self.shards)
             lines.append(
                 f"ETA: {eta} for the {len(running)} running shard(s)"
@@ -193,6 +193,13 @@ def run_status(output_dir: str | Path, kind: str) -> RunStatus:
         write_merged(records, plan, output_dir, layout["summary"], layout["columns"])
     status.throughput = throughput_table(records, plan)
     return status
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` as a person reads a wait: 40 s, 12 min, 3.5 h."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def _eta(plan: Plan, keys: Sequence[str], slides: dict[str, dict], started: str) -> float | None:
