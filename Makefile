@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml setup.py constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/pathme demo --out demo_output
+	$(BIN)/pathme demo --output-dir demo_output
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q

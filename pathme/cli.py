@@ -83,6 +83,46 @@ class BundleFlags:
         }
 
 
+class _OldSpelling(argparse.Action):
+    """A flag's old spelling, kept working for one release: it sets the new flag's value and leaves a deprecation
+    warning in ``namespace.old_spellings`` for :func:`main` to log once logging is in place."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, **options: Any) -> None:
+        super().__init__(option_strings, dest, **options)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        notes = [*getattr(namespace, "old_spellings", []), f"{option_string} is deprecated: use {self.new}"]
+        namespace.old_spellings = notes
+
+
+#: old flag spellings -> the one name pathme now uses for that meaning in every command (kept until pathme 0.3)
+OLD_SPELLINGS = {"--out": "--output-dir", "--backend": "--reader-backend", "--thumbnail-mpp": "--heatmap-mpp"}
+
+
+def add_old_spelling(parser: argparse.ArgumentParser, old: str, **options: Any) -> None:
+    """Accept ``old`` (a key of :data:`OLD_SPELLINGS`) for its new flag, hidden from the help, with a warning."""
+    new = OLD_SPELLINGS[old]
+    parser.add_argument(
+        old, dest=new[2:].replace("-", "_"), action=_OldSpelling, new=new, help=argparse.SUPPRESS, **options
+    )
+
+
+def output_dir_flag(parser: argparse.ArgumentParser, meaning: str, default: Path | None = None) -> None:
+    """``--output-dir`` (required unless it has a ``default``), with its old spelling ``--out``."""
+    where = parser.add_mutually_exclusive_group(required=default is None)
+    text = meaning + (f" (default {default})" if default is not None else "")
+    where.add_argument("--output-dir", type=Path, default=default, help=text)
+    add_old_spelling(where, "--out", type=Path)
+
+
+def reader_backend_flag(parser: argparse.ArgumentParser) -> None:
+    """``--reader-backend`` with its old spelling ``--backend``."""
+    parser.add_argument("--reader-backend", choices=BACKENDS, default=AUTO, help=f"slide reader (default {AUTO})")
+    add_old_spelling(parser, "--backend", choices=BACKENDS)
+
+
 def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in config.items():
@@ -273,7 +313,9 @@ MIL_TRAIN = BundleFlags(
         "survival_loss": "survival objective",
         "num_bins": "time bins of the discrete-time survival NLL",
         "heatmaps": "write attention heatmaps (PNG, GeoJSON, NIfTI)",
-        "thumbnail_mpp": "µm/px of the heatmaps' thumbnails",
+        "heatmap_mpp": "µm/px of the heatmap PNGs (null: about 1,600 px on the long side)",
+        "per_slide_contrast": "colour each heatmap by its own slide's 1st-99th percentile (colours then do not compare "
+        "across slides) instead of the run's",
         "cache_bytes": "bytes of patient bags kept in memory across epochs and folds (default: an eighth of the "
         "machine's memory; 0 reads the stores every time)",
         "device": DEVICE_HELP,
@@ -287,7 +329,15 @@ MIL_PREDICT = BundleFlags(  # evaluate and predict: inference.json, with or with
     {
         **{
             i: MIL_TRAIN.helps[i]
-            for i in ("dataset_dir", "output_dir", "labels", "leave_out_missing", "heatmaps", "thumbnail_mpp")
+            for i in (
+                "dataset_dir",
+                "output_dir",
+                "labels",
+                "leave_out_missing",
+                "heatmaps",
+                "heatmap_mpp",
+                "per_slide_contrast",
+            )
         },
         "models_dir": "evaluate, predict: the training run's output folder (its fold_<k>/model.pt)",
         "device": DEVICE_HELP,
@@ -319,7 +369,7 @@ def _cohort_from_gdc(args: argparse.Namespace) -> int:
     cohort = cohort_from_gdc(
         args.slides,
         args.clinical,
-        args.out,
+        args.output_dir,
         args.label_column,
         args.patient_column,
         not args.no_survival,
@@ -336,7 +386,7 @@ def _cohort_from_gdc(args: argparse.Namespace) -> int:
 def _sample_data(args: argparse.Namespace) -> int:
     from pathme.demo.sample_data import fetch_sample_slide
 
-    print(fetch_sample_slide(args.out))
+    print(fetch_sample_slide(args.output_dir))
     return 0
 
 
@@ -344,8 +394,8 @@ def _demo_cohort(args: argparse.Namespace) -> int:
     from pathme.demo.cohort_generator import make_demo_cohort
     from pathme.demo.sample_data import fetch_sample_slide
 
-    source = args.source or fetch_sample_slide(args.out / "source")
-    print(make_demo_cohort(args.out, source, n_slides=args.slides, seed=args.seed))
+    source = args.source or fetch_sample_slide(args.output_dir / "source")
+    print(make_demo_cohort(args.output_dir, source, n_slides=args.slides, seed=args.seed))
     return 0
 
 
@@ -358,7 +408,7 @@ def _preview(args: argparse.Namespace) -> int:
     }
     tissue = {config_id.split("#")[1]: values[config_id] for config_id in TISSUE_HELP}
     summary = preview_manifest(
-        args.manifest, args.out, args.backend, TissueConfig(**tissue), values["mpp_tolerance"], args.shard
+        args.manifest, args.output_dir, args.reader_backend, TissueConfig(**tissue), values["mpp_tolerance"], args.shard
     )
     columns = ["slide_id", "backend", "mpp", "regions", "valid_l0_tiles", "tissue_fraction", "ink_fraction", "preview"]
     return _report(summary, columns)
@@ -368,9 +418,9 @@ def _demo(args: argparse.Namespace) -> int:
     """The whole pipeline on a demo cohort (pathme.demo.walkthrough), ending with the metrics table."""
     from pathme.demo.walkthrough import DemoSettings, run_demo
 
-    names = ("slides", "seed", "backend", "distill_iterations", "distill_slides", "folds", "experts")
-    run_demo(args.out, DemoSettings(**{name: getattr(args, name) for name in names}))
-    print(f"full log: {(args.out / LOG_FILE).resolve()}")
+    names = ("slides", "seed", "reader_backend", "distill_iterations", "distill_slides", "folds", "experts")
+    run_demo(args.output_dir, DemoSettings(**{name: getattr(args, name) for name in names}))
+    print(f"full log: {(args.output_dir / LOG_FILE).resolve()}")
     return 0
 
 
@@ -485,13 +535,11 @@ def build_parser() -> argparse.ArgumentParser:
     experts.set_defaults(run=_experts)
 
     sample = commands.add_parser("sample-data", help="fetch the real CMU H&E sample slide (checked by sha256)")
-    sample.add_argument("--out", type=Path, required=True, help="folder to write cmu_small_region.svs into")
+    output_dir_flag(sample, "folder to write cmu_small_region.svs into")
     sample.set_defaults(run=_sample_data)
 
     cohort = commands.add_parser("demo-cohort", help="build a labelled demo cohort from real H&E pixels")
-    cohort.add_argument(
-        "--out", type=Path, required=True, help="cohort folder (slides/, manifest.csv, labels.csv, labels_context.csv)"
-    )
+    output_dir_flag(cohort, "cohort folder (slides/, manifest.csv, labels.csv, labels_context.csv)")
     cohort.add_argument("--slides", type=int, default=8, help="number of slides (default 8)")
     cohort.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
     cohort.add_argument("--source", type=Path, help="H&E slide to take pixels from (default: the CMU sample)")
@@ -500,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     gdc = commands.add_parser("cohort-from-gdc", help="manifest.csv and labels from TCGA slides downloaded from GDC")
     gdc.add_argument("--slides", type=Path, required=True, help="folder gdc-client downloaded the slides into")
     gdc.add_argument("--clinical", type=Path, required=True, help="the cart's clinical TSV (clinical.tsv)")
-    gdc.add_argument("--out", type=Path, required=True, help="folder for manifest.csv and labels_<task>.csv")
+    output_dir_flag(gdc, "folder for manifest.csv and labels_<task>.csv")
     gdc.add_argument(
         "--label-column",
         help="clinical column of the class label (e.g. a subtype), with or without its node prefix "
@@ -519,8 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     preview = commands.add_parser("preview", help="tissue, pen ink and region grid preview PNG of every slide")
     preview.add_argument("--manifest", type=Path, required=True, help="CSV with slide_id, path[, mpp][, patient_id]")
-    preview.add_argument("--out", type=Path, required=True, help="folder for the PNGs and preview_summary.csv")
-    preview.add_argument("--backend", choices=BACKENDS, default=AUTO, help=f"slide reader (default {AUTO})")
+    output_dir_flag(preview, "folder for the PNGs and preview_summary.csv")
+    reader_backend_flag(preview)
     values = EXTRACT.config_values()  # the extraction bundle's tissue detection, so a preview shows what it will do
     for config_id, meaning in {"mpp_tolerance": MPP_TOLERANCE_HELP, "shard": SHARD_HELP, **TISSUE_HELP}.items():
         add_flag(preview, config_id, values[config_id], meaning)
@@ -558,18 +606,19 @@ def build_parser() -> argparse.ArgumentParser:
     mil.add_argument("mode", nargs="?", choices=list(MIL_CONFIGS), default="train", help="default train")
     MIL_TRAIN.add_to(mil)
     MIL_PREDICT.add_to(mil, skip=MIL_TRAIN.helps)
+    add_old_spelling(mil, "--thumbnail-mpp")
     mil.set_defaults(run=_mil)
 
     demo = commands.add_parser(
         "demo", help="the whole pipeline on a demo cohort: features, distillation, tokens, MIL, heatmaps, metrics"
     )
-    demo.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output)")
+    output_dir_flag(demo, "output folder", default=Path("demo_output"))
     demo.add_argument("--slides", type=int, default=40, help="demo cohort size (default 40)")
     demo.add_argument("--distill-iterations", type=int, default=100, help="tiny distillation steps (default 100)")
     demo.add_argument("--distill-slides", type=int, default=8, help="slides of the distillation cohort (default 8)")
     demo.add_argument("--folds", type=int, default=5, help="cross-validation folds of the MIL runs (default 5)")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
-    demo.add_argument("--backend", choices=BACKENDS, default=AUTO, help=f"slide reader (default {AUTO})")
+    reader_backend_flag(demo)
     demo.add_argument(
         "--experts",
         choices=("tiny", "pretrained"),  # the keys of pathme.demo.walkthrough.DEMO_EXPERTS
@@ -583,9 +632,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def output_folder(args: argparse.Namespace) -> Path | None:
-    """The folder a command writes its outputs to (``--out`` or ``--output-dir``), where its log goes; None for a
-    command without one (``pathme experts``)."""
-    folder = getattr(args, "out", None) or getattr(args, "output_dir", None)
+    """The folder a command writes its outputs to (``--output-dir``), where its log goes; None for a command without
+    one (``pathme experts``)."""
+    folder = getattr(args, "output_dir", None)
     return Path(folder) if folder is not None else None
 
 
@@ -597,6 +646,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with console_logging(output_folder(args), args.verbose):
         logger.info("pathme %s: %s", __version__, " ".join(sys.argv[1:] if argv is None else argv))
+        for note in getattr(args, "old_spellings", []):
+            logger.warning("pathme %s: %s (the old spelling goes in pathme 0.3)", args.command, note)
         try:
             return args.run(args)
         except Interrupted as stop:  # scancel, a time limit: the shard is recorded; say so in one line

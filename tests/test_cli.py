@@ -59,7 +59,7 @@ def test_preview_reports_bad_slides_and_finishes_the_others(tmp_path, cmu_slide,
         f"slide_id,path\ncmu,{cmu_slide}\nno_mpp,{no_mpp.name}\nbroken,broken.svs\nmissing,absent.svs\n"
     )
     out = tmp_path / "previews"
-    assert main(["preview", "--manifest", str(manifest), "--out", str(out)]) == 1
+    assert main(["preview", "--manifest", str(manifest), "--output-dir", str(out)]) == 1
     summary = pd.read_csv(out / "preview_summary.csv", keep_default_na=False).set_index("slide_id")
     assert summary.loc["cmu", "error"] == "" and summary.loc["cmu", "regions"] == "1"
     assert (out / "cmu_preview.png").is_file()
@@ -78,29 +78,53 @@ def test_the_manifest_mpp_column_makes_a_slide_without_mpp_usable(tmp_path, make
     manifest = tmp_path / "manifest.csv"
     manifest.write_text(f"slide_id,path,mpp\nno_mpp,{no_mpp.name},0.5\n")
     out = tmp_path / "previews"
-    assert main(["preview", "--manifest", str(manifest), "--out", str(out)]) == 0
+    assert main(["preview", "--manifest", str(manifest), "--output-dir", str(out)]) == 0
     summary = pd.read_csv(out / "preview_summary.csv", keep_default_na=False)
     assert summary.loc[0, "mpp_source"] == "manifest" and summary.loc[0, "regions"] == 1
+
+
+def test_the_old_flag_spellings_still_work_with_a_deprecation_warning(tmp_path, make_slide, caplog):
+    import numpy as np
+
+    from pathme.cli import build_parser
+
+    image = np.full((1200, 1200, 3), 240, dtype=np.uint8)
+    image[300:900, 300:900] = (190, 110, 170)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"slide_id,path\ns1,{make_slide(image, 0.5).name}\n")
+    out = tmp_path / "previews"
+    assert main(["preview", "--manifest", str(manifest), "--out", str(out), "--backend", "openslide"]) == 0
+    summary = pd.read_csv(out / "preview_summary.csv")
+    assert (out / "s1_preview.png").is_file() and summary.loc[0, "backend"] == "openslide"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "pathme preview: --out is deprecated: use --output-dir (the old spelling goes in pathme 0.3)" in warnings
+    assert any("--backend is deprecated: use --reader-backend" in w for w in warnings)
+    parser = build_parser()
+    old = parser.parse_args(["mil", "--dataset-dir", "d", "--output-dir", "o", "--thumbnail-mpp", "8"])
+    assert old.heatmap_mpp == "8" and old.old_spellings == ["--thumbnail-mpp is deprecated: use --heatmap-mpp"]
+    assert parser.parse_args(["demo", "--out", "x"]).output_dir.name == "x"
+    with pytest.raises(SystemExit):  # the old and new spelling of one flag together: argparse refuses
+        parser.parse_args(["preview", "--manifest", "m.csv", "--out", "a", "--output-dir", "b"])
 
 
 def test_a_bad_manifest_is_one_clear_line(tmp_path, capsys, caplog):
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("slide_id,path\nA,a.svs\nA,b.svs\n")
-    assert main(["preview", "--manifest", str(manifest), "--out", str(tmp_path)]) == 2
+    assert main(["preview", "--manifest", str(manifest), "--output-dir", str(tmp_path)]) == 2
     assert "duplicate slide_id" in caplog.text
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_demo_target_runs_the_demo_command():
     result = subprocess.run(["make", "-n", "demo"], cwd=REPO, capture_output=True, text=True, check=True)
-    assert ".venv/bin/pathme demo --out demo_output" in result.stdout
+    assert ".venv/bin/pathme demo --output-dir demo_output" in result.stdout
 
 
 def test_the_demo_runs_the_whole_pipeline_and_prints_the_metrics_table(tmp_path, cmu_slide):
     out = tmp_path / "demo"
     (out / "data").mkdir(parents=True)
     shutil.copy(cmu_slide, out / "data" / cmu_slide.name)  # the demo reuses a verified copy instead of pip
-    command = ["demo", "--out", str(out), "--slides", "8", "--folds", "2", "--distill-iterations", "10"]
+    command = ["demo", "--output-dir", str(out), "--slides", "8", "--folds", "2", "--distill-iterations", "10"]
     command += ["--distill-slides", "4"]
     done = subprocess.run([sys.executable, "-m", "pathme.cli", *command], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -170,7 +170,7 @@ def test_a_preview_prints_its_table_and_nothing_else(tmp_path):
     slide = tmp_path / "slide.tiff"
     write_pyramid(slide, block_pattern(1024, 1536, 64), 0.5, compression="jpeg")
     (tmp_path / "manifest.csv").write_text(f"slide_id,path\nA,{slide}\n")
-    done = _pathme("preview", "--manifest", "manifest.csv", "--out", "previews", cwd=tmp_path)
+    done = _pathme("preview", "--manifest", "manifest.csv", "--output-dir", "previews", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert _no_gpu_noise(done.stdout + done.stderr) == [] and done.stderr == ""
     assert done.stdout.splitlines()[0].split()[:2] == ["slide_id", "backend"] and len(done.stdout.splitlines()) == 2

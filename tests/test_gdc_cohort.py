@@ -204,12 +204,24 @@ def test_2025_clinical_files_that_cannot_label_name_the_file_and_the_fix(downloa
 def test_the_pathme_command_writes_the_cohort_and_says_where(download: Path, tmp_path: Path, capsys) -> None:
     clinical = write_tsv(tmp_path / "clinical.tsv", clinical_rows())
     out = tmp_path / "cohort"
-    assert main(["cohort-from-gdc", "--slides", str(download), "--clinical", str(clinical), "--out", str(out)]) == 0
+    assert (
+        main(["cohort-from-gdc", "--slides", str(download), "--clinical", str(clinical), "--output-dir", str(out)]) == 0
+    )
     printed = capsys.readouterr().out
     assert (
         "5 slides of 4 patients" in printed and f"labels for --task survival: {out / 'labels_survival.csv'}" in printed
     )
     assert (
-        main(["cohort-from-gdc", "--slides", str(tmp_path / "none"), "--clinical", str(clinical), "--out", str(out)])
+        main(
+            [
+                "cohort-from-gdc",
+                "--slides",
+                str(tmp_path / "none"),
+                "--clinical",
+                str(clinical),
+                "--output-dir",
+                str(out),
+            ]
+        )
         == 2
     )

@@ -16,7 +16,7 @@ from real_inputs import tissue_image, write_manifest, write_slide
 from pathme.data.bags import BagIndex
 from pathme.demo.synthetic_stores import write_store
 from pathme.engines.embed import token_coords
-from pathme.engines.mil import TrainSettings
+from pathme.engines.mil import MILTask, TrainSettings
 from pathme.engines.mil_workflow import MILPredict, MILRun, slide_rows
 from pathme.extract import CohortExtractor
 from pathme.store.provenance import read_provenance
@@ -204,9 +204,11 @@ def test_a_slide_file_changed_since_extraction_gets_no_heatmap_drawn_on_it(tmp_p
                 "coords": bag.coords,
                 "sizes": bag.sizes,
                 "attention": np.full(count, 1 / count),
+                "probs": np.array([0.4, 0.6]),
             }
         )
-    rows = pd.DataFrame(slide_rows(records, index, tmp_path / "heatmaps", 16.0)).set_index("slide_id")
+    task = MILTask("label", ("0", "1"))
+    rows = pd.DataFrame(slide_rows(records, index, task, tmp_path / "heatmaps", 16.0)).set_index("slide_id")
     assert rows["status"].to_dict() == {"s0": "geojson only", "s1": "geojson only", "s2": "done"}
     assert "changed since extraction" in rows.loc["s1", "note"] and not rows.loc["s0", "png"]
     assert (tmp_path / "heatmaps" / "s1_attention.geojson").is_file()

@@ -18,10 +18,11 @@ from real_inputs import tissue_image, write_slide
 from pathme.data.bags import BagIndex
 from pathme.demo.synthetic_stores import write_store
 from pathme.deploy.pipeline import Case, _slide_predictions
+from pathme.engines.mil import MILTask
 from pathme.engines.mil_workflow import slide_rows
 from pathme.store.attrs import write_attrs
 from pathme.store.digests import slide_fingerprint
-from pathme.viz.heatmap import attention_grid, write_slide_heatmap
+from pathme.viz.heatmap import AttentionMap, ColourScale, write_slide_heatmap
 from pathme.viz.nifti import map_affine, write_map_nifti
 from pathme.viz.preview import preview_manifest
 from pathme.wsi.regions import plan_regions
@@ -108,8 +109,9 @@ def _mil_heatmap(slide: Path, folder: Path) -> Path:
         write_attrs(file, {"slide_path": str(slide), "slide_digest": slide_fingerprint(slide)})
     coords, sizes, scores = _tiles()
     record = {"patient_id": "p1", "slide_ids": ["s1"], "slide_index": np.zeros(15, int), "coords": coords}
-    record |= {"sizes": sizes, "attention": scores}
-    (row,) = slide_rows([record], BagIndex(stores, "tiny-vit"), folder / "heatmaps", thumbnail_mpp=16.0)
+    record |= {"sizes": sizes, "attention": scores, "probs": np.array([0.3, 0.7])}
+    task = MILTask("label", ("0", "1"))
+    (row,) = slide_rows([record], BagIndex(stores, "tiny-vit"), task, folder / "heatmaps", heatmap_mpp=16.0)
     assert row["status"] == "done", row
     assert Path(row["png"]).is_file() and Path(row["geojson"]).is_file()
     assert row["nifti"] == str(folder / "heatmaps" / "s1_attention.nii.gz")
@@ -130,7 +132,7 @@ def test_preview_and_mil_write_masks_and_heatmaps_in_one_world_frame(tissue_slid
     plan = plan_regions(slide)  # what the preview's green tint shows
     np.testing.assert_array_equal(np.asarray(mask.dataobj).T, plan.mask.astype(np.uint8))
     coords, sizes, scores = _tiles()
-    grid = attention_grid(coords, sizes, scores, slide.size, TILE)  # what the PNG's colours show
+    grid = AttentionMap.paint(coords, sizes, scores, slide.size, slide.mpp).grid  # what the PNG's colours show
     assert np.isnan(grid[3, 3]) and np.isfinite(grid[:3]).all()  # no token on the bottom-right cell
     np.testing.assert_array_equal(np.asarray(heatmap.dataobj).T, np.nan_to_num(grid))  # where it holds 0
     assert heatmap.get_data_dtype() == np.float32 and mask.get_data_dtype() == np.uint8
@@ -153,7 +155,9 @@ def test_preview_and_mil_write_masks_and_heatmaps_in_one_world_frame(tissue_slid
 
 def test_the_deploy_report_carries_the_nifti_heatmap_beside_the_png(tissue_slide: Path, tmp_path: Path) -> None:
     heatmaps = tmp_path / "work" / "mil" / "label" / "heatmaps"
-    paths = write_slide_heatmap(Slide.open(tissue_slide), heatmaps, "s1", *_tiles())
+    slide = Slide.open(tissue_slide)
+    attention = AttentionMap.paint(*_tiles(), slide.size, slide.mpp)
+    paths = write_slide_heatmap(slide, heatmaps, "s1", attention, ColourScale.of_run([attention]), heatmap_mpp=16.0)
     assert set(paths) == {"png", "geojson", "nifti"}
     predictions = pd.DataFrame([{"patient_id": "s1", "prob_0": 0.3, "prob_1": 0.7, "predicted": "1"}])
     case = Case(slides=(tissue_slide,), work=tmp_path / "work", predictions={"label": predictions})

@@ -142,7 +142,7 @@ def test_a_cohort_of_every_bad_kind_finishes_every_good_slide_and_reports_every_
         "truncated": "is truncated",
         "missing": "file not found",
     }
-    assert main(["preview", "--manifest", str(manifest), "--out", str(tmp_path / "previews")]) == 1
+    assert main(["preview", "--manifest", str(manifest), "--output-dir", str(tmp_path / "previews")]) == 1
     previews = pd.read_csv(tmp_path / "previews" / "preview_summary.csv", keep_default_na=False).set_index("slide_id")
     assert _extract(manifest, tmp_path / "features") == 1
     extracted = pd.read_csv(tmp_path / "features" / "run_summary.csv", keep_default_na=False).set_index("slide_id")

@@ -20,7 +20,8 @@ from real_inputs import (
 
 from pathme.cli import main
 from pathme.demo.cohort_generator import harvest_tiles, tumour_stains, tumour_tiles
-from pathme.viz.preview import INK_TINT
+from pathme.viz.figure import PAD_PX, TITLE_PX
+from pathme.viz.preview import INK_COLOUR, INVALID_ALPHA, INVALID_COLOUR
 from pathme.wsi.mpp import MissingMppError, level0_mpp
 from pathme.wsi.reading import read_thumbnail
 from pathme.wsi.regions import plan_regions
@@ -176,16 +177,27 @@ def test_dark_hematoxylin_dense_tissue_is_never_taken_for_ink(tmp_path, cmu_slid
     assert valid_tiles(plan) == valid_tiles(plan_regions(slide, TissueConfig(ink=False))) > 0
 
 
-def test_the_preview_shows_what_was_rejected_as_ink(tmp_path):
+ORANGE = np.array([int(INK_COLOUR[i : i + 2], 16) for i in (1, 3, 5)])
+INVALID_GREY = [int(INVALID_COLOUR[i : i + 2], 16) for i in (1, 3, 5)]
+
+
+def test_the_preview_shows_the_slide_in_its_colours_and_outlines_what_was_rejected_as_ink(tmp_path):
     write_slide(tmp_path / "inked.tiff", half_tissue(INK["blue"]))
     out = tmp_path / "previews"
     assert main(["preview", "--manifest", str(write_manifest(tmp_path, [{"slide_id": "inked", "path": "inked.tiff"}])),
-                 "--out", str(out)]) == 0  # fmt: skip
+                 "--output-dir", str(out)]) == 0  # fmt: skip
     summary = pd.read_csv(out / "preview_summary.csv")
     assert summary.loc[0, "ink_fraction"] > 0.05
     with Image.open(out / "inked_preview.png") as preview:
         pixels = np.asarray(preview.convert("RGB")).astype(float)
-    scale = pixels.shape[1] / 4000  # preview pixels per level-0 pixel
-    stroke = pixels[int(600 * scale) : int(1400 * scale), int(2900 * scale) : int(3100 * scale)]
-    expected = 0.4 * np.array(INK["blue"]) + 0.6 * INK_TINT
-    np.testing.assert_allclose(np.median(stroke.reshape(-1, 3), axis=0), expected, atol=1)  # median: grid lines
+    # the image sits at (PAD_PX, TITLE_PX): the 250 x 125 px thumbnail at 8 µm/px, enlarged 4 times to 1000 x 500
+    image = pixels[TITLE_PX : TITLE_PX + 500, PAD_PX : PAD_PX + 1000]
+    thumbnail = read_thumbnail(Slide.open(tmp_path / "inked.tiff"), 8.0).repeat(4, axis=0).repeat(4, axis=1)
+    tissue = (slice(200, 300), slice(200, 300))  # inside the blob (level-0 x, y 800-1200), away from tile lines
+    assert np.median(np.abs(image[tissue] - thumbnail[tissue])) == 0  # H&E as it is, no tint
+    stroke = image[100:400, 720:780].reshape(-1, 3)  # level-0 x 2880-3120: greyed (not encoded), not tinted
+    expected = (1 - INVALID_ALPHA) * np.array(INK["blue"]) + INVALID_ALPHA * np.array(INVALID_GREY)
+    np.testing.assert_allclose(np.median(stroke, axis=0), expected, atol=2)
+    edge = image[100:400, 690:712].reshape(-1, 3)  # the stroke's left edge (x 700): its orange outline
+    assert (np.abs(edge - ORANGE).sum(axis=1) < 60).sum() >= 100
+    assert not (np.abs(image[100:400, 100:400].reshape(-1, 3) - ORANGE).sum(axis=1) < 60).any()  # none on tissue

@@ -20,7 +20,7 @@ def test_the_tissue_of_the_cmu_slide_is_found(cmu_slide, tmp_path):
     height, width = plan.mask.shape
     assert not plan.mask[:, : width // 5].any()  # the left fifth is background
     assert plan.mask[height // 2 :, int(width * 0.35) : int(width * 0.6)].mean() > 0.9  # the strip's trunk
-    preview = save_preview(plan, slide.mpp, TissueConfig().mpp, tmp_path / "cmu_preview.png")
+    preview = save_preview(plan, slide, TissueConfig().mpp, tmp_path / "cmu_preview.png")
     with Image.open(preview) as image:
         assert image.mode == "RGB" and max(image.size) >= 800
 

@@ -55,7 +55,7 @@ class DemoSettings:
 
     slides: int = 40
     seed: int = 0
-    backend: str = "auto"
+    reader_backend: str = "auto"
     distill_iterations: int = 100
     distill_slides: int = 8  # the second cohort, distillation only
     folds: int = 5
@@ -95,7 +95,7 @@ def extract_features(out: Path, cohort: Path, distill: Path, settings: DemoSetti
     experts = settings.expert_names
     _stage(3, f"feature extraction with {' and '.join(experts)} (pathme_feature_extraction)")
     for manifest, folder in ((cohort, "features"), (distill, "distill_features")):
-        config = {"manifest": str(manifest), "output_dir": str(out / folder), "reader_backend": settings.backend}
+        config = {"manifest": str(manifest), "output_dir": str(out / folder), "reader_backend": settings.reader_backend}
         config |= {"experts": list(experts), "weights": settings.weights, "seed": settings.seed}
         with unannounced("pathme.shards.run"):  # the throughput line goes to the log: one line per stage
             run_bundle("pathme_feature_extraction", "inference.json", **config)
@@ -200,7 +200,7 @@ def run_demo(out: Path, settings: DemoSettings) -> pd.DataFrame:
     out = Path(out)
     cohort, distill = prepare_cohorts(out, settings)
     _stage(2, "previews of the cohort's tissue and region grid")
-    preview_manifest(cohort, out / "previews", backend=settings.backend)
+    preview_manifest(cohort, out / "previews", reader_backend=settings.reader_backend)
     extract_features(out, cohort, distill, settings)
     distill_teacher(out, settings)
     embed_tokens(out)

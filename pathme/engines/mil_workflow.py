@@ -49,7 +49,14 @@ from pathme.losses import assign_bins, survival_bins
 from pathme.store import config_digest
 from pathme.store.agreement import check_same_features
 from pathme.store.atomic import set_aside, write_csv_atomic
-from pathme.viz.heatmap import write_heatmap_geojson, write_slide_heatmap
+from pathme.viz.heatmap import (
+    AttentionMap,
+    ColourScale,
+    write_heatmap_geojson,
+    write_slide_heatmap,
+    write_top_tiles,
+)
+from pathme.viz.report import ReportInputs, write_report
 from pathme.wsi.slide_error import SlideError, failure_text
 
 logger = logging.getLogger(__name__)
@@ -84,30 +91,59 @@ def prediction_rows(records: Sequence[dict[str, Any]], task: MILTask, **extra: o
     return rows
 
 
-SLIDE_COLUMNS = ["slide_id", "patient_id", "fold", "tokens", "status", "png", "geojson", "nifti", "note"]
+SLIDE_COLUMNS = [
+    "slide_id",
+    "patient_id",
+    "fold",
+    "tokens",
+    "status",
+    "png",
+    "geojson",
+    "nifti",
+    "top_tiles",
+    "top_attention",
+    "note",
+]
+
+
+def prediction_caption(record: Mapping[str, Any], task: MILTask) -> str:
+    """What a heatmap's title says the model predicted for the patient of ``record``: the class and its
+    probability, or the risk with its direction (attention itself has none)."""
+    if task.is_survival:
+        return (
+            f"predicted risk {float(record['risk']):.3g} (higher: shorter survival); attention shows where the risk "
+            "was read from, not its direction"
+        )
+    probs = np.asarray(record["probs"])
+    best = int(np.argmax(probs))
+    return f"predicted {task.classes[best]} (p = {probs[best]:.2f})"
 
 
 def slide_rows(
     records: Sequence[dict[str, Any]],
     index: BagIndex,
+    task: MILTask,
     heatmaps_dir: Path | None,
-    thumbnail_mpp: float,
-    **extra: object,
+    heatmap_mpp: float | None = None,
+    per_slide_contrast: bool = False,
 ) -> list[dict[str, Any]]:
-    """One row per slide of every record (see ``SLIDE_COLUMNS``), drawing its attention heatmap into
-    ``heatmaps_dir`` (None: no heatmaps) over the thumbnail (PNG), as GeoJSON and as NIfTI in level-0 µm.
+    """One row per slide of every record (see ``SLIDE_COLUMNS``; a record's ``fold`` goes into its rows), drawing
+    its attention heatmap into ``heatmaps_dir`` (None: no heatmaps) as PNG (over the thumbnail at ``heatmap_mpp``
+    µm/px, default about 1,600 px on the long side), GeoJSON and NIfTI in level-0 µm (:mod:`pathme.viz.heatmap`).
+    Every slide is coloured on one scale, the 1st-99th percentile of all the records' slides, unless
+    ``per_slide_contrast``.
 
     A slide gets status ``done``; ``no tokens`` with the reason its store gives; ``geojson only`` when its image
     is gone, unreadable or no longer the file extraction read (another fingerprint or size: the store's coordinates
     would be drawn on another image), the GeoJSON coming from the store's coordinates; ``failed`` on any other
     error; or ``scored`` without heatmaps. The note says why; one slide's problem never stops the others.
     """
-    rows = []
+    rows, drawn = [], []
     for record in records:
         for position, slide_id in enumerate(record["slide_ids"]):
             provenance = index.provenance(slide_id)
             tokens = record["slide_index"] == position
-            row = dict.fromkeys(SLIDE_COLUMNS, "") | extra
+            row = dict.fromkeys(SLIDE_COLUMNS, "") | {"fold": record.get("fold", "")}
             row |= {"slide_id": slide_id, "patient_id": record["patient_id"], "tokens": int(tokens.sum())}
             if not tokens.any():
                 rows.append(row | {"status": "no tokens", "note": provenance.no_region_reason or "no valid tile"})
@@ -115,20 +151,31 @@ def slide_rows(
             if heatmaps_dir is None:
                 rows.append(row | {"status": "scored"})
                 continue
-            args = (slide_id, record["coords"][tokens], record["sizes"][tokens], record["attention"][tokens])
-            try:
-                slide = provenance.open_slide()
-            except SlideError as error:  # the image is gone or unreadable: the store still places the tokens
-                geojson = write_heatmap_geojson(heatmaps_dir, *args)
-                logger.warning("slide %s: heatmap PNG skipped: %s", slide_id, error)
-                rows.append(row | {"status": "geojson only", "geojson": str(geojson), "note": str(error)})
-                continue
-            try:
-                paths = write_slide_heatmap(slide, heatmaps_dir, *args, thumbnail_mpp=thumbnail_mpp)
-            except Exception as error:  # one slide's heatmap, whatever went wrong, is its row; the others go on
-                rows.append(row | {"status": "failed", "note": failure_text(error, slide_id, logger)})
-                continue
-            rows.append(row | {"status": "done"} | {key: str(path) for key, path in paths.items()})
+            scored = (record["coords"][tokens], record["sizes"][tokens], record["attention"][tokens])
+            attention = AttentionMap.paint(*scored, provenance.slide_size, provenance.mpp)
+            rows.append(row)
+            drawn.append((row, record, provenance, attention, scored))
+    run_scale = ColourScale.of_run([attention for *_, attention, _ in drawn])
+    for row, record, provenance, attention, scored in drawn:
+        slide_id = row["slide_id"]
+        scale = ColourScale.of_slide(attention) if per_slide_contrast else run_scale
+        try:
+            slide = provenance.open_slide()
+        except SlideError as error:  # the image is gone or unreadable: the store still places the tokens
+            geojson = write_heatmap_geojson(heatmaps_dir, slide_id, attention, scale)
+            logger.warning("slide %s: heatmap PNG skipped: %s", slide_id, error)
+            row |= {"status": "geojson only", "geojson": str(geojson), "note": str(error)}
+            continue
+        fold = f" · fold {row['fold']}" if row["fold"] != "" else ""
+        title = f"{slide_id} · patient {row['patient_id']}{fold}\n{prediction_caption(record, task)}"
+        try:
+            paths = write_slide_heatmap(slide, heatmaps_dir, slide_id, attention, scale, title, heatmap_mpp)
+            tiles, values = write_top_tiles(slide, heatmaps_dir, slide_id, *scored)
+        except Exception as error:  # one slide's heatmap, whatever went wrong, is its row; the others go on
+            row |= {"status": "failed", "note": failure_text(error, slide_id, logger)}
+            continue
+        row |= {"status": "done", "top_tiles": str(tiles), "top_attention": " ".join(f"{v:.3g}" for v in values)}
+        row |= {key: str(path) for key, path in paths.items()}
     return rows
 
 
@@ -167,7 +214,8 @@ class MILRun:
     survival_loss: str = "nll"
     num_bins: int = 4
     heatmaps: bool = True
-    thumbnail_mpp: float = 16.0
+    heatmap_mpp: float | None = None  # µm/px of the heatmap PNGs; None: about 1,600 px on the long side
+    per_slide_contrast: bool = False  # colour each heatmap by its own slide's percentiles, not the run's
     device: torch.device | str | None = None
     cache_bytes: int | None = None  # patient bags kept in memory (BagIndex); None: an eighth of the machine's
     leave_out_missing: bool = False  # leave out labelled patients without a usable store (cohort.csv) or refuse
@@ -175,6 +223,7 @@ class MILRun:
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
         self.device = pick_device(self.device)
+        self.heatmap_mpp = _positive_or_none(self.heatmap_mpp, "heatmap_mpp")
         if self.survival_loss not in ("nll", "cox"):
             raise ValueError(f"survival_loss must be 'nll' or 'cox', got {self.survival_loss!r}")
 
@@ -206,7 +255,7 @@ class MILRun:
         in_dim = index.feature_dim()
         config = MILModelConfig(in_dim=in_dim, num_outputs=task.num_outputs, **self.model)
         heatmaps = self.output_dir / "heatmaps" if self.heatmaps else None
-        results, predictions, slides = [], [], []
+        results, predictions, tested = [], [], []
         bar = tqdm(folds, desc=f"MIL {self.task} ({self.feature_source})", unit="fold", disable=not sys.stderr.isatty())
         for fold in bar:
             datasets = {split: BagDataset(index, getattr(fold, split), targets) for split in ("train", "val", "test")}
@@ -232,16 +281,20 @@ class MILRun:
             note = task.not_computable(stacked, metrics)
             results.append({"fold": fold.index, "patients": len(fold.test), **best, **metrics, "not_computable": note})
             predictions += prediction_rows(records, task, fold=fold.index)
-            slides += slide_rows(records, index, heatmaps, self.thumbnail_mpp, fold=fold.index)
+            tested += [record | {"fold": fold.index} for record in records]
             logger.info("fold %d: %s", fold.index, ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
             if note:
                 logger.warning("fold %d: %s", fold.index, note)
+        slides = slide_rows(tested, index, task, heatmaps, self.heatmap_mpp, self.per_slide_contrast)
         table = pd.DataFrame(results)
         write_csv_atomic(self.output_dir / "results.csv", table)
         write_csv_atomic(self.output_dir / "predictions.csv", pd.DataFrame(predictions))
         write_csv_atomic(self.output_dir / "slide_summary.csv", pd.DataFrame(slides, columns=SLIDE_COLUMNS))
         summary = summarise(table)
         write_csv_atomic(self.output_dir / "summary.csv", summary)
+        title = f"MIL '{self.task}' on {self.feature_source}: {len(folds)}-fold cross-validation"
+        frames = (pd.DataFrame(predictions), table, summary, pd.DataFrame(slides, columns=SLIDE_COLUMNS))
+        write_report(ReportInputs(title, task.classes, *frames), self.output_dir)
         return summary
 
     def fold_digest(
@@ -278,6 +331,16 @@ class MILRun:
             return None, {}
         logger.info("%s: finished fold reused (same inputs and settings)", path)
         return fold_model_from(payload, self.device)[0], dict(payload["best"])
+
+
+def _positive_or_none(value: object, name: str) -> float | None:
+    """``value`` as a positive float (a bundle override may give text), or None; ValueError otherwise."""
+    if value is None:
+        return None
+    number = float(value)
+    if not number > 0:
+        raise ValueError(f"{name} must be a positive µm/px or null (about 1,600 px on the long side), got {value!r}")
+    return number
 
 
 def _load_labels(
@@ -325,7 +388,8 @@ class MILPredict:
     output_dir: str | Path
     labels: str | Path | None = None
     heatmaps: bool = True
-    thumbnail_mpp: float = 16.0
+    heatmap_mpp: float | None = None  # as MILRun's
+    per_slide_contrast: bool = False
     device: torch.device | str | None = None
     leave_out_missing: bool = False  # with labels: leave out labelled patients without a usable store, or refuse
 
@@ -362,7 +426,9 @@ class MILPredict:
         output.mkdir(parents=True, exist_ok=True)
         predictions = pd.DataFrame(prediction_rows(records, task))
         write_csv_atomic(output / "predictions.csv", predictions)
-        slides = slide_rows(records, index, output / "heatmaps" if self.heatmaps else None, self.thumbnail_mpp)
+        heatmaps = output / "heatmaps" if self.heatmaps else None
+        mpp = _positive_or_none(self.heatmap_mpp, "heatmap_mpp")
+        slides = slide_rows(records, index, task, heatmaps, mpp, self.per_slide_contrast)
         write_csv_atomic(output / "slide_summary.csv", pd.DataFrame(slides, columns=SLIDE_COLUMNS))
         if targets is None:
             return predictions

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw
+from matplotlib.collections import LineCollection, PolyCollection
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from pathme.shards import ShardRun, WorkItem, resolve_shard
-from pathme.store.atomic import write_atomic
+from pathme.viz.figure import SlideFigure
 from pathme.viz.nifti import write_map_nifti
 from pathme.wsi.backends import AUTO
 from pathme.wsi.grid import L0_SIDE, L1_SIDE
@@ -29,43 +31,69 @@ from pathme.wsi.tissue import TissueConfig
 
 logger = logging.getLogger(__name__)
 
-TISSUE_TINT = np.array([0, 170, 80], dtype=np.float32)
-INK_TINT = np.array([255, 110, 0], dtype=np.float32)  # orange: what was rejected as pen ink
-REGION_COLOUR, L1_COLOUR, INVALID_COLOUR = (220, 30, 30), (250, 200, 0), (90, 90, 90)
+TISSUE_COLOUR, INK_COLOUR = "#00b050", "#ff6e00"  # outlines: green tissue, orange pen ink
+REGION_COLOUR, L1_COLOUR, INVALID_COLOUR = "#dc1e1e", "#fac800", "#5a5a5a"
+INVALID_ALPHA = 0.35  # the grey over 20x tiles left out, through which the slide still shows
 
 
-def render_preview(plan: SlidePlan, slide_mpp: float, tissue_mpp: float, min_side: int = 800) -> Image.Image:
-    """An RGB image: tissue tinted green, pen ink tinted orange, invalid L0 tiles of each region crossed grey,
-    L1 and region borders."""
-    pixels = plan.thumbnail.astype(np.float32)
-    pixels[plan.mask] = 0.75 * pixels[plan.mask] + 0.25 * TISSUE_TINT
-    pixels[plan.ink] = 0.4 * pixels[plan.ink] + 0.6 * INK_TINT
+def render_preview(plan: SlidePlan, slide: Slide, tissue_mpp: float, min_side: int = 800) -> SlideFigure:
+    """The preview figure: the thumbnail in its own colours (enlarged by whole pixels to ``min_side`` on the long
+    side), the tissue and pen-ink outlines, each region's border, its 5x tiles and each 20x tile without
+    enough tissue greyed (not encoded), with the slide id, µm/px and plan in the title, a legend and a scale bar."""
     zoom = max(1, math.ceil(min_side / max(plan.thumbnail.shape[:2])))
-    image = Image.fromarray(pixels.astype(np.uint8)).resize(
-        (plan.thumbnail.shape[1] * zoom, plan.thumbnail.shape[0] * zoom), Image.Resampling.NEAREST
+    image = np.repeat(np.repeat(plan.thumbnail[..., :3], zoom, axis=0), zoom, axis=1)
+    valid = int(sum(region.valid_l0.sum() for region in plan.regions))
+    title = (
+        f"{slide.slide_id} · level 0 at {slide.mpp:.3f} µm/px ({slide.mpp_source})\n"
+        f"{len(plan.regions)} region(s), {valid} 20x tile(s) on tissue · tissue {plan.tissue_fraction:.0%} of the "
+        f"thumbnail, pen ink {plan.ink_fraction:.1%}"
     )
-    draw = ImageDraw.Draw(image)
-    scale = slide_mpp / tissue_mpp * zoom  # preview pixels per level-0 pixel
+    figure = SlideFigure.around(image, tissue_mpp / zoom, title)
+    axes = figure.image_axes
+    scale = slide.mpp / tissue_mpp * zoom  # image pixels per level-0 pixel
 
-    def outline(box: np.ndarray, colour: tuple[int, int, int], width: int) -> None:
-        x, y, w, h = box * scale
-        draw.rectangle([x, y, x + w, y + h], outline=colour, width=width)
+    def corners(boxes: np.ndarray) -> np.ndarray:
+        """[N, 4] level-0 (x, y, w, h) -> [N, 4] image (x0, y0, x1, y1) at pixel edges."""
+        scaled = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * scale
+        return np.column_stack([scaled[:, :2], scaled[:, :2] + scaled[:, 2:]]) - 0.5
 
-    for region in plan.regions:
-        origin = (region.x, region.y)
-        for box, valid in zip(plan.grid.tile_boxes(origin, L0_SIDE), region.valid_l0, strict=True):
-            if not valid:
-                x, y, w, h = box * scale
-                draw.line([x, y, x + w, y + h], fill=INVALID_COLOUR)
-        for box in plan.grid.tile_boxes(origin, L1_SIDE):
-            outline(box, L1_COLOUR, 1)
-        outline(np.array([region.x, region.y, plan.grid.region_extent, plan.grid.region_extent]), REGION_COLOUR, 3)
-    return image
+    def outlines(boxes: np.ndarray) -> list[np.ndarray]:
+        return [np.array([[a, b], [c, b], [c, d], [a, d], [a, b]]) for a, b, c, d in corners(boxes)]
+
+    regions = np.array([[r.x, r.y, plan.grid.region_extent, plan.grid.region_extent] for r in plan.regions])
+    tiles_5x = [plan.grid.tile_boxes((r.x, r.y), L1_SIDE) for r in plan.regions]
+    invalid = [plan.grid.tile_boxes((r.x, r.y), L0_SIDE)[~r.valid_l0] for r in plan.regions]
+    greyed = [o for boxes in invalid for o in outlines(boxes)]
+    axes.add_collection(PolyCollection(greyed, facecolors=INVALID_COLOUR, edgecolors="none", alpha=INVALID_ALPHA))
+    handles = [
+        Patch(facecolor=INVALID_COLOUR, alpha=INVALID_ALPHA, label="20x tile with too little\ntissue: not encoded"),
+        Patch(facecolor="white", edgecolor="#999999", label="20x tile on tissue"),
+    ]
+    layers = [
+        ([o for boxes in tiles_5x for o in outlines(boxes)], L1_COLOUR, 0.8, "5x tile (16 per region)"),
+        (outlines(regions) if len(regions) else [], REGION_COLOUR, 2.0, "1.25x region\n(2,048 µm side)"),
+    ]
+    for segments, colour, width, label in layers:
+        axes.add_collection(LineCollection(segments, colors=colour, linewidths=width))
+        handles.append(Line2D([], [], color=colour, linewidth=max(width, 1.2), label=label))
+    for mask, colour, label in (
+        (plan.mask, TISSUE_COLOUR, "tissue outline"),
+        (plan.ink, INK_COLOUR, "pen ink outline\n(left out)"),
+    ):
+        if mask.any():
+            enlarged = np.repeat(np.repeat(mask, zoom, axis=0), zoom, axis=1)
+            axes.contour(enlarged.astype(np.float32), levels=[0.5], colors=colour, linewidths=1.5)
+        handles.append(Line2D([], [], color=colour, linewidth=1.5, label=label))
+    axes.set_xlim(-0.5, image.shape[1] - 0.5)
+    axes.set_ylim(image.shape[0] - 0.5, -0.5)
+    figure.panel_axes.set_axis_off()
+    figure.panel_axes.legend(handles=handles, loc="upper left", fontsize=8, frameon=False, borderaxespad=0)
+    return figure
 
 
-def save_preview(plan: SlidePlan, slide_mpp: float, tissue_mpp: float, path: str | Path) -> Path:
-    """Write the preview PNG atomically and return its path."""
-    return write_atomic(path, lambda temp: render_preview(plan, slide_mpp, tissue_mpp).save(temp, format="PNG"))
+def save_preview(plan: SlidePlan, slide: Slide, tissue_mpp: float, path: str | Path) -> Path:
+    """Write the preview PNG (:func:`render_preview`) atomically and return its path."""
+    return render_preview(plan, slide, tissue_mpp).save(path)
 
 
 SUMMARY_COLUMNS = [
@@ -88,7 +116,7 @@ SUMMARY_COLUMNS = [
 def preview_manifest(
     manifest: str | Path,
     out_dir: str | Path,
-    backend: str = AUTO,
+    reader_backend: str = AUTO,
     tissue: TissueConfig = TissueConfig(),
     mpp_tolerance: float = MPP_TOLERANCE,
     shard: str | None = None,
@@ -107,19 +135,23 @@ def preview_manifest(
     items = [WorkItem(key, e.path, out_dir / f"{key}_preview.png") for key, e in entries.items()]
     mine = run.share(items, manifest)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = run.run(mine, lambda item, local: _preview(entries[item.key], out_dir, backend, tissue, mpp_tolerance))
+    rows = run.run(
+        mine, lambda item, local: _preview(entries[item.key], out_dir, reader_backend, tissue, mpp_tolerance)
+    )
     return rows.astype({"regions": "Int64", "valid_l0_tiles": "Int64"})
 
 
-def _preview(entry: ManifestRow, out_dir: Path, backend: str, tissue: TissueConfig, mpp_tolerance: float) -> dict:
+def _preview(
+    entry: ManifestRow, out_dir: Path, reader_backend: str, tissue: TissueConfig, mpp_tolerance: float
+) -> dict:
     """The summary row of one slide, its preview and tissue mask written."""
     record: dict = {"slide_id": entry.slide_id, "path": str(entry.path), "note": "", "error": ""}
     try:
         slide = Slide.open(
-            entry.path, backend=backend, mpp=entry.mpp, slide_id=entry.slide_id, mpp_tolerance=mpp_tolerance
+            entry.path, backend=reader_backend, mpp=entry.mpp, slide_id=entry.slide_id, mpp_tolerance=mpp_tolerance
         )
         plan = plan_regions(slide, tissue)
-        preview = save_preview(plan, slide.mpp, tissue.mpp, out_dir / f"{entry.slide_id}_preview.png")
+        preview = save_preview(plan, slide, tissue.mpp, out_dir / f"{entry.slide_id}_preview.png")
         mask_path = out_dir / f"{entry.slide_id}_tissue.nii.gz"
         mask = write_map_nifti(mask_path, plan.mask, slide.mpp, tissue.mpp / slide.mpp, "pathme tissue mask")
     except Exception as error:  # one slide's failure, whatever it is, is its row; the others go on
