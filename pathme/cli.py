@@ -411,7 +411,10 @@ def _preview(args: argparse.Namespace) -> int:
         args.manifest, args.output_dir, args.reader_backend, TissueConfig(**tissue), values["mpp_tolerance"], args.shard
     )
     columns = ["slide_id", "backend", "mpp", "regions", "valid_l0_tiles", "tissue_fraction", "ink_fraction", "preview"]
-    return _report(summary, columns)
+    status = _report(summary, columns)
+    out = Path(args.output_dir)
+    _wrote(out, [("previews", out), ("summary", out / "preview_summary.csv")])
+    return status
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -422,6 +425,19 @@ def _demo(args: argparse.Namespace) -> int:
     run_demo(args.output_dir, DemoSettings(**{name: getattr(args, name) for name in names}))
     print(f"full log: {(args.output_dir / LOG_FILE).resolve()}")
     return 0
+
+
+def _wrote(folder: Path, outputs: list[tuple[str, Path | str]]) -> None:
+    """One line per output a command wrote (those that exist; text is printed as it is), then its log."""
+    for name, where in [*outputs, ("log", Path(folder) / LOG_FILE)]:
+        if not isinstance(where, Path):
+            print(f"{name}: {where}")
+        elif where.exists():
+            print(f"{name}: {where.resolve()}")
+
+
+def _tensorboard(folder: Path) -> str:
+    return f"tensorboard --logdir {Path(folder).resolve()}"
 
 
 def _report(summary: pd.DataFrame, columns: list[str]) -> int:
@@ -446,7 +462,13 @@ def _extract(args: argparse.Namespace) -> int:
     configs = ["inference.json", "multi_gpu_inference.json"] if args.multi_gpu else "inference.json"
     run_bundle(EXTRACT.bundle, configs, **EXTRACT.overrides(args))
     summary = _shard_rows(args.output_dir, "extract", "run_summary.csv", args.shard, "slide_id")
-    return _report(summary, ["slide_id", "status", "reader_backend", "regions", "tiles", "seconds"])
+    status = _report(summary, ["slide_id", "status", "reader_backend", "regions", "tiles", "seconds"])
+    out = Path(args.output_dir)
+    _wrote(
+        out,
+        [("region stores", out), ("summary", out / "run_summary.csv"), ("throughput", out / "extract_throughput.csv")],
+    )
+    return status
 
 
 def _shard_rows(output_dir: Path, kind: str, summary: str, shard: str | None, key_column: str) -> pd.DataFrame:
@@ -486,6 +508,11 @@ def _distill(args: argparse.Namespace) -> int:
         + (["multi_gpu_train.json"] if args.multi_gpu else [])
     )
     run_bundle(DISTILL.bundle, configs, **DISTILL.overrides(args))
+    from pathme.engines.distill_workflow import TEACHER_FILE
+
+    out = Path(args.output_dir)
+    outputs = [("teacher", out / TEACHER_FILE), ("checkpoints", out / "checkpoints")]
+    _wrote(out, [*outputs, ("TensorBoard", _tensorboard(out / "tensorboard"))])
     return 0
 
 
@@ -500,6 +527,8 @@ def _embed(args: argparse.Namespace) -> int:
     print(summary.loc[~failed, ["slide", "status", "regions"]].to_string(index=False))
     for slide, error in summary.loc[failed, ["slide", "error"]].itertuples(index=False):
         print(f"FAILED {slide}: {error}")
+    out = Path(args.output_dir)
+    _wrote(out, [("token stores", out), ("summary", out / "embed_summary.csv")])
     return int(failed.any())
 
 
@@ -515,6 +544,17 @@ def _mil(args: argparse.Namespace) -> int:
     if args.mode == "evaluate" and args.labels is None:
         raise ValueError("pathme mil evaluate: give --labels (the labels CSV to score the predictions against)")
     run_bundle(flags.bundle, MIL_CONFIGS[args.mode], **flags.overrides(args))
+    from pathme.viz.report import REPORT_FILE
+
+    out = Path(args.output_dir)
+    heatmaps = out / "heatmaps"
+    drawn = len(list(heatmaps.glob("*_attention.png"))) if heatmaps.is_dir() else 0
+    outputs = [("report", out / REPORT_FILE), ("summary", out / "summary.csv"), ("metrics", out / "metrics.csv")]
+    outputs += [("predictions", out / "predictions.csv"), ("slides", out / "slide_summary.csv")]
+    outputs += [(f"heatmaps ({drawn} slides: PNG, QuPath GeoJSON, NIfTI)", heatmaps)] if drawn else []
+    if (out / "tensorboard").is_dir():
+        outputs.append(("TensorBoard", _tensorboard(out / "tensorboard")))
+    _wrote(out, outputs)
     return 0
 
 

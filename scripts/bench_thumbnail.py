@@ -41,7 +41,8 @@ def preview(slide: Path, out: Path) -> dict:
     manifest.parent.mkdir(parents=True, exist_ok=True)
     manifest.write_text(f"slide_id,path\n{slide.stem},{slide}\n")
     pathme = Path(sys.executable).with_name("pathme")
-    command = [sys.executable, "-c", PEAK, str(pathme), "preview", "--manifest", str(manifest), "--output-dir", str(out)]
+    preview = [str(pathme), "preview", "--manifest", str(manifest), "--output-dir", str(out)]
+    command = [sys.executable, "-c", PEAK, *preview]
     start = time.perf_counter()
     peak_kib = int(subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()[-1])
     return {"peak_rss_MB": round(peak_kib / 1024), "seconds": round(time.perf_counter() - start, 1)}

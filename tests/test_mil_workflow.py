@@ -18,12 +18,13 @@ from pathme.engines.mil import TrainSettings
 from pathme.engines.mil_workflow import MILPredict, MILRun
 
 FAST = TrainSettings(lr=1e-3)  # the demo cohort is small: a higher rate than the bundle default (2e-4)
+HEATMAP_MPP = 8.0  # the demo's slides as the demo draws them: 0.2 s a heatmap, not the default's 0.9 s
 TOP_K = {"pathme": 4, "tiny-vit": 64}  # a planted block is 2 x 2 5x tiles = 8 x 8 20x tiles
 MIN_TOP_IN_PLANTED = 0.5  # and at least 4x chance (the planted block's share of the slide's tiles, ~0.11)
 
 
 def _run(features: Path, labels: Path, output: Path, source: str, **overrides) -> MILRun:
-    settings = {"feature_source": source, "num_folds": 5, "settings": FAST} | overrides
+    settings = {"feature_source": source, "num_folds": 5, "settings": FAST, "heatmap_mpp": HEATMAP_MPP} | overrides
     return MILRun(features, labels, "label", output, **settings)
 
 
@@ -97,7 +98,7 @@ def test_same_seed_same_folds_and_metrics(demo_cohort: Path, demo_tokens: Path, 
 
 
 def test_survival_cross_validation_ranks_patients(demo_cohort: Path, demo_tokens: Path, tmp_path: Path) -> None:
-    run = MILRun(demo_tokens, demo_cohort / "labels.csv", "survival", tmp_path, settings=FAST)
+    run = MILRun(demo_tokens, demo_cohort / "labels.csv", "survival", tmp_path, settings=FAST, heatmap_mpp=HEATMAP_MPP)
     summary = run.run().set_index("metric")
     print(f"pathme, survival: c-index {summary.loc['c_index', 'mean']:.3f}")
     assert list(summary.index) == ["c_index"] and summary.loc["c_index", "mean"] >= 0.75
@@ -138,23 +139,32 @@ def test_bundle_commands_train_then_predict_new_slides(demo_cohort: Path, demo_t
     train = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "train.json")]
     args = ["--dataset_dir", str(demo_tokens), "--labels", str(demo_cohort / "labels.csv"), "--task", "label"]
     done = subprocess.run(
-        [*train, *args, "--output_dir", str(tmp_path / "cv"), "--max_epochs", "3"],
+        [*train, *args, "--output_dir", str(tmp_path / "cv"), "--max_epochs", "3", "--heatmap_mpp", str(HEATMAP_MPP)],
         capture_output=True,
         text=True,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "auroc" in done.stdout and list((tmp_path / "cv" / "heatmaps").glob("*.geojson"))
     command = ["mil", "--dataset-dir", str(demo_tokens), "--labels", str(demo_cohort / "labels.csv")]
+    command += ["--heatmap-mpp", str(HEATMAP_MPP)]
     assert main([*command, "--task", "label", "--output-dir", str(tmp_path / "cli"), "--max-epochs", "3"]) == 0
     for name in ("folds.csv", "results.csv", "predictions.csv"):  # the command wraps the bundle: same outputs
         pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "cli" / name), pd.read_csv(tmp_path / "cv" / name))
     # evaluate is inference.json with labels (there is no evaluate.json), so it needs them
-    evaluate = ["mil", "evaluate", "--dataset-dir", str(demo_tokens), "--models-dir", str(tmp_path / "cv")]
+    evaluate = [
+        "mil",
+        "evaluate",
+        "--dataset-dir",
+        str(demo_tokens),
+        "--models-dir",
+        str(tmp_path / "cv"),
+        "--no-heatmaps",
+    ]
     assert main([*evaluate, "--output-dir", str(tmp_path / "eval")]) == 2 and not (tmp_path / "eval").exists()
     assert main([*evaluate, "--output-dir", str(tmp_path / "eval"), "--labels", str(demo_cohort / "labels.csv")]) == 0
     evaluated = pd.read_csv(tmp_path / "eval" / "metrics.csv")
     assert list(evaluated["model"]) == [f"fold_{k}" for k in range(5)] + ["ensemble"]
     assert evaluated["auroc"].between(0, 1).all() and (tmp_path / "eval" / "metrics.csv").is_file()
-    predicted = MILPredict(demo_tokens, tmp_path / "cv", tmp_path / "new").run()
+    predicted = MILPredict(demo_tokens, tmp_path / "cv", tmp_path / "new", heatmap_mpp=HEATMAP_MPP).run()
     assert len(predicted) == len(pd.read_csv(demo_cohort / "labels.csv"))
     assert (tmp_path / "new" / "predictions.csv").is_file() and list((tmp_path / "new" / "heatmaps").glob("*.png"))

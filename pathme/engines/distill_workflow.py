@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,8 +20,9 @@ import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint, DiskSaver, ProgressBar
+from ignite.handlers import Checkpoint, DiskSaver
 from torch.utils.data import DataLoader, DistributedSampler, Subset
+from tqdm import tqdm
 
 from pathme.data.distill_dataset import RegionStoreDataset, read_patients, split_holdout
 from pathme.data.view_dataset import ViewDataset
@@ -279,9 +281,9 @@ class DistillationRun:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(self.output_dir / "tensorboard") if rank == 0 else None
-        _attach_logging(trainer, writer, self.log_every)
-        if rank == 0 and sys.stderr.isatty():  # a bar per epoch with the running total loss
-            ProgressBar(persist=False).attach(trainer, output_transform=lambda output: {"total": output["total"]})
+        _attach_logging(trainer, writer, self.log_every, self.max_iterations)
+        if rank == 0:
+            _attach_progress(trainer, self.max_iterations)
         _attach_validation(trainer, parts, writer, self.validate_every, self.device)
         trainer.run(parts["loader"], max_iters=self.max_iterations, epoch_length=len(parts["loader"]))
         if rank == 0:
@@ -333,8 +335,10 @@ def _set_epoch(engine: Engine, views: ViewDataset, sampler: DistributedSampler) 
     sampler.set_epoch(engine.state.epoch)
 
 
-def _attach_logging(trainer: Engine, writer: SummaryWriter | None, every: int) -> None:
-    """Every loss term, lr, wd, momentum and teacher temperature to TensorBoard; a console line now and then."""
+def _attach_logging(trainer: Engine, writer: SummaryWriter | None, every: int, total: int) -> None:
+    """Every loss term, lr, wd, momentum and teacher temperature to TensorBoard; a log line every ``every``
+    iterations: ``iteration 17/40 (2.1 it/s, ETA 00:11): total 9.87, ...``."""
+    first: dict[str, float] = {}  # the clock and iteration at this process's first step (a resumed run's included)
 
     @trainer.on(Events.ITERATION_COMPLETED)
     def log(engine: Engine) -> None:
@@ -342,8 +346,33 @@ def _attach_logging(trainer: Engine, writer: SummaryWriter | None, every: int) -
         if writer is not None:
             for name, value in output.items():
                 writer.add_scalar(f"train/{name}", value, iteration)
+        if not first:
+            first.update(clock=time.perf_counter(), iteration=iteration - 1)
         if iteration % every == 0 or iteration == 1:
-            logger.info("iteration %d: %s", iteration, ", ".join(f"{k} {v:.4g}" for k, v in output.items()))
+            rate = (iteration - first["iteration"]) / max(time.perf_counter() - first["clock"], 1e-9)
+            eta = tqdm.format_interval((total - iteration) / rate) if rate > 0 else "?"
+            losses = ", ".join(f"{k} {v:.4g}" for k, v in output.items())
+            logger.info("iteration %d/%d (%.2f it/s, ETA %s): %s", iteration, total, rate, eta, losses)
+
+
+def _attach_progress(trainer: Engine, total: int) -> None:
+    """On a terminal, one bar over the whole run (a resumed run starts where it stopped): iterations done/total,
+    rate, ETA and the total loss; tqdm rather than Ignite's ProgressBar, which starts a bar per epoch."""
+    if not sys.stderr.isatty():
+        return
+    bar: dict[str, tqdm] = {}
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def advance(engine: Engine) -> None:
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=total, initial=engine.state.iteration - 1, desc="distillation", unit="it")
+        bar["bar"].update(1)
+        bar["bar"].set_postfix(total=f"{engine.state.output['total']:.4g}", refresh=False)
+
+    @trainer.on(Events.COMPLETED | Events.TERMINATE | Events.EXCEPTION_RAISED)
+    def close(_: Engine) -> None:
+        if "bar" in bar:
+            bar.pop("bar").close()
 
 
 def _attach_validation(
