@@ -441,17 +441,24 @@ def _tensorboard(folder: Path) -> str:
 
 
 def _report(summary: pd.DataFrame, columns: list[str]) -> int:
-    """Print the slides that worked as a table of ``columns``, then each note and each failure on its own line;
-    1 when any slide failed (its ``error`` is not empty)."""
+    """Print the slides that worked as a table of ``columns``, each note on its own line, and one line naming the
+    slides that failed (each one's reason was its one console line when it failed, and is in the summary); 1 when
+    any slide failed (its ``error`` is not empty)."""
     summary = summary.assign(note=summary["note"].fillna(""), error=summary["error"].fillna(""))
     failed = summary["error"].astype(bool)
     if (~failed).any():
         print(summary.loc[~failed, columns].to_string(index=False))
     for slide_id, note in summary.loc[summary["note"].astype(bool), ["slide_id", "note"]].itertuples(index=False):
         print(f"NOTE {slide_id}: {note}")
-    for slide_id, error in summary.loc[failed, ["slide_id", "error"]].itertuples(index=False):
-        print(f"FAILED {slide_id}: {error}")
+    _failed_line(list(summary.loc[failed, "slide_id"]))
     return int(failed.any())
+
+
+def _failed_line(slides: list[str]) -> None:
+    """One line for every slide that failed (their reasons are in the summary CSV and were logged as they failed)."""
+    if slides:
+        shown = ", ".join(slides[:10]) + (f" and {len(slides) - 10} more" if len(slides) > 10 else "")
+        print(f"FAILED {len(slides)} slide(s): {shown} (the reason of each: its error line above, and the summary)")
 
 
 def _extract(args: argparse.Namespace) -> int:
@@ -525,8 +532,7 @@ def _embed(args: argparse.Namespace) -> int:
     summary = _shard_rows(args.output_dir, "embed", "embed_summary.csv", args.shard, "slide")
     failed = summary["status"] == "failed"
     print(summary.loc[~failed, ["slide", "status", "regions"]].to_string(index=False))
-    for slide, error in summary.loc[failed, ["slide", "error"]].itertuples(index=False):
-        print(f"FAILED {slide}: {error}")
+    _failed_line(list(summary.loc[failed, "slide"]))
     out = Path(args.output_dir)
     _wrote(out, [("token stores", out), ("summary", out / "embed_summary.csv")])
     return int(failed.any())

@@ -6,7 +6,7 @@ test's folder and stopped (with every process of their jobs) when the test is do
         states = cluster.wait(job)          # {0: TaskState(task=0, state="COMPLETED", exit_code=0, signal=0), ...}
 
 What it needs: root (slurmd starts the jobs' steps as their user) and the binaries of Debian's slurmctld, slurmd,
-slurm-client and munge (``sudo scripts/install_slurm.sh``); without them :func:`slurm_cluster` skips the test
+slurm-client and munge (``sudo scripts/install_test_packages.sh``); without them :func:`slurm_cluster` skips the test
 (``PATHME_REQUIRE_SLURM=1`` turns that skip into a failure, for a machine that must run these tests). Nothing of
 the system's SLURM or munge is used or touched: the munge key, munged's socket, slurm.conf, the state, spool and log
 folders are the test's own, on ports chosen free, so it runs beside a system munged or slurmd.
@@ -43,7 +43,7 @@ from pathlib import Path
 
 import pytest
 
-INSTALL_HINT = "install them with: sudo scripts/install_slurm.sh"
+INSTALL_HINT = "install them with: sudo scripts/install_test_packages.sh"
 DAEMONS = ("munged", "slurmctld", "slurmd", "slurmstepd")
 CLIENTS = ("munge", "sbatch", "squeue", "scontrol", "scancel", "sinfo", "srun")
 FAKE_GPU_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/urandom")

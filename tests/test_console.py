@@ -234,3 +234,48 @@ def test_a_log_file_that_fails_with_records_held_or_at_its_opening_is_one_warnin
     assert warning.startswith(f"WARNING pathme.console: cannot write {tmp_path / 'run' / LOG_FILE}: ")
     assert warning.endswith("; this run goes on without its log file")
     assert error == "ERROR pathme.test: the run's own error, still on the console"
+
+
+def test_a_failed_slide_is_one_console_line_and_its_traceback_only_in_the_log(tmp_path, capfd, monkeypatch):
+    """A slide that fails in a region-reading worker (an unexpected error: a traceback worth keeping) is one line on
+    the console, naming the slide and the reason; the results end with one line naming the failed slides; the
+    traceback is in pathme.log, never on the console, and run_summary.csv holds the one-line reason."""
+    import pandas as pd
+    from real_inputs import tissue_image, write_manifest, write_slide
+
+    import pathme.extract.loader as loader
+
+    def broken(slide, region):
+        raise MemoryError("no room for this region")
+
+    for slide_id in ("good", "bad"):
+        write_slide(tmp_path / f"{slide_id}.tiff", tissue_image(1200, seed=len(slide_id)), compression="jpeg")
+    real = loader.read_region_tiles
+    monkeypatch.setattr(loader, "read_region_tiles", lambda s, r: (broken if "bad" in str(s.path) else real)(s, r))
+    manifest = write_manifest(tmp_path, [{"slide_id": s, "path": f"{s}.tiff"} for s in ("good", "bad")])
+    out = tmp_path / "features"
+    command = ["extract", "--manifest", str(manifest), "--output-dir", str(out), "--experts", "tiny-vit"]
+    assert main([*command, "--num-workers", "1"]) == 1
+    printed = capfd.readouterr()
+    console = printed.err + printed.out
+    about_bad = [line for line in console.splitlines() if "bad" in line]
+    assert about_bad == [
+        "ERROR pathme.extract.cohort: slide bad failed: MemoryError: no room for this region",
+        "FAILED 1 slide(s): bad (the reason of each: its error line above, and the summary)",
+    ]
+    for noise in ("Traceback", "Caught", "DataLoader worker", "AssertionError"):
+        assert noise not in console
+    log = (out / LOG_FILE).read_text()
+    assert "Traceback (most recent call last)" in log and "MemoryError: no room for this region" in log
+    summary = pd.read_csv(out / "run_summary.csv").set_index("slide_id")
+    assert summary.loc["bad", "error"] == "MemoryError: no room for this region"
+    assert summary.loc["good", "status"] == "done"
+
+
+def test_the_deploy_app_help_lists_its_options_without_codec_lines():
+    done = subprocess.run([sys.executable, "-m", "pathme.deploy.app", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "python -m pathme.deploy.app -i <slide or folder of slides> -o <output folder> -m <model" in done.stdout
+    for option in ("--input INPUT, -i INPUT", "--output OUTPUT, -o OUTPUT", "--model MODEL, -m MODEL", "--workdir"):
+        assert option in done.stdout
+    assert not [line for line in done.stderr.splitlines() if NO_DRIVER_LINES.fullmatch(line) or "[ERROR]" in line]

@@ -1,6 +1,6 @@
 """A real single-node SLURM (tests/slurm_cluster.py): what an array job's tasks see, what scancel of one task does,
 and what the sbatch templates of scripts/slurm/ run (with stand-ins for pathme and torchrun). Skipped without root
-and Debian's SLURM and munge (sudo scripts/install_slurm.sh)."""
+and Debian's SLURM and munge (sudo scripts/install_test_packages.sh)."""
 
 from __future__ import annotations
 

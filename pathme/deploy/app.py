@@ -10,13 +10,18 @@ application computes exactly what the bundles compute. Intermediate stores go to
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from monai.deploy.conditions import CountCondition
-from monai.deploy.core import Application, Fragment, Operator, OperatorSpec
+from pathme.gpu_libraries import import_image_codecs_quietly
 
-from pathme.deploy.pipeline import (
+import_image_codecs_quietly()  # before MONAI Deploy imports nvImageCodec: no no-driver lines on a CPU machine
+
+from monai.deploy.conditions import CountCondition  # noqa: E402
+from monai.deploy.core import Application, Fragment, Operator, OperatorSpec  # noqa: E402
+
+from pathme.deploy.pipeline import (  # noqa: E402
     AppModels,
     Case,
     compute_tokens,
@@ -114,5 +119,17 @@ class PatHMEApp(Application):
             self.add_flow(upstream, downstream, {("case", "case")})
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
+    """Run the app with ``argv`` (default: the process's). ``-h``/``--help`` prints the app's own options (MONAI
+    Deploy's ``-i``, ``-o``, ``-m``, ``-w``, ``-l``), which Holoscan's help, printed otherwise, leaves out."""
+    argv = sys.argv if argv is None else argv
+    if any(arg in ("-h", "--help") for arg in argv[1:]):
+        from monai.deploy.core.arg_parser import parse_args
+
+        print("\n\n".join(__doc__.split("\n\n")[:2]) + "\n")
+        parse_args([argv[0], "--help"])  # argparse prints the options and exits
     PatHMEApp().run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Installs a single-node SLURM (Debian/Ubuntu packages: slurmctld, slurmd, slurm-client, munge) for the tests
-# that run a real cluster (tests/slurm_cluster.py, tests/test_slurm_cluster.py; pytest -m slurm). Idempotent: it
-# does nothing when the daemons and clients are already installed, and nothing (exit 0, with a message) when it is
-# not run as root or the machine has no apt-get. It only installs: the tests write their own slurm.conf and munge
-# key into a temporary folder and start and stop the daemons themselves, so nothing here is configured or started.
+# Installs the Debian/Ubuntu packages the tests drive as a user would: a single-node SLURM (slurmctld, slurmd,
+# slurm-client, munge) for the tests that run a real cluster (tests/slurm_cluster.py; pytest -m slurm), and a
+# headless Chromium (chromium-headless-shell) that opens the MIL report.html (tests/test_report.py). Idempotent: it
+# does nothing when every program is already installed, and nothing (exit 0, with a message) when it is not run as
+# root or the machine has no apt-get; the tests that need a missing program skip with the reason. It only installs:
+# the tests write their own slurm.conf and munge key into a temporary folder and start and stop the daemons
+# themselves, so nothing here is configured or started.
 #
-#   sudo scripts/install_slurm.sh
+#   sudo scripts/install_test_packages.sh
 set -euo pipefail
 
-PACKAGES=(slurmctld slurmd slurm-client munge)
-BINARIES=(slurmctld slurmd slurmstepd sbatch srun squeue scontrol scancel sinfo munged munge)
+PACKAGES=(slurmctld slurmd slurm-client munge chromium-headless-shell)
+BINARIES=(slurmctld slurmd slurmstepd sbatch srun squeue scontrol scancel sinfo munged munge chromium-headless-shell)
 
 # the daemons live in /usr/sbin, which a non-root PATH may lack
 export PATH=$PATH:/usr/sbin:/sbin
@@ -19,16 +21,16 @@ for binary in "${BINARIES[@]}"; do
 done
 if ((${#missing[@]} == 0)); then
     # (`slurmd -V`, not `sinfo --version`: the clients refuse to print their version without a slurm.conf)
-    echo "install_slurm: SLURM and munge are installed ($(slurmd -V 2>&1 || true)); nothing to do"
+    echo "install_test_packages: SLURM, munge and Chromium are installed ($(slurmd -V 2>&1 || true)); nothing to do"
     exit 0
 fi
 if ((EUID != 0)); then
-    echo "install_slurm: missing ${missing[*]}; run as root (sudo $0) to install ${PACKAGES[*]}; nothing done"
+    echo "install_test_packages: missing ${missing[*]}; run as root (sudo $0) to install ${PACKAGES[*]}; nothing done"
     exit 0
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install_slurm: missing ${missing[*]}, and no apt-get here: install SLURM and munge with this system's" \
-        "package manager (slurmctld, slurmd, the SLURM clients, munge); nothing done"
+    echo "install_test_packages: missing ${missing[*]}, and no apt-get here: install them with this system's" \
+        "package manager (slurmctld, slurmd, the SLURM clients, munge, a headless Chromium); nothing done"
     exit 0
 fi
 
@@ -38,12 +40,12 @@ export DEBIAN_FRONTEND=noninteractive
 for package in "${PACKAGES[@]}"; do
     policy_text=$(apt-cache policy "$package" 2>/dev/null || true)
     if [[ $policy_text != *"Candidate: "[0-9]* ]]; then
-        echo "install_slurm: apt-get update (the package lists lack $package)"
+        echo "install_test_packages: apt-get update (the package lists lack $package)"
         apt-get update -qq
         break
     fi
 done
-echo "install_slurm: apt-get install ${PACKAGES[*]}"
+echo "install_test_packages: apt-get install ${PACKAGES[*]}"
 # policy-rc.d exit 101 keeps the packages' maintainer scripts from starting the daemons with the stock
 # /etc/slurm configuration (there is none): the tests start their own
 policy=/usr/sbin/policy-rc.d
@@ -61,7 +63,7 @@ trap '((created_policy)) && rm -f "$policy"; rm -f "$log"' EXIT
 if ! { dpkg --configure -a && apt-get install -y -qq --no-install-recommends -o Dpkg::Use-Pty=0 "${PACKAGES[@]}"; } \
     >"$log" 2>&1; then
     cat "$log" >&2
-    echo "install_slurm: apt-get install ${PACKAGES[*]} failed (its output above)" >&2
+    echo "install_test_packages: apt-get install ${PACKAGES[*]} failed (its output above)" >&2
     exit 1
 fi
-echo "install_slurm: installed $(slurmd -V 2>&1), $(munged --version 2>&1)"
+echo "install_test_packages: installed $(slurmd -V 2>&1), $(munged --version 2>&1), $(chromium-headless-shell --version 2>/dev/null)"
