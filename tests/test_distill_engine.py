@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +65,7 @@ def test_a_short_run_logs_every_term_and_schedule_to_tensorboard(stores, tmp_pat
     assert scalars["train/momentum"][6] > scalars["train/momentum"][1]
 
 
-def test_a_resumed_run_continues_exactly(stores, tmp_path):
+def test_a_resumed_run_continues_exactly(stores, tmp_path, caplog, capsys, monkeypatch):
     _run(stores, tmp_path / "whole").run()
     whole = _scalars(tmp_path / "whole" / "tensorboard")
     checkpoint = tmp_path / "whole" / "checkpoints" / "distill_checkpoint_3.pt"
@@ -71,7 +73,17 @@ def test_a_resumed_run_continues_exactly(stores, tmp_path):
     assert checkpoint.is_file() and newest.name.endswith("_6.pt")
     (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
     shutil.copy(checkpoint, tmp_path / "resumed" / "checkpoints")  # as if the run had been killed after step 3
-    _run(stores, tmp_path / "resumed").run()
+    capsys.readouterr()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: the progress bar is drawn
+    with caplog.at_level(logging.INFO, logger="pathme"):
+        _run(stores, tmp_path / "resumed").run()
+    # one bar over the whole run, from where it was stopped: iterations done/total, rate, ETA
+    bar = capsys.readouterr().err.replace("\r", "\n")
+    assert "distillation:  50%" in bar and "3/6 [" in bar and "6/6 [" in bar and "it/s" in bar
+    assert "Epoch" not in bar and "1/6" not in bar
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("iteration ")]
+    assert [line.split(" (")[0] for line in logged] == ["iteration 4/6", "iteration 5/6", "iteration 6/6"]
+    assert all("it/s, ETA " in line for line in logged)
     resumed = _scalars(tmp_path / "resumed" / "tensorboard")
     assert sorted(resumed["train/total"]) == [4, 5, 6]
     for name in TERMS + SCHEDULED:
