@@ -165,15 +165,23 @@ def test_help_prints_no_error_line():
     assert done.returncode == 0 and _no_gpu_noise(done.stdout + done.stderr) == []
 
 
-def test_a_preview_prints_its_table_and_nothing_else(tmp_path):
-    """No "[ERROR]" or "Failed to load ... library" from the GPU codec plug-ins, no cuFile lines, no INFO lines."""
+def test_a_preview_prints_its_table_and_where_its_outputs_are_and_nothing_else(tmp_path):
+    """No "[ERROR]" or "Failed to load ... library" from the GPU codec plug-ins, no cuFile lines, no INFO lines: the
+    table, then one line per output written."""
     slide = tmp_path / "slide.tiff"
     write_pyramid(slide, block_pattern(1024, 1536, 64), 0.5, compression="jpeg")
     (tmp_path / "manifest.csv").write_text(f"slide_id,path\nA,{slide}\n")
     done = _pathme("preview", "--manifest", "manifest.csv", "--output-dir", "previews", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert _no_gpu_noise(done.stdout + done.stderr) == [] and done.stderr == ""
-    assert done.stdout.splitlines()[0].split()[:2] == ["slide_id", "backend"] and len(done.stdout.splitlines()) == 2
+    lines = done.stdout.splitlines()
+    assert lines[0].split()[:2] == ["slide_id", "backend"] and lines[1].split()[0] == "A"
+    previews = (tmp_path / "previews").resolve()
+    assert lines[2:] == [
+        f"previews: {previews}",
+        f"summary: {previews / 'preview_summary.csv'}",
+        f"log: {previews / LOG_FILE}",
+    ]
     assert "slide A: opened with cucim" in (tmp_path / "previews" / LOG_FILE).read_text()
 
 
