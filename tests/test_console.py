@@ -98,17 +98,23 @@ def test_ignite_and_monai_info_lines_are_in_the_log_file_and_on_the_console_only
 
 
 def test_without_the_command_a_bundle_run_keeps_its_own_logging_conf(tmp_path, capfd, monkeypatch):
-    """A library caller (a script, ``monai bundle run``) gets what the bundle's logging.conf says: INFO on stdout."""
+    """A library caller (a script, ``monai bundle run``) gets what the bundle's logging.conf says: warnings and
+    errors on the console, every INFO line in pathme.log where it runs."""
     tiny = _tiny_bundle(tmp_path / "bundle")
     monkeypatch.setattr(bundles, "bundle_dir", lambda name: tiny)
+    monkeypatch.chdir(tmp_path)
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     try:
         bundles.run_bundle("tiny", "inference.json")
     finally:  # fileConfig replaced the root handlers: put pytest's back
+        for handler in root.handlers:
+            handler.close()
         root.handlers[:] = handlers
         root.setLevel(level)
-    assert "Engine run starting" in capfd.readouterr().out
+    printed = capfd.readouterr()
+    assert "Engine run starting" not in printed.out + printed.err
+    assert "Engine run starting" in (tmp_path / LOG_FILE).read_text()
 
 
 def test_the_log_waits_for_the_run_to_create_its_folder(tmp_path):
