@@ -111,8 +111,8 @@ def prediction_caption(record: Mapping[str, Any], task: MILTask) -> str:
     probability, or the risk with its direction (attention itself has none)."""
     if task.is_survival:
         return (
-            f"predicted risk {float(record['risk']):.3g} (higher: shorter survival); attention shows where the risk "
-            "was read from, not its direction"
+            f"predicted risk {float(record['risk']):.3g} (higher: shorter survival)\n"
+            "attention: where the risk was read from, not which way it points"
         )
     probs = np.asarray(record["probs"])
     best = int(np.argmax(probs))

@@ -10,6 +10,7 @@ so the figure is sized in pixels around the image, and :class:`SlideFigure` says
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from PIL import Image
 from pathme.store.atomic import write_atomic
 
 DPI = 100
-TITLE_PX, FOOTER_PX, PAD_PX, PANEL_PX, MIN_BODY_PX = 58, 46, 12, 230, 300
+TITLE_PX, TITLE_LINE_PX, FOOTER_PX, PAD_PX, PANEL_PX, MIN_BODY_PX = 58, 19, 46, 12, 230, 300
 
 
 @dataclass(frozen=True)
@@ -70,21 +71,25 @@ class SlideFigure:
 
     @classmethod
     def around(cls, image: np.ndarray, mpp: float, title: str) -> SlideFigure:
-        """The figure for ``image``; see the class. ``title``: one or two lines."""
+        """The figure for ``image``; see the class. ``title``: its lines, each wrapped to the figure's width (the
+        image moves down below :data:`TITLE_PX` past two lines)."""
         height, width = image.shape[:2]
         body = max(height, MIN_BODY_PX)
-        total_w, total_h = PAD_PX + width + PAD_PX + PANEL_PX, TITLE_PX + body + FOOTER_PX
+        total_w = PAD_PX + width + PAD_PX + PANEL_PX
+        lines = [part for line in title.splitlines() for part in textwrap.wrap(line, (total_w - 2 * PAD_PX) // 7)]
+        title, top = "\n".join(lines), max(TITLE_PX, 20 + TITLE_LINE_PX * len(lines))
+        total_h = top + body + FOOTER_PX
         figure = Figure(figsize=(total_w / DPI, total_h / DPI), dpi=DPI, facecolor="white")
         FigureCanvasAgg(figure)
-        image_box = Box(PAD_PX, TITLE_PX, PAD_PX + width, TITLE_PX + height)
+        image_box = Box(PAD_PX, top, PAD_PX + width, top + height)
         axes = figure.add_axes(_fraction(image_box, total_w, total_h))
         axes.imshow(image, interpolation="none", resample=False)
         axes.set_axis_off()
         figure.text(PAD_PX / total_w, 1 - 8 / total_h, title, va="top", ha="left", fontsize=11)
-        panel = Box(image_box.right + PAD_PX, TITLE_PX, total_w - PAD_PX, TITLE_PX + body)
+        panel = Box(image_box.right + PAD_PX, top, total_w - PAD_PX, top + body)
         panel_axes = figure.add_axes(_fraction(panel, total_w, total_h))
         length = scale_bar_length(mpp, width)
-        bar = Box(PAD_PX, TITLE_PX + body + 14, PAD_PX + round(length / mpp), TITLE_PX + body + 20)
+        bar = Box(PAD_PX, top + body + 14, PAD_PX + round(length / mpp), top + body + 20)
         figure.patches.append(_rectangle(figure, bar, total_w, total_h))
         figure.text(
             (bar.right + 8) / total_w, 1 - (bar.top + 3) / total_h, micrometres(length), va="center", fontsize=10

@@ -48,7 +48,6 @@ logger = logging.getLogger(__name__)
 COLORMAP = "viridis"
 ALPHA = 0.6  # weight of the attention colour over the tissue
 LONG_SIDE_PX = 1600  # the default heatmap's long side: readable, and a few MB of PNG for real H&E
-COLOUR_BAR_PX = 260  # the colour bar's least height
 TOP_TILES, TILE_IMAGE_PX = 4, 192  # best-attended tiles shown per slide, and their side in the picture
 PERCENTILES = (1.0, 99.0)
 #: footprint side in µm -> its name
@@ -235,8 +234,7 @@ def heatmap_figure(
     figure = SlideFigure.around(overlay(thumbnail, attention, thumbnail_mpp, scale), thumbnail_mpp, title)
     figure.panel_axes.set_axis_off()
     panel = figure.panel
-    height = min(panel.bottom - panel.top, max(COLOUR_BAR_PX, thumbnail.shape[0] // 2))
-    box = Box(panel.left, panel.top + 16, panel.left + 22, panel.top + height - 16)  # room for the arrow tips
+    box = Box(panel.left, panel.top + 16, panel.left + 22, panel.bottom - 16)  # room for the arrow tips
     mappable = ScalarMappable(norm=scale.norm, cmap=COLORMAP)
     colour_bar = figure.figure.colorbar(mappable, cax=figure.add_axes("colour bar", box), extend="both")
     colour_bar.set_label(f"attention per {attention.footprint}\n{scale.note}", fontsize=9)
