@@ -156,6 +156,10 @@ def test_the_monai_deploy_app_runs_on_the_cmu_slide(cmu_slide: Path, app_models:
     command = [sys.executable, "-m", "pathme.deploy.app", "-i", str(cmu_slide), "-o", str(tmp_path / "out")]
     done = subprocess.run([*command, "-m", str(app_models)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    # as quiet as the pathme command: no Holoscan, CUDA, codec or INFO lines; the full log in the output folder
+    console = (done.stdout + done.stderr).splitlines()
+    assert len(console) <= 3 and console[0].startswith("extract shard 0/1 finished: 1 slide(s) done"), console
+    assert "Holoscan" not in done.stderr and "input summary" in (tmp_path / "out" / "pathme.log").read_text()
     folder = tmp_path / "out" / cmu_slide.stem
     report = json.loads((folder / "report.json").read_text())
     assert report["status"] == "done" and report["slide"] == str(cmu_slide.resolve())

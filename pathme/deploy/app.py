@@ -10,17 +10,23 @@ application computes exactly what the bundles compute. Intermediate stores go to
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pathme.gpu_libraries import import_image_codecs_quietly
+from pathme.gpu_libraries import cuda_driver_present, import_image_codecs_quietly
 
 import_image_codecs_quietly()  # before MONAI Deploy imports nvImageCodec: no no-driver lines on a CPU machine
+# Holoscan's own log (its graph's info lines; on a CPU machine its CUDA warnings): errors only without a driver
+os.environ.setdefault("HOLOSCAN_LOG_LEVEL", "WARN" if cuda_driver_present() else "ERROR")
 
 from monai.deploy.conditions import CountCondition  # noqa: E402
 from monai.deploy.core import Application, Fragment, Operator, OperatorSpec  # noqa: E402
+from monai.deploy.core.app_context import AppContext  # noqa: E402
+from monai.deploy.core.arg_parser import parse_args  # noqa: E402
 
+from pathme.console import console_logging  # noqa: E402
 from pathme.deploy.pipeline import (  # noqa: E402
     AppModels,
     Case,
@@ -104,7 +110,7 @@ class PatHMEApp(Application):
 
     def compose(self) -> None:
         """Load the models of the app context's model path and chain loader -> pipeline steps -> report writer."""
-        context = Application.init_app_context(self.argv)
+        context = app_context(self.argv)
         models = AppModels.load(context.model_path)
         output = Path(context.output_path)
         work = Path(context.workdir) if context.workdir else output / "work"
@@ -119,16 +125,23 @@ class PatHMEApp(Application):
             self.add_flow(upstream, downstream, {("case", "case")})
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the app with ``argv`` (default: the process's). ``-h``/``--help`` prints the app's own options (MONAI
-    Deploy's ``-i``, ``-o``, ``-m``, ``-w``, ``-l``), which Holoscan's help, printed otherwise, leaves out."""
-    argv = sys.argv if argv is None else argv
-    if any(arg in ("-h", "--help") for arg in argv[1:]):
-        from monai.deploy.core.arg_parser import parse_args
+def app_context(argv: list[str]) -> AppContext:
+    """MONAI Deploy's app context of ``argv`` (``-i``, ``-o``, ``-m``, ``-w`` over its environment variables), as
+    ``Application.init_app_context`` makes it but without its logging set-up: pathme's is in place instead."""
+    return AppContext({key: value for key, value in vars(parse_args(argv)).items() if value})
 
+
+def main() -> None:
+    """Run the app on the process's arguments as quietly as the ``pathme`` command: a line per stage,
+    warnings and errors on the console, the full log in ``<output>/pathme.log`` (:mod:`pathme.console`).
+    ``-h``/``--help`` prints the app's own options (MONAI Deploy's ``-i``, ``-o``, ``-m``, ``-w``), which
+    Holoscan's help, printed otherwise, leaves out."""
+    argv = sys.argv
+    if any(arg in ("-h", "--help") for arg in argv[1:]):
         print("\n\n".join(__doc__.split("\n\n")[:2]) + "\n")
         parse_args([argv[0], "--help"])  # argparse prints the options and exits
-    PatHMEApp().run()
+    with console_logging(Path(app_context(argv).output_path)):
+        PatHMEApp().run()
 
 
 if __name__ == "__main__":

@@ -212,6 +212,7 @@ def predict(case: Case, models: AppModels) -> Case:
             dataset_dir=str(features),
             models_dir=str(run),
             output_dir=str(output),
+            run=["$@predictor.run()"],  # the bundle's run also prints the table; the app's output is its reports
         )
         predictions[task] = read_text_csv(output / "predictions.csv", "predictions", RuntimeError, "MIL stopped")
     return replace(case, predictions=predictions)

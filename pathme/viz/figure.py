@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from PIL import Image
 
 from pathme.store.atomic import write_atomic
@@ -123,9 +124,8 @@ def _fraction(box: Box, total_w: int, total_h: int) -> list[float]:
     ]
 
 
-def _rectangle(figure: Figure, box: Box, total_w: int, total_h: int):
-    from matplotlib.patches import Rectangle
-
+def _rectangle(figure: Figure, box: Box, total_w: int, total_h: int) -> Rectangle:
+    """A black rectangle filling ``box`` (PNG pixels) in figure coordinates."""
     left, bottom, width, height = _fraction(box, total_w, total_h)
     return Rectangle(
         (left, bottom), width, height, transform=figure.transFigure, figure=figure, color="black", linewidth=0
