@@ -2,7 +2,7 @@
 
 A map of shape [H, W] whose pixel covers ``downsample`` x ``downsample`` level-0 pixels, starting at the slide's
 level-0 corner (0, 0) (the thumbnail of :func:`pathme.wsi.reading.read_thumbnail` and the tissue mask on it, the
-cell grid of :func:`pathme.viz.heatmap.attention_grid`), is written so that MONAI (``LoadImage``, its spatial
+cell grid of :attr:`pathme.viz.heatmap.AttentionMap.grid`), is written so that MONAI (``LoadImage``, its spatial
 transforms, MONAI Label) and medical viewers place it on the slide in micrometres, and two maps of one slide at
 different resolutions overlay where they belong.
 
