@@ -246,7 +246,9 @@ def slide_section(inputs: ReportInputs, output_dir: Path) -> str:
         )
     rest = len(drawn) - MAX_SLIDES
     more = f"<p>{rest} more slide(s) in heatmaps/ (slide_summary.csv lists them).</p>" if rest > 0 else ""
-    missing = slides[slides["status"] != "done"]
+    if drawn.empty:
+        cards = ["<p>No heatmap was drawn in this run (heatmaps off, or none could be).</p>"]
+    missing = slides[~slides["status"].isin(["done", "scored"])]
     notes = "".join(
         f"<li>{html.escape(str(r.slide_id))}: {html.escape(str(r.status))} {html.escape(str(r.note))}</li>"
         for r in missing.itertuples()
