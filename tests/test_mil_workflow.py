@@ -29,23 +29,17 @@ def _run(features: Path, labels: Path, output: Path, source: str, **overrides) -
 
 
 def _top_fraction_in_planted(heatmaps: Path, planted: pd.DataFrame, k: int) -> tuple[float, float]:
-    """Over slides with a planted block: the share of the k most attended tiles inside it, and that share for
-    tiles drawn at random (chance). A token model's tiles are ranked by their own tokens' attention (the GeoJSON's
-    "from 5x tile tokens"), without the region prompts' share every tile of a region gets alike."""
+    """Over slides with a planted block: the share of the k most attended cells of the GeoJSON (one per tile the
+    heatmap shows, clipped to the slide) inside it, and that share for cells drawn at random (chance)."""
     inside, chance = [], []
     for row in planted.itertuples():
         features = json.loads((heatmaps / f"{row.slide_id}_attention.geojson").read_text())["features"]
         tiles = []
         for feature in features:
-            ring = np.array(feature["geometry"]["coordinates"][0])
-            x0, y0 = ring.min(axis=0)
-            size = ring[:, 0].max() - x0
-            measurements = feature["properties"]["measurements"]
-            tiles.append((size, x0, y0, measurements.get("from 5x tile tokens", measurements["attention"])))
-        smallest = min(t[0] for t in tiles)
-        tiles = [t for t in tiles if t[0] == smallest]
-        hit = [row.x <= x < row.x + row.width and row.y <= y < row.y + row.height for _, x, y, _ in tiles]
-        order = np.argsort([-t[3] for t in tiles], kind="stable")[:k]
+            x0, y0 = np.array(feature["geometry"]["coordinates"][0]).min(axis=0)
+            tiles.append((x0, y0, feature["properties"]["measurements"]["attention"]))
+        hit = [row.x <= x < row.x + row.width and row.y <= y < row.y + row.height for x, y, _ in tiles]
+        order = np.argsort([-t[2] for t in tiles], kind="stable")[:k]
         inside.append(np.mean([hit[i] for i in order]))
         chance.append(np.mean(hit))
     return float(np.mean(inside)), float(np.mean(chance))

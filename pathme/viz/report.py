@@ -54,6 +54,7 @@ class ReportInputs:
 
     @property
     def is_survival(self) -> bool:
+        """True for a survival run (no classes)."""
         return not self.classes
 
 
