@@ -4,6 +4,7 @@ report step."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
@@ -167,3 +168,29 @@ def test_the_deploy_report_carries_the_nifti_heatmap_beside_the_png(tissue_slide
     assert entry["heatmap_nifti"] == "label_attention.nii.gz" and entry["heatmap_png"] == "label_attention.png"
     assert (folder / "label_attention.nii.gz").read_bytes() == paths["nifti"].read_bytes()
     assert LoadImage(image_only=True)(folder / "label_attention.nii.gz").pixdim.tolist() == [512.0, 512.0]
+
+
+@pytest.mark.parametrize("per_slide", [False, True], ids=["run scale", "per-slide contrast"])
+def test_a_runs_slides_give_one_attention_value_one_colour_unless_per_slide(tmp_path: Path, per_slide: bool) -> None:
+    """slide_rows colours every slide of a run on one scale: a value two slides share has one colour in both
+    GeoJSONs (their images are gone here: the GeoJSON is drawn from the stores alone); per-slide contrast does not."""
+    stores = tmp_path / "stores"
+    stores.mkdir()
+    coords = np.array([[x, y] for y in range(0, 4096, TILE) for x in range(0, 4096, TILE)])
+    records = []
+    for slide_id, top in (("s1", 0.3), ("s2", 0.9)):  # 0.3 is on both; s2 reaches 0.9, s1 only 0.3
+        write_store(stores, slide_id, f"p{slide_id}", ["full"], {"tiny-vit": 4})
+        attention = np.linspace(0.01, top, 16)
+        attention[5] = 0.3
+        record = {"patient_id": f"p{slide_id}", "slide_ids": [slide_id], "slide_index": np.zeros(16, int)}
+        records.append(record | {"coords": coords, "sizes": np.full(16, float(TILE)), "attention": attention})
+        records[-1]["probs"] = np.array([0.5, 0.5])
+    rows = slide_rows(records, BagIndex(stores, "tiny-vit"), MILTask("label", ("0", "1")), tmp_path / "heat",
+                      per_slide_contrast=per_slide)  # fmt: skip
+    assert [row["status"] for row in rows] == ["geojson only", "geojson only"]
+    colours = []
+    for slide_id in ("s1", "s2"):
+        features = json.loads((tmp_path / "heat" / f"{slide_id}_attention.geojson").read_text())["features"]
+        (shared,) = [f for f in features if f["properties"]["measurements"]["attention"] == pytest.approx(0.3)][:1]
+        colours.append(shared["properties"]["color"])
+    assert (colours[0] == colours[1]) is not per_slide
