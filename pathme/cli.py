@@ -428,12 +428,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _wrote(folder: Path, outputs: list[tuple[str, Path | str]]) -> None:
-    """One line per output a command wrote (those that exist; text is printed as it is), then its log."""
-    for name, where in [*outputs, ("log", Path(folder) / LOG_FILE)]:
+    """One line per output a command wrote (those that exist; text is printed as it is), then its log (written in
+    full as the command ends)."""
+    for name, where in outputs:
         if not isinstance(where, Path):
             print(f"{name}: {where}")
         elif where.exists():
             print(f"{name}: {where.resolve()}")
+    print(f"log: {(Path(folder) / LOG_FILE).resolve()}")
 
 
 def _tensorboard(folder: Path) -> str:
