@@ -156,7 +156,8 @@ def slide_rows(
             rows.append(row)
             drawn.append((row, record, provenance, attention, scored))
     run_scale = ColourScale.of_run([attention for *_, attention, _ in drawn])
-    for row, record, provenance, attention, scored in drawn:
+    bar = tqdm(drawn, desc="heatmaps", unit="slide", disable=not sys.stderr.isatty())  # ~1 s a slide: a bar
+    for row, record, provenance, attention, scored in bar:
         slide_id = row["slide_id"]
         scale = ColourScale.of_slide(attention) if per_slide_contrast else run_scale
         try:
