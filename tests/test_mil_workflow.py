@@ -159,6 +159,7 @@ def test_bundle_commands_train_then_predict_new_slides(demo_cohort: Path, demo_t
     assert main([*evaluate, "--output-dir", str(tmp_path / "eval")]) == 2 and not (tmp_path / "eval").exists()
     assert main([*evaluate, "--output-dir", str(tmp_path / "eval"), "--labels", str(demo_cohort / "labels.csv")]) == 0
     evaluated = pd.read_csv(tmp_path / "eval" / "metrics.csv")
+    assert "fold-model ensemble auroc over" in (tmp_path / "eval" / "report.html").read_text()
     assert list(evaluated["model"]) == [f"fold_{k}" for k in range(5)] + ["ensemble"]
     assert evaluated["auroc"].between(0, 1).all() and (tmp_path / "eval" / "metrics.csv").is_file()
     predicted = MILPredict(demo_tokens, tmp_path / "cv", tmp_path / "new", heatmap_mpp=HEATMAP_MPP).run()

@@ -126,3 +126,15 @@ def test_the_report_renders_in_chromium_with_its_figures(tmp_path, make_slide, s
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     coloured = (pixels.max(axis=2) - pixels.min(axis=2)) > 60  # curves, bars and cells, not grey text or white
     assert coloured[300:].sum() > 1500  # the figures below the metrics table are drawn (their curves, cells)
+
+
+def test_an_evaluation_report_names_the_ensemble_and_the_fold_models(tmp_path, make_slide):
+    inputs = _inputs(tmp_path, make_slide, survival=False)
+    results = inputs.results.assign(fold=[f"fold_{k}" for k in range(FOLDS)])
+    evaluation = ReportInputs(
+        "evaluation", inputs.classes, inputs.predictions.assign(fold="ensemble"), results, summarise(results),
+        inputs.slides.assign(fold=""), pooled="fold-model ensemble", unit="fold model",
+    )  # fmt: skip
+    page = write_report(evaluation, tmp_path).read_text()
+    assert "fold-model ensemble auroc over 30 patients" in page and "mean ± sd over fold models" in page
+    assert "ROC curves of the fold-model ensemble predictions</p>" in page and " · fold " not in page

@@ -381,7 +381,7 @@ class MILPredict:
     """Every patient of ``features_dir`` through the saved fold models (their mean), with heatmaps.
 
     With ``labels`` it is an evaluation (metrics of the ensemble and of each fold model, e.g. on an external
-    cohort); without, inference on new slides.
+    cohort, and its ``report.html``); without, inference on new slides.
     """
 
     features_dir: str | Path
@@ -430,12 +430,18 @@ class MILPredict:
         heatmaps = output / "heatmaps" if self.heatmaps else None
         mpp = _positive_or_none(self.heatmap_mpp, "heatmap_mpp")
         slides = slide_rows(records, index, task, heatmaps, mpp, self.per_slide_contrast)
-        write_csv_atomic(output / "slide_summary.csv", pd.DataFrame(slides, columns=SLIDE_COLUMNS))
+        slides_frame = pd.DataFrame(slides, columns=SLIDE_COLUMNS)
+        write_csv_atomic(output / "slide_summary.csv", slides_frame)
         if targets is None:
             return predictions
         rows = [_scored(f"fold_{k}", r, task) for k, r in enumerate(per_model)] + [_scored("ensemble", records, task)]
         metrics = pd.DataFrame(rows)
         write_csv_atomic(output / "metrics.csv", metrics)
+        fold_models_rows = metrics[metrics["model"] != "ensemble"].rename(columns={"model": "fold"})
+        title = f"Evaluation of the {len(paths)} fold models of {self.models_dir} (their mean) on {self.features_dir}"
+        frames = (predictions.assign(fold="ensemble"), fold_models_rows, summarise(fold_models_rows), slides_frame)
+        inputs = ReportInputs(title, task.classes, *frames, pooled="fold-model ensemble", unit="fold model")
+        write_report(inputs, output)
         return metrics
 
 

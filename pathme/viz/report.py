@@ -42,8 +42,9 @@ HEATMAP_PREVIEW_PX = 560
 @dataclass(frozen=True)
 class ReportInputs:
     """What a MIL run hands its report: ``classes`` (empty for survival), the tables the run wrote
-    (``predictions``: one row per test patient with its fold; ``results``: one row per fold; ``summary``: mean/sd
-    per metric; ``slides``: slide_summary rows with the heatmap and top-tile paths) and a title."""
+    (``predictions``: one row per test patient with its fold, one fold for an evaluation; ``results``: one row per
+    fold, or per fold model; ``summary``: mean/sd per metric; ``slides``: slide_summary rows with the heatmap and
+    top-tile paths), a title, and how to name the predictions and the rows of results."""
 
     title: str
     classes: tuple[str, ...]
@@ -51,6 +52,8 @@ class ReportInputs:
     results: pd.DataFrame
     summary: pd.DataFrame
     slides: pd.DataFrame
+    pooled: str = "pooled out-of-fold"  # what the predictions are; an evaluation's: "fold-model ensemble"
+    unit: str = "fold"  # what a row of results is: a cross-validation's fold, or an evaluation's fold model
 
     @property
     def is_survival(self) -> bool:
@@ -128,10 +131,10 @@ def metrics_table(inputs: ReportInputs) -> str:
     ]
     name, value, low, high = pooled_metric(inputs)
     pooled = (
-        f"<p class='pooled'>pooled out-of-fold {name} over {len(inputs.predictions)} patients: "
+        f"<p class='pooled'>{inputs.pooled} {name} over {len(inputs.predictions)} patients: "
         f"<b>{value:.3f}</b> (95 % bootstrap interval {low:.3f}-{high:.3f})</p>"
     )
-    header = "<tr><th>metric</th><th>mean ± sd over folds</th><th>folds scored</th></tr>"
+    header = f"<tr><th>metric</th><th>mean ± sd over {inputs.unit}s</th><th>{inputs.unit}s scored</th></tr>"
     return f"<table class='metrics'>{header}{''.join(rows)}</table>{pooled}"
 
 
@@ -143,21 +146,22 @@ def roc_figure(inputs: ReportInputs) -> Figure:
     axes = figure.add_subplot()
     frame, target, probs = inputs.predictions, _targets(inputs), _probs(inputs.predictions, inputs.classes)
     if len(inputs.classes) == 2:
-        for fold, rows in frame.groupby("fold").indices.items():
+        groups = frame.groupby("fold").indices
+        for fold, rows in groups.items() if len(groups) > 1 else ():
             if len(set(target[rows])) == 2:
                 fpr, tpr, _ = roc_curve(target[rows], probs[rows, 1])
                 auc = auroc(target[rows], probs[rows])
                 axes.plot(fpr, tpr, linewidth=1, alpha=0.6, label=f"fold {fold} (AUROC {auc:.2f})")
         fpr, tpr, _ = roc_curve(target, probs[:, 1])
-        axes.plot(fpr, tpr, color="black", linewidth=2.5, label=f"pooled (AUROC {auroc(target, probs):.2f})")
+        axes.plot(fpr, tpr, color="black", linewidth=2.5, label=f"{inputs.pooled} (AUROC {auroc(target, probs):.2f})")
         axes.set_title(f"ROC of '{inputs.classes[1]}' against '{inputs.classes[0]}'", fontsize=10)
     else:
         for code, name in enumerate(inputs.classes):
             positive = target == code
             if positive.any() and not positive.all():
                 fpr, tpr, _ = roc_curve(positive, probs[:, code])
-                axes.plot(fpr, tpr, linewidth=2, label=f"{name} vs rest (pooled)")
-        axes.set_title("ROC, one class against the rest, pooled over folds", fontsize=10)
+                axes.plot(fpr, tpr, linewidth=2, label=f"{name} vs rest")
+        axes.set_title(f"ROC, one class against the rest ({inputs.pooled})", fontsize=10)
     axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
     axes.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
     axes.legend(fontsize=8, loc="lower right")
@@ -181,12 +185,13 @@ def confusion_figure(inputs: ReportInputs) -> Figure:
     ticks = range(len(inputs.classes))
     axes.set_xticks(ticks, inputs.classes, rotation=30, ha="right")
     axes.set_yticks(ticks, inputs.classes)
-    axes.set(xlabel="predicted", ylabel="true", title="pooled over folds")
+    axes.set(xlabel="predicted", ylabel="true", title=inputs.pooled)
     return figure
 
 
 def risk_groups(predictions: pd.DataFrame) -> np.ndarray:
-    """True for patients at high predicted risk: above the median risk of their fold's test patients."""
+    """True for patients at high predicted risk: above the median risk of their fold's test patients (of all
+    patients for an evaluation's one fold)."""
     median = predictions.groupby("fold")["risk"].transform("median")
     return (predictions["risk"] > median).to_numpy()
 
@@ -209,7 +214,8 @@ def km_figure(inputs: ReportInputs) -> tuple[Figure, float]:
     if high.any() and (~high).any():
         p = float(logrank_test(time[high], time[~high], event[high], event[~high]).p_value)
     axes.set(xlabel="time (the unit of the labels' time column)", ylabel="survival probability", ylim=(0, 1.02))
-    axes.set_title(f"Kaplan-Meier by predicted risk (split at each fold's median); log-rank p = {p:.3g}", fontsize=9)
+    split = "each fold's median" if frame["fold"].nunique() > 1 else "the median"
+    axes.set_title(f"Kaplan-Meier by predicted risk (split at {split}); log-rank p = {p:.3g}", fontsize=9)
     return figure, p
 
 
@@ -223,7 +229,7 @@ def folds_figure(inputs: ReportInputs) -> Figure:
         axes.scatter(np.full(len(values), position), values, color="#333333", zorder=3, s=18)
         axes.hlines(np.nanmean(values), position - 0.3, position + 0.3, color="#d62728", linewidth=2)
     axes.set_xticks(range(len(metrics)), metrics, rotation=20)
-    axes.set(ylabel="value per fold (red: mean)", ylim=(0, 1.02), title="metrics per fold")
+    axes.set(ylabel=f"value per {inputs.unit} (red: mean)", ylim=(0, 1.02), title=f"metrics per {inputs.unit}")
     return figure
 
 
@@ -241,9 +247,10 @@ def slide_section(inputs: ReportInputs, output_dir: Path) -> str:
             strip = _jpeg(Path(str(row.top_tiles)), HEATMAP_PREVIEW_PX)
             tiles = _img(strip, "image/jpeg", "tiles", f"top tiles of {row.slide_id}")
             tiles = f"<p>best-attended tiles (attention {html.escape(str(row.top_attention))}):</p>{tiles}"
+        fold = f" · fold {html.escape(str(row.fold))}" if str(row.fold) not in ("", "nan") else ""
         cards.append(
             f"<div class='slide'><h3>{html.escape(str(row.slide_id))} · patient {html.escape(str(row.patient_id))}"
-            f" · fold {html.escape(str(row.fold))}</h3><a href='{link}'>{heatmap}</a>{tiles}</div>"
+            f"{fold}</h3><a href='{link}'>{heatmap}</a>{tiles}</div>"
         )
     rest = len(drawn) - MAX_SLIDES
     more = f"<p>{rest} more slide(s) in heatmaps/ (slide_summary.csv lists them).</p>" if rest > 0 else ""
@@ -278,19 +285,20 @@ def write_report(inputs: ReportInputs, output_dir: str | Path) -> Path:
         km, p = km_figure(inputs)
         figures = [(_png(km), f"Kaplan-Meier curves of the predicted risk groups; log-rank p = {p:.3g}")]
     else:
+        per_fold = " and of each fold's test patients" if inputs.predictions["fold"].nunique() > 1 else ""
         figures = [
-            (_png(roc_figure(inputs)), "ROC curves of the test patients of each fold, and of all folds pooled"),
-            (_png(confusion_figure(inputs)), "confusion matrix of the predicted class, all folds pooled"),
+            (_png(roc_figure(inputs)), f"ROC curves of the {inputs.pooled} predictions" + per_fold),
+            (_png(confusion_figure(inputs)), f"confusion matrix of the predicted class, {inputs.pooled}"),
         ]
-    figures.append((_png(folds_figure(inputs)), "each fold's metrics"))
+    figures.append((_png(folds_figure(inputs)), f"each {inputs.unit}'s metrics"))
     blocks = "".join(f"<div><div>{image}</div><p class='caption'>{caption}</p></div>" for image, caption in figures)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(inputs.title)}</title><style>{STYLE}</style></head>
 <body>
 <h1>{html.escape(inputs.title)}</h1>
-<p class="caption">written {when}; every figure is from this run's out-of-fold test predictions
-(predictions.csv, results.csv, summary.csv)</p>
+<p class="caption">written {when}; every figure is from this run's {inputs.pooled} predictions
+(predictions.csv) and its metrics per {inputs.unit}</p>
 <h2>Metrics</h2>
 {metrics_table(inputs)}
 <h2>Figures</h2>
