@@ -222,3 +222,8 @@ def test_a_heatmap_resolution_that_is_not_positive_is_one_line_and_writes_nothin
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert errors == ["heatmap_mpp must be a positive µm/px or null (about 1,600 px on the long side), got '-2'"]
     assert not (tmp_path / "out").exists()
+    from pathme.engines.mil_workflow import MILPredict
+
+    with pytest.raises(ValueError, match="heatmap_mpp must be a positive"):  # predict refuses it before any work
+        MILPredict(tmp_path, tmp_path, tmp_path / "predicted", heatmap_mpp=0)
+    assert not (tmp_path / "predicted").exists()

@@ -394,6 +394,9 @@ class MILPredict:
     device: torch.device | str | None = None
     leave_out_missing: bool = False  # with labels: leave out labelled patients without a usable store, or refuse
 
+    def __post_init__(self) -> None:
+        self.heatmap_mpp = _positive_or_none(self.heatmap_mpp, "heatmap_mpp")  # refused before any work
+
     def run(self) -> pd.DataFrame:
         """Predict every patient (mean over fold models), write predictions (and, with ``labels``, cohort.csv and
         metrics) and heatmaps to ``output_dir``; returns the predictions table. Raises ValueError when the fold
@@ -428,8 +431,7 @@ class MILPredict:
         predictions = pd.DataFrame(prediction_rows(records, task))
         write_csv_atomic(output / "predictions.csv", predictions)
         heatmaps = output / "heatmaps" if self.heatmaps else None
-        mpp = _positive_or_none(self.heatmap_mpp, "heatmap_mpp")
-        slides = slide_rows(records, index, task, heatmaps, mpp, self.per_slide_contrast)
+        slides = slide_rows(records, index, task, heatmaps, self.heatmap_mpp, self.per_slide_contrast)
         slides_frame = pd.DataFrame(slides, columns=SLIDE_COLUMNS)
         write_csv_atomic(output / "slide_summary.csv", slides_frame)
         if targets is None:

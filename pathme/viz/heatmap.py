@@ -12,8 +12,9 @@ token spans; in the PNG, only on the tissue detected in the thumbnail, with the 
 
 **Colours** (:class:`ColourScale`): perceptually uniform (viridis), from the 1st to the 99th percentile of every
 shown cell of every slide of the run, so one attention value has one colour on every slide of a run (values past
-the ends take the end colours; the colour bar's arrows say so). ``per_slide=True`` stretches each slide's own
-1st-99th percentile instead, and the colour bar says that those colours do not compare across slides.
+the ends take the end colours; the colour bar's arrows say so). :meth:`ColourScale.of_slide` (the MIL runs'
+``per_slide_contrast``) stretches each slide's own 1st-99th percentile instead, and the colour bar says that those
+colours do not compare across slides.
 
 Attention is where a model read its prediction from, not which way it pushed it: the figure's title gives the
 prediction (class and probability, or the risk and its direction for survival models).
@@ -324,12 +325,12 @@ def write_top_tiles(
     side at :data:`TILE_IMAGE_PX` px each, read at their own scale; returns its path and their attention values."""
     coords, sizes, scores = _check_tokens(coords, sizes, scores)
     chosen = top_tiles(coords, sizes, scores, k)
-    strip = np.full((TILE_IMAGE_PX, len(chosen) * (TILE_IMAGE_PX + 4), 3), 255, dtype=np.uint8)
-    for place, token in enumerate(chosen):
+    gap = np.full((TILE_IMAGE_PX, 4, 3), 255, dtype=np.uint8)  # white between the tiles
+    parts = []
+    for token in chosen:
         x, y = coords[token]
-        tile = read_at_mpp(slide, x, y, TILE_IMAGE_PX, TILE_IMAGE_PX, sizes[token] * slide.mpp / TILE_IMAGE_PX)
-        strip[:, place * (TILE_IMAGE_PX + 4) : place * (TILE_IMAGE_PX + 4) + TILE_IMAGE_PX] = tile
-    image = Image.fromarray(strip[:, : max(1, len(chosen) * (TILE_IMAGE_PX + 4) - 4)])
+        parts += [gap, read_at_mpp(slide, x, y, TILE_IMAGE_PX, TILE_IMAGE_PX, sizes[token] * slide.mpp / TILE_IMAGE_PX)]
+    image = Image.fromarray(np.concatenate(parts[1:], axis=1) if parts else gap[:, :1])
     path = write_atomic(Path(out_dir) / f"{slide_id}_top_tiles.png", lambda temp: image.save(temp, format="PNG"))
     return path, scores[chosen]
 

@@ -21,7 +21,7 @@ from pathme.shards import ShardRun, WorkItem, resolve_shard
 from pathme.viz.figure import SlideFigure
 from pathme.viz.nifti import write_map_nifti
 from pathme.wsi.backends import AUTO
-from pathme.wsi.grid import L0_SIDE, L1_SIDE
+from pathme.wsi.grid import L0_MPP, L0_SIDE, L1_SIDE, REGION_PX
 from pathme.wsi.manifest import ManifestRow, read_manifest
 from pathme.wsi.mpp import MPP_TOLERANCE
 from pathme.wsi.regions import SlidePlan, plan_regions
@@ -41,12 +41,15 @@ def render_preview(plan: SlidePlan, slide: Slide, tissue_mpp: float, min_side: i
     side), the tissue and pen-ink outlines, each region's border, its 5x tiles and each 20x tile without
     enough tissue greyed (not encoded), with the slide id, µm/px and plan in the title, a legend and a scale bar."""
     zoom = max(1, math.ceil(min_side / max(plan.thumbnail.shape[:2])))
-    image = np.repeat(np.repeat(plan.thumbnail[..., :3], zoom, axis=0), zoom, axis=1)
-    valid = int(sum(region.valid_l0.sum() for region in plan.regions))
+
+    def enlarge(pixels: np.ndarray) -> np.ndarray:
+        return pixels.repeat(zoom, axis=0).repeat(zoom, axis=1)
+
+    image = enlarge(plan.thumbnail[..., :3])
     title = (
         f"{slide.slide_id} · level 0 at {slide.mpp:.3f} µm/px ({slide.mpp_source})\n"
-        f"{len(plan.regions)} region(s), {valid} 20x tile(s) on tissue · tissue {plan.tissue_fraction:.0%} of the "
-        f"thumbnail, pen ink {plan.ink_fraction:.1%}"
+        f"{len(plan.regions)} region(s), {plan.valid_tiles} 20x tile(s) on tissue · tissue "
+        f"{plan.tissue_fraction:.0%} of the thumbnail, pen ink {plan.ink_fraction:.1%}"
     )
     figure = SlideFigure.around(image, tissue_mpp / zoom, title)
     axes = figure.image_axes
@@ -60,6 +63,7 @@ def render_preview(plan: SlidePlan, slide: Slide, tissue_mpp: float, min_side: i
     def outlines(boxes: np.ndarray) -> list[np.ndarray]:
         return [np.array([[a, b], [c, b], [c, d], [a, d], [a, b]]) for a, b, c, d in corners(boxes)]
 
+    region_um = REGION_PX * L0_MPP
     regions = np.array([[r.x, r.y, plan.grid.region_extent, plan.grid.region_extent] for r in plan.regions])
     tiles_5x = [plan.grid.tile_boxes((r.x, r.y), L1_SIDE) for r in plan.regions]
     invalid = [plan.grid.tile_boxes((r.x, r.y), L0_SIDE)[~r.valid_l0] for r in plan.regions]
@@ -71,7 +75,7 @@ def render_preview(plan: SlidePlan, slide: Slide, tissue_mpp: float, min_side: i
     ]
     layers = [
         ([o for boxes in tiles_5x for o in outlines(boxes)], L1_COLOUR, 0.8, "5x tile (16 per region)"),
-        (outlines(regions) if len(regions) else [], REGION_COLOUR, 2.0, "1.25x region\n(2,048 µm side)"),
+        (outlines(regions) if len(regions) else [], REGION_COLOUR, 2.0, f"1.25x region\n({region_um:,.0f} µm side)"),
     ]
     for segments, colour, width, label in layers:
         axes.add_collection(LineCollection(segments, colors=colour, linewidths=width))
@@ -81,8 +85,7 @@ def render_preview(plan: SlidePlan, slide: Slide, tissue_mpp: float, min_side: i
         (plan.ink, INK_COLOUR, "pen ink outline\n(left out)"),
     ):
         if mask.any():
-            enlarged = np.repeat(np.repeat(mask, zoom, axis=0), zoom, axis=1)
-            axes.contour(enlarged.astype(np.float32), levels=[0.5], colors=colour, linewidths=1.5)
+            axes.contour(enlarge(mask).astype(np.float32), levels=[0.5], colors=colour, linewidths=1.5)
         handles.append(Line2D([], [], color=colour, linewidth=1.5, label=label))
     axes.set_xlim(-0.5, image.shape[1] - 0.5)
     axes.set_ylim(image.shape[0] - 0.5, -0.5)
@@ -164,7 +167,7 @@ def _preview(
         "mpp": slide.mpp,
         "mpp_source": slide.mpp_source,
         "regions": len(plan.regions),
-        "valid_l0_tiles": int(sum(region.valid_l0.sum() for region in plan.regions)),
+        "valid_l0_tiles": plan.valid_tiles,
         "tissue_fraction": round(plan.tissue_fraction, 4),
         "ink_fraction": round(plan.ink_fraction, 4),
         "preview": str(preview),

@@ -48,6 +48,11 @@ class SlidePlan:
         return float(self.mask.mean()) if self.mask.size else 0.0
 
     @property
+    def valid_tiles(self) -> int:
+        """20x (L0) tiles on tissue over all regions: the tiles extraction encodes."""
+        return int(sum(region.valid_l0.sum() for region in self.regions))
+
+    @property
     def ink_fraction(self) -> float:
         """Fraction of the thumbnail that is pen ink kept out of the tissue mask, 0-1."""
         return float(self.ink.mean()) if self.ink.size else 0.0
