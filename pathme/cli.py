@@ -164,6 +164,16 @@ def _key_values(items: list[str], flag: str) -> dict[str, object]:
     return pairs
 
 
+def number_or_text(text: str) -> int | float | str:
+    """A flag value whose config default is null: a number when it reads as one (``--lr 1e-4``), else the text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def add_flag(
     parser: argparse.ArgumentParser,
     config_id: str,
@@ -188,6 +198,7 @@ def add_flag(
         parser.add_argument(name, nargs="+", metavar="KEY=VALUE", help=text, **options)
         return
     kind = type(default) if isinstance(default, int | float) and literal else str
+    kind = number_or_text if default is None else kind
     parser.add_argument(name, type=kind, choices=(choices or {}).get(config_id), help=text, **options)
 
 
@@ -300,15 +311,18 @@ MIL_TRAIN = BundleFlags(
         "leave_out_missing": "leave out labelled patients with no store or no valid token (listed in cohort.csv with "
         "the reason) instead of refusing the labels",
         "seed": "random seed",
-        "gated": "gated attention",
-        "hidden": "width of the MIL network",
-        "attention_dim": "width of its attention",
-        "dropout": "dropout",
+        "model": "MIL aggregator (`pathme aggregators` lists them: abmil, clam-sb, transmil, dsmil, ...), or "
+        "linear-probe (logistic regression or Cox on each patient's mean feature)",
+        "hidden": "width of the aggregator (null: the member's own)",
+        "dropout": "dropout (null: the member's default)",
+        "model_options": "the aggregator's other arguments, e.g. k=4 for CLAM-SB, attention_dim=64",
         "max_epochs": "epochs per fold",
         "min_epochs": "epochs before early stopping may stop a fold",
         "patience": "epochs without a better validation loss before stopping",
-        "lr": "learning rate",
-        "weight_decay": "AdamW weight decay",
+        "min_val_patients": "fewer validation patients than this: no model choice by validation loss, the fold trains "
+        "max_epochs and keeps the last weights",
+        "lr": "AdamW learning rate (null: the member's default)",
+        "weight_decay": "AdamW weight decay (null: the member's default)",
         "bags_per_batch": "bags (patients) per step (Cox needs >= 2)",
         "survival_loss": "survival objective",
         "num_bins": "time bins of the discrete-time survival NLL",
@@ -347,15 +361,28 @@ MIL_PREDICT = BundleFlags(  # evaluate and predict: inference.json, with or with
 MIL_CONFIGS = {"train": "train.json", "evaluate": "inference.json", "predict": "inference.json"}
 
 
-def _experts(args: argparse.Namespace) -> int:
-    """The built-in experts as a table; any timm model is also an expert as ``timm:<name>``."""
-    from pathme.encoders.registry import describe_experts
-
-    rows = describe_experts()
+def _print_table(rows: list[dict[str, object]]) -> None:
+    """Rows of equal keys as left-aligned columns under their names."""
     columns = list(rows[0])
     widths = {column: max(len(column), *(len(str(row[column])) for row in rows)) for column in columns}
     for row in [dict(zip(columns, columns, strict=True)), *rows]:  # left-aligned: names read like a list
         print("  ".join(str(row[column]).ljust(widths[column]) for column in columns).rstrip())
+
+
+def _aggregators(args: argparse.Namespace) -> int:
+    """The registered MIL aggregators with their paper, tasks, instance scores and training defaults."""
+    from pathme.networks.mil.aggregators import describe_aggregators
+
+    _print_table(describe_aggregators())
+    print("\npathme mil train --model NAME; also --model linear-probe. Defaults and their sources: docs/mil_models.md")
+    return 0
+
+
+def _experts(args: argparse.Namespace) -> int:
+    """The built-in experts as a table; any timm model is also an expert as ``timm:<name>``."""
+    from pathme.encoders.registry import describe_experts
+
+    _print_table(describe_experts())
     print(
         "\nalso: any timm model as timm:<name>. Weights: a file or folder path, 'hub' (published weights) or 'random'"
     )
@@ -506,6 +533,15 @@ def _status(args: argparse.Namespace) -> int:
     return int(not all(report.complete for report in reports))
 
 
+def _embeddings(args: argparse.Namespace) -> int:
+    """One embedding per slide and per patient (pathme.engines.embeddings), for linear probes and retrieval."""
+    from pathme.engines.embeddings import write_embeddings
+
+    path = write_embeddings(args.dataset_dir, args.output_dir, args.feature_source, args.models_dir, args.device)
+    _wrote(args.output_dir, [("embeddings (HDF5: slides/, patients/)", path)])
+    return 0
+
+
 def _distill(args: argparse.Namespace) -> int:
     """``monai bundle run`` of bundles/pathme_distillation/configs/train.json (+ train_tiny.json with --tiny)."""
     from pathme.bundles import run_bundle
@@ -581,6 +617,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     experts = commands.add_parser("experts", help="list the built-in experts: dim, parameters, input, licence, weights")
     experts.set_defaults(run=_experts)
+    aggregators = commands.add_parser(
+        "aggregators", help="list the MIL aggregators: paper, tasks, instance scores, training defaults"
+    )
+    aggregators.set_defaults(run=_aggregators)
 
     sample = commands.add_parser("sample-data", help="fetch the real CMU H&E sample slide (checked by sha256)")
     output_dir_flag(sample, "folder to write cmu_small_region.svs into")
@@ -635,6 +675,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--kind", choices=("preview", "extract", "embed"), help="which run (default: every one with records there)"
     )
     status.set_defaults(run=_status)
+
+    embeddings = commands.add_parser(
+        "embeddings",
+        help="one embedding per slide and per patient: the mean of its tokens or features, and each fold model's "
+        "pooled embedding",
+    )
+    embeddings.add_argument("--dataset-dir", type=Path, required=True, help="folder of token or region stores")
+    output_dir_flag(embeddings, "folder for embeddings.h5")
+    embeddings.add_argument(
+        "--feature-source", help=MIL_TRAIN.helps["feature_source"] + " (default: the fold models', else pathme)"
+    )
+    embeddings.add_argument("--models-dir", type=Path, help="a MIL training run's output folder (its fold models)")
+    embeddings.add_argument("--device", help=DEVICE_HELP)
+    embeddings.set_defaults(run=_embeddings)
 
     distill = commands.add_parser("distill", help="train the PatHME teacher (the pathme_distillation bundle)")
     DISTILL.add_to(distill)

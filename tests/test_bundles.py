@@ -4,6 +4,7 @@ output shapes, and TorchScript export of the MIL and PatHME networks from the ch
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from dataclasses import asdict
@@ -89,7 +90,7 @@ def verified(tmp_path_factory) -> dict:
     for bundle in BUNDLES:
         schema, metadata = bundle / "configs" / "metadata_schema.json", bundle / "configs" / "metadata.json"
         bad = tmp_path_factory.mktemp(bundle.name) / "metadata.json"
-        bad.write_text(metadata.read_text().replace('"version": "0.1.0"', '"version": "one"'))
+        bad.write_text(re.sub(r'"version": "[^"]*"', '"version": "one"', metadata.read_text(), count=1))
         for name, meta in (("metadata", metadata), ("broken metadata", bad)):
             checks[f"{bundle.name} {name}"] = ("verify_metadata", {"meta_file": str(meta), "filepath": str(schema)})
     for name, case in NET_CASES.items():
@@ -146,18 +147,19 @@ def _load_ts(path: Path, *names: str) -> tuple[torch.jit.ScriptModule, dict]:
     return module.eval(), {name: json.loads(value) for name, value in extra.items()}
 
 
-def test_a_fold_model_exports_to_torchscript_with_the_fold_model_logits(tmp_path):
+@pytest.mark.parametrize("model", ["abmil", "dsmil"])
+def test_a_fold_model_exports_to_torchscript_with_the_fold_model_logits(tmp_path, model):
     """``ckpt_export`` (scripted) of a ``fold_<k>/model.pt`` gives TorchScript whose logits on a bag [1, D, N] of
-    any length equal the fold model's, with the bundle metadata and train.json stored inside."""
+    any length equal the fold model's, with the bundle metadata and train.json stored inside; for the default
+    aggregator and for another one named by ``--model``."""
     train = json.loads((MIL / "configs" / "train.json").read_text())
-    sizes = {name: train[name] for name in ("hidden", "attention_dim", "dropout", "gated")}
-    config = MILModelConfig(in_dim=64, num_outputs=2, **sizes)
+    config = MILModelConfig(64, 2, model, train["hidden"], train["dropout"], train["model_options"])
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = config.build()
-    fold = save_fold_model(tmp_path / "fold_0" / "model.pt", model, config, MILTask("label", ("a", "b")), "pathme")
+        built = config.build()
+    fold = save_fold_model(tmp_path / "fold_0" / "model.pt", built, config, MILTask("label", ("a", "b")), "pathme")
     exported = tmp_path / "model.ts"
-    _ckpt_export(MIL, _configs(MIL, "train.json"), exported, fold, "state_dict")
+    _ckpt_export(MIL, _configs(MIL, "train.json"), exported, fold, "state_dict", "--model", model)
 
     scripted, extra = _load_ts(exported, "metadata.json", "train.json")
     metadata = json.loads((MIL / "configs" / "metadata.json").read_text())

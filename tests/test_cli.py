@@ -220,7 +220,7 @@ def test_a_heatmap_resolution_that_is_not_positive_is_one_line_and_writes_nothin
     command = ["mil", "--dataset-dir", str(tmp_path), "--labels", str(tmp_path / "labels.csv"), "--task", "label"]
     assert main([*command, "--output-dir", str(tmp_path / "out"), "--heatmap-mpp", "-2"]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert errors == ["heatmap_mpp must be a positive µm/px or null (about 1,600 px on the long side), got '-2'"]
+    assert errors == ["heatmap_mpp must be a positive µm/px or null (about 1,600 px on the long side), got -2"]
     assert not (tmp_path / "out").exists()
     from pathme.engines.mil_workflow import MILPredict
 

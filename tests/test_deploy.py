@@ -24,10 +24,17 @@ from pathme.demo.synthetic_slides import write_pyramid
 from pathme.deploy.pipeline import APP_CONFIG, AppModels, find_slides
 from pathme.engines.mil import TrainSettings
 from pathme.engines.mil_workflow import MILPredict, MILRun
+from pathme.networks import AGGREGATORS
 from pathme.store.digests import file_digest
 
 FAST = TrainSettings(max_epochs=6, min_epochs=3, patience=3, lr=1e-3)
-RUNS = {"label": ("label", "pathme"), "survival": ("survival", "pathme"), "label_raw": ("label", "tiny-vit")}
+#: task folder -> (labels column, feature source, aggregator): the app loads any member's fold models, with or
+#: without instance scores
+RUNS = {
+    "label": ("label", "pathme", "abmil"),
+    "survival": ("survival", "pathme", "dsmil"),
+    "label_raw": ("label", "tiny-vit", "mean-pool"),
+}
 
 STEPS = """
 import sys
@@ -49,10 +56,10 @@ def app_models(demo_cohort: Path, demo_features: Path, demo_tokens: Path, demo_t
     config = {"experts": DEMO_EXPERTS}  # teacher.pt records its expert, preset and network
     (root / APP_CONFIG).write_text(json.dumps(config))
     shutil.copy(demo_teacher, root / "teacher.pt")
-    for name, (task, source) in RUNS.items():
+    for name, (task, source, model) in RUNS.items():
         features = demo_tokens if source == "pathme" else demo_features
-        labels = demo_cohort / "labels.csv"
-        MILRun(features, labels, task, root / "mil" / name, source, num_folds=2, settings=FAST, heatmaps=False).run()
+        labels, output = demo_cohort / "labels.csv", root / "mil" / name
+        MILRun(features, labels, task, output, source, num_folds=2, model=model, settings=FAST, heatmaps=False).run()
     return root
 
 
@@ -90,7 +97,7 @@ def test_the_steps_predict_what_the_bundles_predict(steps_output, demo_tokens, d
     output, chosen = steps_output
     report = json.loads((output / "NA" / "report.json").read_text())
     assert report["status"] == "done" and set(report["predictions"]) == set(RUNS)
-    for name, (task, source) in RUNS.items():
+    for name, (task, source, model) in RUNS.items():
         features = demo_tokens if source == "pathme" else demo_features
         expected = MILPredict(features, app_models / "mil" / name, tmp_path / name, heatmaps=False).run()
         expected = expected.set_index("patient_id").loc[chosen["patient_id"]]
@@ -101,7 +108,10 @@ def test_the_steps_predict_what_the_bundles_predict(steps_output, demo_tokens, d
             want = {label: expected[f"prob_{label}"] for label in ("0", "1")}
             assert got["probabilities"] == pytest.approx(want, abs=1e-5)
             assert got["prediction"] == max(got["probabilities"], key=got["probabilities"].get)
-        assert (output / "NA" / got["heatmap_geojson"]).is_file()
+        if AGGREGATORS[model].cls.instance_scores:
+            assert (output / "NA" / got["heatmap_geojson"]).is_file()
+        else:  # mean pooling has no instance scores: the report says so instead of drawing nothing silently
+            assert "heatmap_png" not in got and got["no_heatmap"].startswith("no instance scores; mean pooling")
 
 
 @pytest.mark.parametrize(
@@ -168,7 +178,7 @@ def test_the_monai_deploy_app_runs_on_the_cmu_slide(cmu_slide: Path, app_models:
     assert np.isfinite(survival["risk"])
     with h5py.File(tmp_path / "out" / "work" / "tokens" / f"{cmu_slide.stem}.h5", "r") as store:
         n_tokens = int(np.isfinite(store["tokens"][:]).all(axis=-1).sum())
-    for name in RUNS:
+    for name in ("label", "survival"):  # label_raw's mean pooling has no instance scores
         geojson = json.loads((folder / f"{name}_attention.geojson").read_text())
         assert geojson["type"] == "FeatureCollection" and geojson["features"]
         with Image.open(folder / f"{name}_attention.png") as image:
@@ -178,6 +188,7 @@ def test_the_monai_deploy_app_runs_on_the_cmu_slide(cmu_slide: Path, app_models:
     assert versions["teacher"]["digest"] == file_digest(app_models / "teacher.pt")
     assert versions["experts"]["tiny-vit"]["weights"] == "random"
     assert versions["mil"]["label_raw"]["feature_source"] == "tiny-vit"
+    assert {name: versions["mil"][name]["model"] for name in RUNS} == {n: run[2] for n, run in RUNS.items()}
     for name in RUNS:
         folds = versions["mil"][name]["fold_models"]
         assert folds == {f"fold_{k}": file_digest(app_models / "mil" / name / f"fold_{k}" / "model.pt") for k in (0, 1)}

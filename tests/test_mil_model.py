@@ -1,9 +1,8 @@
-"""Attention MIL and the survival losses: padding and permutation invariance, tracing, hand-computed losses."""
+"""The survival losses and bins, computed by hand (the aggregators: tests/test_mil_aggregators.py)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -16,125 +15,12 @@ from pathme.losses import (
     risk_from_logits,
     survival_bins,
 )
-from pathme.networks import ABMIL
 
 DIM = 12
 
 
 def sig(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
-
-
-def model(gated: bool = True, outputs: int = 3) -> ABMIL:
-    torch.manual_seed(0)
-    return ABMIL(DIM, outputs, hidden=16, attention_dim=8, gated=gated).eval()
-
-
-def padded(bags: list[torch.Tensor], fill: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bags [N_i, D] into [B, Nmax, D] filled with ``fill`` beyond each bag, and the mask of real tokens."""
-    longest = max(len(bag) for bag in bags)
-    features = torch.full((len(bags), longest, DIM), fill)
-    mask = torch.zeros(len(bags), longest, dtype=torch.bool)
-    for row, bag in enumerate(bags):
-        features[row, : len(bag)], mask[row, : len(bag)] = bag, True
-    return features, mask
-
-
-# --- ABMIL ------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("gated", [True, False])
-def test_attention_sums_to_one_over_real_tokens_and_is_zero_on_padding(gated: bool) -> None:
-    features, mask = padded([torch.randn(7, DIM), torch.randn(3, DIM)])
-    out = model(gated)(features, mask)
-    assert out["logits"].shape == (2, 3) and out["embedding"].shape == (2, 16) and out["attention"].shape == (2, 7)
-    torch.testing.assert_close(out["attention"].sum(dim=1), torch.ones(2))
-    assert (out["attention"][~mask] == 0).all() and (out["attention"][mask] > 0).all()
-
-
-@pytest.mark.parametrize("gated", [True, False])
-@pytest.mark.parametrize("fill", [1e30, float("inf"), float("nan")])
-def test_padding_values_do_not_change_the_output(gated: bool, fill: float) -> None:
-    bags = [torch.randn(7, DIM), torch.randn(3, DIM)]
-    net = model(gated)
-    clean, dirty = net(*padded(bags)), net(*padded(bags, fill))
-    for key in ("logits", "attention", "embedding"):
-        assert torch.equal(clean[key], dirty[key])
-
-
-@pytest.mark.parametrize("gated", [True, False])
-def test_a_bag_alone_equals_the_same_bag_padded_in_a_batch(gated: bool) -> None:
-    short, long = torch.randn(4, DIM), torch.randn(9, DIM)
-    net = model(gated)
-    alone = net(short)  # [N, D] is a batch of one
-    batch = net(*padded([long, short]))
-    torch.testing.assert_close(batch["logits"][1:], alone["logits"])
-    torch.testing.assert_close(batch["attention"][1, :4], alone["attention"][0])
-
-
-@pytest.mark.parametrize("gated", [True, False])
-def test_permuting_tokens_permutes_attention_and_keeps_logits(gated: bool) -> None:
-    bag, order = torch.randn(10, DIM), torch.randperm(10)
-    net = model(gated)
-    plain, permuted = net(bag[None]), net(bag[order][None])
-    torch.testing.assert_close(permuted["attention"][0], plain["attention"][0, order])
-    torch.testing.assert_close(permuted["logits"], plain["logits"])
-
-
-def test_gated_and_plain_differ_in_parameters() -> None:
-    gated, plain = model(True), model(False)
-    assert sum(p.numel() for p in gated.parameters()) > sum(p.numel() for p in plain.parameters())
-
-
-def test_dropout_is_active_only_in_training() -> None:
-    net, bag = model(), torch.randn(20, DIM)
-    torch.testing.assert_close(net(bag)["logits"], net(bag)["logits"])
-    net.train()
-    assert not torch.equal(net(bag)["logits"], net(bag)["logits"])
-
-
-@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch's deprecation notice for trace and script
-def test_trace_and_script_give_the_same_outputs() -> None:
-    net = model()
-    example = padded([torch.randn(6, DIM)])
-    traced = torch.jit.trace(net, example, strict=False)
-    scripted = torch.jit.script(net)
-    other = padded([torch.randn(9, DIM), torch.randn(2, DIM)])  # another bag count and length
-    for inputs in (example, other):
-        expected = net(*inputs)
-        for compiled in (traced, scripted):
-            got = compiled(*inputs)
-            for key in expected:
-                torch.testing.assert_close(got[key], expected[key])
-
-
-@pytest.fixture
-def single_thread() -> Iterator[None]:
-    """Tiny models train faster on one thread, and many threads contend badly on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.mark.usefixtures("single_thread")
-def test_learns_a_toy_multiple_instance_task() -> None:
-    """A bag is positive when any token carries a marker: attention must find the one token that matters."""
-    generator = torch.Generator().manual_seed(1)
-    features = torch.randn(64, 10, DIM, generator=generator)
-    labels = torch.arange(64) % 2
-    features[labels == 1, 0, 0] += 4.0
-    torch.manual_seed(0)
-    net = ABMIL(DIM, 2, hidden=16, attention_dim=8, dropout=0.0)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(150):
-        loss = torch.nn.functional.cross_entropy(net(features)["logits"], labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    net.eval()
-    assert (net(features)["logits"].argmax(dim=1) == labels).float().mean() > 0.95
-    assert net(features)["attention"][labels == 1].argmax(dim=1).eq(0).float().mean() > 0.9
 
 
 # --- survival bins ----------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from pathme.wsi.grid import REGION_PX, RegionGrid
 from pathme.wsi.slide_error import SlideError
 
 DIMS = {"exp": 8}
-ONE_EPOCH = TrainSettings(max_epochs=1, min_epochs=1)
+ONE_EPOCH = TrainSettings(max_epochs=1, min_epochs=1, min_val_patients=1)
 
 
 def _stores(folder: Path, count: int, digest: str = "random:0", start: int = 0, **attrs: object) -> Path:

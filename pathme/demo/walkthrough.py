@@ -45,7 +45,6 @@ DEMO_EXPERTS = {
 #: of its 20x tiles shows (the easy control), and the arrangement of tissue, which no single 20x tile shows
 SIGNALS = {"planted": "labels.csv", "context": "labels_context.csv"}
 TASKS = ("label", "survival")
-MIL_LR = 1e-3  # a small cohort: a higher rate than the bundle's 2e-4
 # the demo's 4.5-mm slides at 8 µm/px: ~570-px heatmaps, 0.2 s each for its 320 (eight runs of 40 slides) where the
 # default ~1,600 px takes 0.9 s; a real slide gets the default (pathme mil --heatmap-mpp)
 DEMO_HEATMAP_MPP = 8.0
@@ -165,7 +164,6 @@ def _mil_runs(
                     task=task,
                     feature_source=source,
                     output_dir=str(output),
-                    lr=MIL_LR,
                     heatmap_mpp=DEMO_HEATMAP_MPP,
                     num_folds=settings.folds,
                     seed=settings.seed,

@@ -20,7 +20,7 @@ from pathme import __version__
 from pathme.bundles import bundle_dir, run_bundle
 from pathme.data.bags import PATHME, PATHME_MEAN, expert_level
 from pathme.engines.distill_workflow import TEACHER_FILE, TrainedOn, load_checkpoint
-from pathme.engines.mil import load_fold_model
+from pathme.engines.mil import MILModelConfig, load_fold_model, read_fold_model
 from pathme.engines.mil_workflow import fold_models
 from pathme.store import file_digest, read_store_attrs
 from pathme.store.atomic import copy_atomic, write_atomic
@@ -105,6 +105,12 @@ class AppModels:
     def mil_sources(self) -> dict[str, str]:
         """Task name -> the features its fold models take (PatHME tokens or an expert's raw features)."""
         return {task: load_fold_model(fold_models(run)[0])[2] for task, run in self.mil_runs.items()}
+
+    @cached_property
+    def mil_models(self) -> dict[str, str]:
+        """Task name -> the aggregator of its fold models (pathme aggregators)."""
+        saved = {task: read_fold_model(fold_models(run)[0])["model_config"] for task, run in self.mil_runs.items()}
+        return {task: MILModelConfig.from_saved(config).model for task, config in saved.items()}
 
 
 @dataclass(frozen=True)
@@ -254,7 +260,11 @@ def model_versions(case: Case, models: AppModels) -> dict[str, Any]:
     versions["mil"] = {}
     for task, run in models.mil_runs.items():
         digests = {file.parent.name: file_digest(file) for file in fold_models(run)}
-        versions["mil"][task] = {"feature_source": models.mil_sources[task], "fold_models": digests}
+        versions["mil"][task] = {
+            "model": models.mil_models[task],
+            "feature_source": models.mil_sources[task],
+            "fold_models": digests,
+        }
     return versions
 
 
@@ -276,6 +286,11 @@ def _slide_predictions(case: Case, sid: str, folder: Path) -> dict[str, Any]:
             if heatmap.is_file():
                 copy_atomic(heatmap, folder / f"{task}_attention.{suffix}")
                 entry[f"heatmap_{kind}"] = f"{task}_attention.{suffix}"
+        summary = case.work / "mil" / task / "slide_summary.csv"
+        if "heatmap_png" not in entry and summary.is_file():  # why not: e.g. a model without instance scores
+            slides = pd.read_csv(summary, dtype=str, keep_default_na=False)
+            row = slides[slides["slide_id"] == sid]
+            entry["no_heatmap"] = "; ".join(filter(None, row.iloc[0][["status", "note"]])) if len(row) else ""
         result[task] = entry
     return result
 

@@ -1,8 +1,11 @@
-"""Attention-MIL training and evaluation as Ignite engines (docs/method.md section 5).
+"""MIL training and evaluation as Ignite engines (docs/method.md section 5), for any registered aggregator.
 
 One fold: train on its training patients, keep the weights with the lowest validation loss (early stopping),
-predict its test patients. The task decides the head: classes with cross-entropy on logits, or survival with the
-discrete-time NLL over time bins (or Cox). A fold's model file holds everything needed to predict again.
+predict its test patients. A validation split too small to choose on (under ``min_val_patients``) chooses nothing:
+the fold trains ``max_epochs`` and keeps the last weights, and its results say so. The task decides the head:
+classes with cross-entropy on logits, or survival with the discrete-time NLL over time bins (or Cox); the
+aggregator (:mod:`pathme.networks.mil`) adds its own terms to the loss. A fold's model file holds everything needed
+to predict again.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import copy
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,7 @@ from torch.utils.tensorboard import SummaryWriter
 from pathme.data.bags import BagDataset, collate_bags
 from pathme.losses import cox_partial_likelihood, discrete_time_nll, risk_from_logits
 from pathme.metrics import classification_metrics, survival_metrics
-from pathme.networks import ABMIL
+from pathme.networks.mil import CLASSIFICATION, SURVIVAL, Aggregator, AggregatorSpec, aggregator_spec
 from pathme.store.atomic import save_torch
 
 logger = logging.getLogger(__name__)
@@ -36,18 +39,38 @@ SURVIVAL_LOSSES = ("nll", "cox")
 
 @dataclass(frozen=True)
 class MILModelConfig:
-    """Sizes of the attention-MIL network, saved with its weights so a fold model is rebuilt exactly."""
+    """Which aggregator and its sizes, saved with its weights so a fold model is rebuilt exactly.
+
+    model: a name of :data:`pathme.networks.mil.AGGREGATORS`; hidden, dropout: None for the member's own;
+    options: the member's other arguments (``{"k": 4}`` for CLAM-SB).
+    """
 
     in_dim: int
     num_outputs: int
-    hidden: int = 256
-    attention_dim: int = 128
-    dropout: float = 0.25
-    gated: bool = True
+    model: str = "abmil"
+    hidden: int | None = None
+    dropout: float | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
 
-    def build(self) -> ABMIL:
-        """A fresh ABMIL with this configuration (random initial weights from torch's current seed)."""
-        return ABMIL(self.in_dim, self.num_outputs, self.hidden, self.attention_dim, self.dropout, self.gated)
+    @property
+    def spec(self) -> AggregatorSpec:
+        """The registry entry of ``model`` (ValueError naming the members when unknown)."""
+        return aggregator_spec(self.model)
+
+    def build(self) -> Aggregator:
+        """A fresh aggregator with this configuration (random initial weights from torch's current seed)."""
+        dropout = {} if self.dropout is None else {"dropout": self.dropout}
+        return self.spec.build(self.in_dim, self.num_outputs, self.hidden, **dropout, **self.options)
+
+    @classmethod
+    def from_saved(cls, saved: Mapping[str, Any]) -> MILModelConfig:
+        """The config of a fold model's ``model_config``, including those pathme 0.1 saved (ABMIL only:
+        ``hidden``, ``attention_dim``, ``dropout``, ``gated``)."""
+        if "model" in saved:
+            return cls(**{**saved, "options": dict(saved.get("options", {}))})
+        model = "abmil" if saved.get("gated", True) else "abmil-plain"
+        options = {"attention_dim": saved["attention_dim"]} if "attention_dim" in saved else {}
+        return cls(saved["in_dim"], saved["num_outputs"], model, saved.get("hidden"), saved.get("dropout"), options)
 
 
 @dataclass(frozen=True)
@@ -63,6 +86,11 @@ class MILTask:
     def is_survival(self) -> bool:
         """True when the task predicts survival (no classes)."""
         return not self.classes
+
+    @property
+    def kind(self) -> str:
+        """``"classification"`` or ``"survival"``, as aggregators declare what they can learn."""
+        return SURVIVAL if self.is_survival else CLASSIFICATION
 
     @property
     def num_outputs(self) -> int:
@@ -113,14 +141,20 @@ class MILTask:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Optimisation of one fold."""
+    """Optimisation of one fold; ``lr`` and ``weight_decay`` None: the aggregator's defaults (:meth:`for_model`)."""
 
     max_epochs: int = 30
     min_epochs: int = 10  # early stopping only from here: small validation sets give noisy early losses
     patience: int = 8
-    lr: float = 2e-4
-    weight_decay: float = 1e-4
+    lr: float | None = None
+    weight_decay: float | None = None
     batch_size: int = 1
+    min_val_patients: int = 10  # fewer validation patients: no choice by validation loss, the last epoch is kept
+
+    def for_model(self, spec: AggregatorSpec) -> TrainSettings:
+        """These settings with the aggregator's own learning rate and weight decay where they are None."""
+        lr = spec.lr if self.lr is None else self.lr
+        return replace(self, lr=lr, weight_decay=spec.weight_decay if self.weight_decay is None else self.weight_decay)
 
 
 def make_loader(dataset: BagDataset, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
@@ -129,13 +163,16 @@ def make_loader(dataset: BagDataset, batch_size: int, shuffle: bool, seed: int) 
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_bags, generator=generator)
 
 
-def create_mil_trainer(model: ABMIL, task: MILTask, optimizer: torch.optim.Optimizer, device: torch.device) -> Engine:
-    """One optimiser step per batch of bags; ``state.output`` is the batch loss."""
+def create_mil_trainer(
+    model: Aggregator, task: MILTask, optimizer: torch.optim.Optimizer, device: torch.device
+) -> Engine:
+    """One optimiser step per batch of bags on the aggregator's objective; ``state.output`` is the batch loss."""
 
     def step(_engine: Engine, batch: Mapping[str, Any]) -> float:
         model.train()
         out = model(batch["features"].to(device), batch["mask"].to(device))
-        loss = task.loss(out["logits"], batch)
+        target = None if task.is_survival else batch["target"].to(device)
+        loss = model.objective(out, lambda logits: task.loss(logits, batch), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -144,9 +181,10 @@ def create_mil_trainer(model: ABMIL, task: MILTask, optimizer: torch.optim.Optim
     return Engine(step)
 
 
-def create_mil_evaluator(model: ABMIL, task: MILTask, device: torch.device) -> Engine:
+def create_mil_evaluator(model: Aggregator, task: MILTask, device: torch.device) -> Engine:
     """Runs the model without gradients and collects, in ``state.predictions``, one row per patient: scores,
-    targets and attention (with the token coordinates it maps to)."""
+    targets, the bag embedding and the instance scores ("attention", None for members without) with the token
+    coordinates they map to."""
 
     @torch.no_grad()
     def step(engine: Engine, batch: Mapping[str, Any]) -> None:
@@ -162,7 +200,8 @@ def create_mil_evaluator(model: ABMIL, task: MILTask, device: torch.device) -> E
             record = {
                 "patient_id": patient,
                 "logits": logits[row].numpy().copy(),
-                "attention": out["attention"][row, :length].cpu().numpy().copy(),
+                "attention": out["attention"][row, :length].cpu().numpy().copy() if "attention" in out else None,
+                "embedding": out["embedding"][row].float().cpu().numpy().copy(),
                 "slide_ids": batch["slide_ids"][row],
                 "slide_index": batch["slide_index"][row].numpy().copy(),
                 "coords": batch["coords"][row].numpy().copy(),
@@ -216,8 +255,18 @@ def train_fold(
     device: torch.device,
     seed: int,
     writer: SummaryWriter | None = None,
-) -> tuple[ABMIL, dict[str, float]]:
-    """Train with early stopping on the validation loss; returns the best model (eval mode) and its epoch/loss."""
+) -> tuple[Aggregator, dict[str, Any]]:
+    """Train with early stopping on the validation loss; returns the chosen model (eval mode) and ``best``: its
+    epoch, the epochs trained, its validation loss and ``chosen_by`` (how it was chosen).
+
+    ``settings``' None learning rate and weight decay are the aggregator's. With fewer than ``min_val_patients``
+    validation patients nothing is chosen on the validation loss (over 2-3 patients it is noise: a fold's model
+    would be picked at epoch 1 by chance): the fold trains ``max_epochs`` and keeps the last weights."""
+    spec = model_config.spec
+    if task.kind not in spec.tasks:
+        aggregator_spec(spec.name, task.kind)  # raises, naming the members that can
+    settings = settings.for_model(spec)
+    choose = len(val) >= settings.min_val_patients
     if task.is_survival and task.survival_loss == "cox":
         if settings.batch_size < 2:
             raise ValueError(
@@ -239,6 +288,14 @@ def train_fold(
     evaluator = create_mil_evaluator(model, task, device)
     val_loader = make_loader(val, settings.batch_size, shuffle=False, seed=seed)
     best: dict[str, Any] = {"loss": float("inf"), "epoch": 0, "state": copy.deepcopy(model.state_dict())}
+    if not choose:
+        logger.info(
+            "the validation split has %d patient(s), fewer than min_val_patients %d: its loss cannot choose a model, "
+            "so the fold trains %d epochs and keeps the last",
+            len(val),
+            settings.min_val_patients,
+            settings.max_epochs,
+        )
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def validate(engine: Engine) -> None:
@@ -249,7 +306,7 @@ def train_fold(
             for name, value in metrics.items():
                 writer.add_scalar(f"val/{name}", value, epoch)
         engine.state.epoch_losses = []
-        if metrics["loss"] < best["loss"]:
+        if not choose or metrics["loss"] < best["loss"]:
             best.update(loss=metrics["loss"], epoch=epoch, state=copy.deepcopy(model.state_dict()))
 
     @trainer.on(Events.EPOCH_STARTED)
@@ -265,15 +322,19 @@ def train_fold(
 
     @evaluator.on(Events.COMPLETED)
     def maybe_stop(engine: Engine) -> None:
-        if trainer.state.epoch >= settings.min_epochs:
+        if choose and trainer.state.epoch >= settings.min_epochs:
             stopper(engine)
 
     trainer.run(make_loader(train, settings.batch_size, shuffle=True, seed=seed), max_epochs=settings.max_epochs)
     model.load_state_dict(best["state"])
-    return model.eval(), {"best_epoch": best["epoch"], "val_loss": best["loss"]}
+    chosen_by = (
+        "validation loss" if choose else f"last epoch (validation split of {len(val)} < {settings.min_val_patients})"
+    )
+    trained = {"best_epoch": best["epoch"], "epochs": trainer.state.epoch, "val_loss": best["loss"]}
+    return model.eval(), trained | {"chosen_by": chosen_by}
 
 
-def predict(model: ABMIL, task: MILTask, dataset: BagDataset, device: torch.device) -> list[dict[str, Any]]:
+def predict(model: Aggregator, task: MILTask, dataset: BagDataset, device: torch.device) -> list[dict[str, Any]]:
     """Per-patient prediction records (see :func:`create_mil_evaluator`)."""
     evaluator = create_mil_evaluator(model, task, device)
     evaluator.run(make_loader(dataset, 1, shuffle=False, seed=0))
@@ -282,7 +343,7 @@ def predict(model: ABMIL, task: MILTask, dataset: BagDataset, device: torch.devi
 
 def save_fold_model(
     path: Path,
-    model: ABMIL,
+    model: Aggregator,
     config: MILModelConfig,
     task: MILTask,
     feature_source: str,
@@ -299,7 +360,7 @@ def save_fold_model(
     (:func:`~pathme.store.atomic.save_torch`): WriteError naming ``path`` when the disk is full."""
     payload = {
         "state_dict": model.state_dict(),
-        "model_config": asdict(config),
+        "model_config": {**asdict(config), "options": dict(config.options)},
         "task": {**asdict(task), "classes": list(task.classes), "bin_edges": [float(e) for e in task.bin_edges]},
         "feature_source": feature_source,
         "inputs_digest": inputs_digest,
@@ -319,14 +380,15 @@ def read_fold_model(path: str | Path, device: torch.device | str = "cpu") -> dic
         raise ValueError(f"{path}: not a readable fold model ({type(error).__name__}: {error})") from error
 
 
-def load_fold_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[ABMIL, MILTask, str]:
+def load_fold_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Aggregator, MILTask, str]:
     """(model in eval mode, task, feature source) of a saved fold model; strict: a mismatch fails loudly."""
     return fold_model_from(read_fold_model(path, device), device)
 
 
-def fold_model_from(payload: Mapping[str, Any], device: torch.device | str = "cpu") -> tuple[ABMIL, MILTask, str]:
-    """(model in eval mode, task, feature source) of a payload :func:`read_fold_model` returned."""
-    config = MILModelConfig(**payload["model_config"])
+def fold_model_from(payload: Mapping[str, Any], device: torch.device | str = "cpu") -> tuple[Aggregator, MILTask, str]:
+    """(model in eval mode, task, feature source) of a payload :func:`read_fold_model` returned; any registered
+    aggregator, and the ABMIL fold models of pathme 0.1."""
+    config = MILModelConfig.from_saved(payload["model_config"])
     spec = payload["task"]
     task = MILTask(spec["name"], tuple(spec["classes"]), spec["survival_loss"], tuple(spec["bin_edges"]))
     model = config.build().to(device)

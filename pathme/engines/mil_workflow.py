@@ -1,4 +1,4 @@
-"""Patient-level cross-validation of attention MIL, evaluation of saved fold models, and inference on new slides.
+"""Patient-level cross-validation of any MIL aggregator, evaluation of saved fold models, and inference on new slides.
 
 Everything a run writes lives under ``output_dir``: ``cohort.csv`` (every patient it saw: included, or left out
 and why; stated in one console line before training), ``folds.csv`` (the splits used, generated and seeded when
@@ -35,6 +35,7 @@ from pathme.data.bags import BagDataset, BagIndex
 from pathme.data.labels import Fold, Labels, cohort_line, cohort_table, load_labels, make_folds, write_folds
 from pathme.device import pick_device
 from pathme.engines.mil import (
+    SURVIVAL_LOSSES,
     MILModelConfig,
     MILTask,
     TrainSettings,
@@ -45,7 +46,9 @@ from pathme.engines.mil import (
     stack_predictions,
     train_fold,
 )
+from pathme.engines.probe import LINEAR_PROBE, NO_INSTANCE_SCORES, probe_fold
 from pathme.losses import assign_bins, survival_bins
+from pathme.networks.mil import aggregator_spec
 from pathme.store import config_digest
 from pathme.store.agreement import check_same_features
 from pathme.store.atomic import set_aside, write_csv_atomic
@@ -126,6 +129,7 @@ def slide_rows(
     heatmaps_dir: Path | None,
     heatmap_mpp: float | None = None,
     per_slide_contrast: bool = False,
+    no_scores: str = "",
 ) -> list[dict[str, Any]]:
     """One row per slide of every record (see ``SLIDE_COLUMNS``; a record's ``fold`` goes into its rows), drawing
     its attention heatmap into ``heatmaps_dir`` (None: no heatmaps) as PNG (over the thumbnail at ``heatmap_mpp``
@@ -133,7 +137,8 @@ def slide_rows(
     Every slide is coloured on one scale, the 1st-99th percentile of all the records' slides, unless
     ``per_slide_contrast``.
 
-    A slide gets status ``done``; ``no tokens`` with the reason its store gives; ``geojson only`` when its image
+    A slide gets status ``done``; ``no tokens`` with the reason its store gives; ``no instance scores`` (the note
+    is ``no_scores``, the aggregator's reason) when the records carry no attention; ``geojson only`` when its image
     is gone, unreadable or no longer the file extraction read (another fingerprint or size: the store's coordinates
     would be drawn on another image), the GeoJSON coming from the store's coordinates; ``failed`` on any other
     error; or ``scored`` without heatmaps. The note says why; one slide's problem never stops the others.
@@ -147,6 +152,9 @@ def slide_rows(
             row |= {"slide_id": slide_id, "patient_id": record["patient_id"], "tokens": int(tokens.sum())}
             if not tokens.any():
                 rows.append(row | {"status": "no tokens", "note": provenance.no_region_reason or "no valid tile"})
+                continue
+            if record["attention"] is None:
+                rows.append(row | {"status": "no instance scores", "note": no_scores})
                 continue
             if heatmaps_dir is None:
                 rows.append(row | {"status": "scored"})
@@ -183,7 +191,8 @@ def slide_rows(
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
     """Mean and sample sd of every metric over the folds that could score it; ``folds`` counts those folds and
     ``folds_total`` all of them (sd needs two scored folds, mean one; NaN otherwise)."""
-    metrics = [c for c in results.columns if c not in ("fold", "best_epoch", "val_loss", "patients", "not_computable")]
+    not_metrics = ("fold", "best_epoch", "epochs", "val_loss", "chosen_by", "patients", "not_computable")
+    metrics = [c for c in results.columns if c not in not_metrics]
     rows = []
     for metric in metrics:
         scored = results[metric].dropna()
@@ -201,7 +210,9 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass
 class MILRun:
-    """k-fold cross-validated attention MIL on one feature source; :meth:`run` returns the summary table."""
+    """k-fold cross-validated MIL with the aggregator named ``model`` on one feature source; :meth:`run` returns the
+    summary table. ``hidden``, ``dropout`` and the settings' ``lr``/``weight_decay`` None take the member's
+    defaults (:mod:`pathme.networks.mil.aggregators`); ``model_options`` are its other arguments."""
 
     features_dir: str | Path
     labels: str | Path
@@ -210,7 +221,10 @@ class MILRun:
     feature_source: str = "pathme"
     num_folds: int = 5
     seed: int = 0
-    model: dict[str, Any] = field(default_factory=dict)  # MILModelConfig fields other than in_dim/num_outputs
+    model: str = "abmil"
+    hidden: int | None = None
+    dropout: float | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
     settings: TrainSettings = field(default_factory=TrainSettings)
     survival_loss: str = "nll"
     num_bins: int = 4
@@ -225,8 +239,12 @@ class MILRun:
         self.output_dir = Path(self.output_dir)
         self.device = pick_device(self.device)
         self.heatmap_mpp = _positive_or_none(self.heatmap_mpp, "heatmap_mpp")
-        if self.survival_loss not in ("nll", "cox"):
+        if self.survival_loss not in SURVIVAL_LOSSES:
             raise ValueError(f"survival_loss must be 'nll' or 'cox', got {self.survival_loss!r}")
+        # an unknown name is refused before any work; the linear probe has no spec and no training settings
+        self.spec = None if self.model == LINEAR_PROBE else aggregator_spec(self.model)
+        if self.spec is not None:
+            self.settings = self.settings.for_model(self.spec)
 
     def prepare(self) -> tuple[BagIndex, Labels, list, MILTask]:
         """Everything checked before training: stores, labels, folds and the task's head."""
@@ -241,6 +259,8 @@ class MILRun:
                 survival_bins(labels.table["time"].to_numpy(), labels.table["event"].to_numpy(), self.num_bins)
             )
         task = MILTask(self.task, tuple(labels.classes), self.survival_loss, edges)
+        if self.spec is not None:  # a member that cannot learn the task says so before training
+            aggregator_spec(self.model, task.kind)
         return index, labels, folds, task
 
     def run(self) -> pd.DataFrame:
@@ -254,27 +274,17 @@ class MILRun:
         write_folds(folds, self.output_dir / "folds.csv")
         targets = _targets(labels, np.asarray(task.bin_edges) if task.bin_edges else None)
         in_dim = index.feature_dim()
-        config = MILModelConfig(in_dim=in_dim, num_outputs=task.num_outputs, **self.model)
+        sizes = {"hidden": self.hidden, "dropout": self.dropout, "options": dict(self.model_options)}
+        config = MILModelConfig(in_dim, task.num_outputs, self.model, **sizes)
         heatmaps = self.output_dir / "heatmaps" if self.heatmaps else None
+        self._warn_small_validation(folds)
         results, predictions, tested = [], [], []
-        bar = tqdm(folds, desc=f"MIL {self.task} ({self.feature_source})", unit="fold", disable=not sys.stderr.isatty())
+        desc = f"MIL {self.model} {self.task} ({self.feature_source})"
+        bar = tqdm(folds, desc=desc, unit="fold", disable=not sys.stderr.isatty())
         for fold in bar:
             datasets = {split: BagDataset(index, getattr(fold, split), targets) for split in ("train", "val", "test")}
-            digest = self.fold_digest(fold, index, targets, config, task)
-            path = self.output_dir / f"fold_{fold.index}" / "model.pt"
-            model, best = self._finished_fold(path, digest)
             with SummaryWriter(self.output_dir / "tensorboard" / f"fold_{fold.index}") as writer:
-                if model is None:
-                    seed = self.seed + fold.index
-                    model, best = train_fold(
-                        config, task, datasets["train"], datasets["val"], self.settings, self.device, seed, writer
-                    )
-                    trained = [
-                        index.provenance(s).slide_digest for p in fold.train + fold.val for s in index.patient_slides(p)
-                    ]
-                    provenance = index.feature_provenance
-                    save_fold_model(path, model, config, task, self.feature_source, digest, best, provenance, trained)
-                records = predict(model, task, datasets["test"], self.device)
+                records, best = self._fold_records(fold, datasets, index, targets, config, task, writer)
                 stacked = stack_predictions(records, task)
                 metrics = task.metrics(stacked)
                 for name, value in metrics.items():
@@ -286,17 +296,65 @@ class MILRun:
             logger.info("fold %d: %s", fold.index, ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
             if note:
                 logger.warning("fold %d: %s", fold.index, note)
-        slides = slide_rows(tested, index, task, heatmaps, self.heatmap_mpp, self.per_slide_contrast)
+        no_scores = NO_INSTANCE_SCORES if self.spec is None else self.spec.cls.no_instance_scores
+        slides = slide_rows(tested, index, task, heatmaps, self.heatmap_mpp, self.per_slide_contrast, no_scores)
         table = pd.DataFrame(results)
         write_csv_atomic(self.output_dir / "results.csv", table)
         write_csv_atomic(self.output_dir / "predictions.csv", pd.DataFrame(predictions))
         write_csv_atomic(self.output_dir / "slide_summary.csv", pd.DataFrame(slides, columns=SLIDE_COLUMNS))
         summary = summarise(table)
         write_csv_atomic(self.output_dir / "summary.csv", summary)
-        title = f"MIL '{self.task}' on {self.feature_source}: {len(folds)}-fold cross-validation"
+        title = f"MIL {self.model} '{self.task}' on {self.feature_source}: {len(folds)}-fold cross-validation"
         frames = (pd.DataFrame(predictions), table, summary, pd.DataFrame(slides, columns=SLIDE_COLUMNS))
         write_report(ReportInputs(title, task.classes, *frames), self.output_dir)
         return summary
+
+    def _warn_small_validation(self, folds: Sequence[Fold]) -> None:
+        """One warning when folds validate on fewer than ``min_val_patients`` patients: their models are the last
+        epoch's, not chosen on a validation loss (results.csv ``chosen_by`` says which)."""
+        if self.spec is None:
+            return
+        small = [fold for fold in folds if len(fold.val) < self.settings.min_val_patients]
+        if small:
+            sizes = ", ".join(f"fold {fold.index}: {len(fold.val)}" for fold in small)
+            logger.warning(
+                "%d of %d folds validate on fewer than min_val_patients %d patients (%s): a loss over so few cannot "
+                "choose a model, so these train max_epochs %d and keep the last weights",
+                len(small),
+                len(folds),
+                self.settings.min_val_patients,
+                sizes,
+                self.settings.max_epochs,
+            )
+
+    def _fold_records(
+        self,
+        fold: Fold,
+        datasets: Mapping[str, BagDataset],
+        index: BagIndex,
+        targets: Mapping[str, Any],
+        config: MILModelConfig,
+        task: MILTask,
+        writer: SummaryWriter,
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The test patients' prediction records of one fold and how its model was chosen: the linear probe fitted
+        on the training and validation patients, or the aggregator's fold model (reused when its saved model was
+        trained on these inputs, else trained and saved)."""
+        seed = self.seed + fold.index
+        if self.spec is None:
+            fit_on = BagDataset(index, fold.train + fold.val, targets)
+            return probe_fold(task, fit_on, datasets["test"], seed), {"chosen_by": "fit on train + validation"}
+        digest = self.fold_digest(fold, index, targets, config, task)
+        path = self.output_dir / f"fold_{fold.index}" / "model.pt"
+        model, best = self._finished_fold(path, digest)
+        if model is None:
+            model, best = train_fold(
+                config, task, datasets["train"], datasets["val"], self.settings, self.device, seed, writer
+            )
+            trained = [index.provenance(s).slide_digest for p in fold.train + fold.val for s in index.patient_slides(p)]
+            provenance = index.feature_provenance
+            save_fold_model(path, model, config, task, self.feature_source, digest, best, provenance, trained)
+        return predict(model, task, datasets["test"], self.device), best
 
     def fold_digest(
         self, fold: Fold, index: BagIndex, targets: Mapping[str, Any], config: MILModelConfig, task: MILTask
@@ -411,7 +469,7 @@ class MILPredict:
         if any(t != task or s != source for _, t, s in loaded):
             raise ValueError(f"fold models in {self.models_dir} disagree on task or feature source")
         index = BagIndex(self.features_dir, source, cache_bytes=0)  # each patient is read once
-        _check_models_fit(paths, payloads, index)
+        check_models_fit(paths, payloads, index)
         index.check_same_slides(refuse_across_patients=False)  # no folds here: each copy is predicted
         targets = None
         patients = sorted(set(index.slide_patients.values()))
@@ -431,7 +489,8 @@ class MILPredict:
         predictions = pd.DataFrame(prediction_rows(records, task))
         write_csv_atomic(output / "predictions.csv", predictions)
         heatmaps = output / "heatmaps" if self.heatmaps else None
-        slides = slide_rows(records, index, task, heatmaps, self.heatmap_mpp, self.per_slide_contrast)
+        no_scores = loaded[0][0].no_instance_scores
+        slides = slide_rows(records, index, task, heatmaps, self.heatmap_mpp, self.per_slide_contrast, no_scores)
         slides_frame = pd.DataFrame(slides, columns=SLIDE_COLUMNS)
         write_csv_atomic(output / "slide_summary.csv", slides_frame)
         if targets is None:
@@ -447,7 +506,7 @@ class MILPredict:
         return metrics
 
 
-def _check_models_fit(paths: Sequence[Path], payloads: Sequence[Mapping[str, Any]], index: BagIndex) -> None:
+def check_models_fit(paths: Sequence[Path], payloads: Sequence[Mapping[str, Any]], index: BagIndex) -> None:
     """Refuse stores whose features come from other weights than the fold models were trained on (ValueError naming
     both); fold models saved before pathme recorded the weights are named in a warning, since they cannot be
     checked."""
@@ -492,12 +551,14 @@ def _scored(model: str, records: list[dict[str, Any]], task: MILTask) -> dict[st
 
 
 def _ensemble(per_model: list[list[dict[str, Any]]], task: MILTask) -> list[dict[str, Any]]:
-    """Mean scores and mean attention over fold models, patient by patient."""
+    """Mean scores and attention (where the models have it) over fold models, patient by patient."""
     score = "risk" if task.is_survival else "probs"
     merged = []
     for rows in zip(*per_model, strict=True):
         record = dict(rows[0])
         record[score] = np.mean([r[score] for r in rows], axis=0)
-        record["attention"] = np.mean([r["attention"] for r in rows], axis=0)
+        if record["attention"] is not None:
+            record["attention"] = np.mean([r["attention"] for r in rows], axis=0)
+        record.pop("embedding")  # each fold model embeds in its own space: a mean of them means nothing
         merged.append(record)
     return merged

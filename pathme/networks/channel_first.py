@@ -8,25 +8,48 @@ checkpoint loads into it as it is) and only changes the calling convention.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor, nn
 
 from pathme.encoders import build_expert
-from pathme.networks.abmil import ABMIL
+from pathme.networks.mil import Aggregator, aggregator_spec
 from pathme.networks.pathme_net import PatHME
 from pathme.wsi.grid import L1_SIDE
 
 
-class MILLogits(ABMIL):
-    """One bag per call: features [B, D, N] (every token real) -> logits [B, num_outputs].
+def _logits_channel_first(self: Aggregator, features: Tensor) -> Tensor:
+    """Features [B, D, N] (every instance real) -> logits [B, num_outputs]."""
+    return self.attend(features.transpose(1, 2), None)["logits"]
 
-    Loads a fold model's ``state_dict`` unchanged; scriptable, so ``ckpt_export`` writes TorchScript with a
-    free bag length N.
+
+def mil_logits(
+    model: str,
+    in_dim: int,
+    num_outputs: int,
+    hidden: int | None = None,
+    dropout: float | None = None,
+    options: Mapping[str, object] | None = None,
+) -> Aggregator:
+    """The MIL aggregator registered as ``model`` taking one bag per call: features [B, D, N] -> logits
+    [B, num_outputs].
+
+    The instance is of a subclass of the member's class that only replaces ``forward``, so a fold model's
+    ``state_dict`` loads unchanged. Every member but TransMIL scripts (``ckpt_export`` writes TorchScript with a
+    free bag length N); TransMIL's Nyström attention (einops) does not, and a trace fixes its square grid to the
+    example bag's length, so export it only for that length.
     """
-
-    def forward(self, features: Tensor) -> Tensor:
-        """Features [B, D, N] -> logits [B, num_outputs]."""
-        return self.attend(features.transpose(1, 2), None)["logits"]
+    spec = aggregator_spec(model)
+    channel_first = type(
+        f"{spec.cls.__name__}Logits",
+        (spec.cls,),
+        {"forward": _logits_channel_first, "__module__": __name__},
+    )
+    sizes = {} if dropout is None else {"dropout": dropout}
+    built = spec.build(in_dim, num_outputs, hidden, **sizes, **(options or {}))
+    built.__class__ = channel_first
+    return built
 
 
 class RegionEncoder(PatHME):
