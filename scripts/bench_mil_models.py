@@ -154,9 +154,7 @@ def main() -> None:
         for source in sources:
             found, peak = run_child(args, model, source, widths.get(model))
             rows += [row | {"model": model, "source": source, "peak_rss_mb": peak} for row in found]
-            print(
-                f"{model} on {source}: {sum(r['seconds'] for r in found[:: max(1, len(found) // 4)]):.0f} s", flush=True
-            )
+            print(f"{model} on {source}: done, peak RSS {peak:.0f} MB", flush=True)
     frame = pd.DataFrame(rows)
     report = {
         "settings": vars(args) | {"out": str(args.out), "models": models, "hidden": widths},

@@ -135,7 +135,7 @@ def test_an_unknown_model_is_one_line_naming_the_members(cohort, tmp_path, caplo
     command = ["mil", "--dataset-dir", str(cohort / "stores"), "--labels", str(cohort / "labels.csv")]
     assert main([*command, "--output-dir", str(tmp_path / "out"), "--model", "clam"]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert errors == [f"unknown MIL model 'clam': choose one of {', '.join(AGGREGATORS)}"]
+    assert errors == [f"unknown MIL model 'clam': choose one of {', '.join(AGGREGATORS)}, linear-probe"]
     assert not (tmp_path / "out").exists()
 
 
@@ -160,8 +160,19 @@ def test_slide_and_patient_embeddings_hold_token_means_and_fold_model_embeddings
         assert patients["mean"].shape == (PATIENTS, 8)
         frame = pd.DataFrame(patients["mean"][:], index=patients["ids"].asstr()[:])  # the linear-probe user's read
         assert frame.loc["P3"].to_numpy() == pytest.approx(slides["mean"][row], rel=1e-5)
-    alone = write_embeddings(cohort / "stores", tmp_path / "plain", "exp")
+    command = ["embeddings", "--dataset-dir", str(cohort / "stores"), "--feature-source", "exp"]
+    assert main([*command, "--output-dir", str(tmp_path / "plain")]) == 0
+    alone = tmp_path / "plain" / "embeddings.h5"
     with h5py.File(alone, "r") as file:
         assert set(file["slides"]) == {"ids", "patient_ids", "slide_digests", "tokens", "mean"}
     with pytest.raises(ValueError, match=r"the fold models in .*cv take exp features, not 'exp@5x'"):
         write_embeddings(cohort / "stores", tmp_path / "x", "exp@5x", tmp_path / "cv")
+
+
+def test_pathme_aggregators_lists_every_member_with_its_defaults(capsys) -> None:
+    assert main(["aggregators"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line for line in printed[1 : len(AGGREGATORS) + 1]}
+    assert list(rows) == list(AGGREGATORS)
+    assert "1e-05" in rows["clam-sb"] and "without the instance loss" in rows["clam-sb"]
+    assert rows["transmil"].split()[-4] == "none" and rows["dsmil"].split()[-4] == "yes"

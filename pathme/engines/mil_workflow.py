@@ -48,7 +48,7 @@ from pathme.engines.mil import (
 )
 from pathme.engines.probe import LINEAR_PROBE, NO_INSTANCE_SCORES, probe_fold
 from pathme.losses import assign_bins, survival_bins
-from pathme.networks.mil import aggregator_spec
+from pathme.networks.mil import AGGREGATORS, AggregatorSpec, aggregator_spec
 from pathme.store import config_digest
 from pathme.store.agreement import check_same_features
 from pathme.store.atomic import set_aside, write_csv_atomic
@@ -234,6 +234,7 @@ class MILRun:
     device: torch.device | str | None = None
     cache_bytes: int | None = None  # patient bags kept in memory (BagIndex); None: an eighth of the machine's
     leave_out_missing: bool = False  # leave out labelled patients without a usable store (cohort.csv) or refuse
+    spec: AggregatorSpec | None = field(init=False, repr=False)  # the aggregator's entry; None: the linear probe
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
@@ -242,6 +243,10 @@ class MILRun:
         if self.survival_loss not in SURVIVAL_LOSSES:
             raise ValueError(f"survival_loss must be 'nll' or 'cox', got {self.survival_loss!r}")
         # an unknown name is refused before any work; the linear probe has no spec and no training settings
+        if self.model not in (*AGGREGATORS, LINEAR_PROBE):
+            raise ValueError(
+                f"unknown MIL model {self.model!r}: choose one of {', '.join([*AGGREGATORS, LINEAR_PROBE])}"
+            )
         self.spec = None if self.model == LINEAR_PROBE else aggregator_spec(self.model)
         if self.spec is not None:
             self.settings = self.settings.for_model(self.spec)
@@ -430,7 +435,10 @@ def fold_models(models_dir: str | Path) -> list[Path]:
     """The fold models ``fold_<k>/model.pt`` of a MIL run, in fold order; FileNotFoundError when there are none."""
     found = sorted(Path(models_dir).glob("fold_*/model.pt"), key=lambda p: int(p.parent.name.split("_")[1]))
     if not found:
-        raise FileNotFoundError(f"no fold models (fold_<k>/model.pt) in {models_dir}; run the MIL training first")
+        raise FileNotFoundError(
+            f"no fold models (fold_<k>/model.pt) in {models_dir}; run the MIL training first (a --model linear-probe "
+            "run keeps none)"
+        )
     return found
 
 
