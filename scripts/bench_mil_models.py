@@ -8,7 +8,7 @@ patient-level cross-validation (``--folds`` folds, ``--seed``) with its own defa
 raw 5x features, for both signals of the cohort (``planted``: any 20x tile of a dark block shows it; ``context``:
 only the arrangement of tiles does) and both tasks (``label``: AUROC; ``survival``, discrete-time NLL: c-index).
 
-Each model x source runs in a child process, so its peak RSS (``os.wait4``) is its own; s/epoch is the child's MIL
+Each model x source runs in a child process, so its peak RSS (``VmHWM``) is its own; s/epoch is the child's MIL
 seconds over the epochs its folds trained (loading bags and evaluating included). ``--max-epochs`` caps every
 fold (pathme's default is 30; on a 2-core CPU 10 keeps the table under an hour), and ``--hidden NAME=WIDTH``
 narrows a member (TransMIL's 512 takes 1.4 s a step on 551 instances there). Prints markdown tables and writes
@@ -81,16 +81,24 @@ def child(out: Path, model: str, source: str, folds: int, seed: int, max_epochs:
     return rows
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set since its exec, in MB (``VmHWM``; ``ru_maxrss`` would count the parent's
+    pages the child held between fork and exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def run_child(args: argparse.Namespace, model: str, source: str, hidden: int | None) -> tuple[list, float]:
     """The child's rows and its peak RSS in MB."""
     command = [sys.executable, __file__, "--out", str(args.out), "--folds", str(args.folds), "--seed", str(args.seed)]
     command += ["--max-epochs", str(args.max_epochs), "--child", model, source, str(hidden or 0)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    if status:
-        raise RuntimeError(f"{model} on {source} failed (status {status}); see {args.out}/mil/pathme.log")
-    return json.loads(output.splitlines()[-1]), usage.ru_maxrss / 1024
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{model} on {source} failed (status {done.returncode}); see {args.out}/mil/pathme.log")
+    found = json.loads(done.stdout.splitlines()[-1])
+    return found["rows"], found["peak_rss_mb"]
 
 
 def tables(frame: pd.DataFrame, sources: dict[str, str]) -> str:
@@ -141,7 +149,7 @@ def main() -> None:
     if args.child:
         model, source, hidden = args.child
         rows = child(args.out, model, source, args.folds, args.seed, args.max_epochs, int(hidden) or None)
-        print(json.dumps(rows, default=float))
+        print(json.dumps({"rows": rows, "peak_rss_mb": peak_rss_mb()}, default=float))
         return
     from pathme.networks import AGGREGATORS
 

@@ -206,7 +206,11 @@ def run_demo(out: Path, settings: DemoSettings) -> pd.DataFrame:
     extract_features(out, cohort, distill, settings)
     distill_teacher(out, settings)
     embed_tokens(out)
-    _stage(6, "cross-validated attention MIL of both signals (planted, context), PatHME tokens vs raw features")
+    _stage(
+        6,
+        "cross-validated attention MIL of both signals (planted, context), PatHME tokens vs raw features (folds "
+        "validating on fewer than 10 patients keep their last epoch)",
+    )
     results = mil_runs(out, settings)
     write_csv_atomic(out / "mil" / "metrics.csv", results)
     app_models = assemble_app_models(out, settings)

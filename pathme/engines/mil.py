@@ -262,9 +262,7 @@ def train_fold(
     ``settings``' None learning rate and weight decay are the aggregator's. With fewer than ``min_val_patients``
     validation patients nothing is chosen on the validation loss (over 2-3 patients it is noise: a fold's model
     would be picked at epoch 1 by chance): the fold trains ``max_epochs`` and keeps the last weights."""
-    spec = model_config.spec
-    if task.kind not in spec.tasks:
-        aggregator_spec(spec.name, task.kind)  # raises, naming the members that can
+    spec = aggregator_spec(model_config.model, task.kind)  # ValueError naming the members that can learn the task
     settings = settings.for_model(spec)
     choose = len(val) >= settings.min_val_patients
     if task.is_survival and task.survival_loss == "cox":

@@ -282,7 +282,7 @@ class MILRun:
         sizes = {"hidden": self.hidden, "dropout": self.dropout, "options": dict(self.model_options)}
         config = MILModelConfig(in_dim, task.num_outputs, self.model, **sizes)
         heatmaps = self.output_dir / "heatmaps" if self.heatmaps else None
-        self._warn_small_validation(folds)
+        self._state_small_validation(folds)
         results, predictions, tested = [], [], []
         desc = f"MIL {self.model} {self.task} ({self.feature_source})"
         bar = tqdm(folds, desc=desc, unit="fold", disable=not sys.stderr.isatty())
@@ -314,15 +314,16 @@ class MILRun:
         write_report(ReportInputs(title, task.classes, *frames), self.output_dir)
         return summary
 
-    def _warn_small_validation(self, folds: Sequence[Fold]) -> None:
-        """One warning when folds validate on fewer than ``min_val_patients`` patients: their models are the last
-        epoch's, not chosen on a validation loss (results.csv ``chosen_by`` says which)."""
+    def _state_small_validation(self, folds: Sequence[Fold]) -> None:
+        """One console line when folds validate on fewer than ``min_val_patients`` patients: their models are the
+        last epoch's, not chosen on a validation loss (results.csv ``chosen_by`` says which)."""
         if self.spec is None:
             return
         small = [fold for fold in folds if len(fold.val) < self.settings.min_val_patients]
         if small:
             sizes = ", ".join(f"fold {fold.index}: {len(fold.val)}" for fold in small)
-            logger.warning(
+            announce(
+                logger,
                 "%d of %d folds validate on fewer than min_val_patients %d patients (%s): a loss over so few cannot "
                 "choose a model, so these train max_epochs %d and keep the last weights",
                 len(small),
@@ -474,8 +475,8 @@ class MILPredict:
         payloads = [read_fold_model(path, device) for path in paths]
         loaded = [fold_model_from(payload, device) for payload in payloads]
         task, source = loaded[0][1], loaded[0][2]
-        if any(t != task or s != source for _, t, s in loaded):
-            raise ValueError(f"fold models in {self.models_dir} disagree on task or feature source")
+        if any(t != task or s != source or type(m) is not type(loaded[0][0]) for m, t, s in loaded):
+            raise ValueError(f"fold models in {self.models_dir} disagree on task, feature source or aggregator")
         index = BagIndex(self.features_dir, source, cache_bytes=0)  # each patient is read once
         check_models_fit(paths, payloads, index)
         index.check_same_slides(refuse_across_patients=False)  # no folds here: each copy is predicted
