@@ -289,7 +289,7 @@ def test_evaluation_keeps_copies_not_views_of_each_step(
     arrays = [
         value for record in evaluator.state.predictions for value in record.values() if isinstance(value, np.ndarray)
     ]
-    assert len(arrays) == 2 * 6 and all(array.flags.owndata for array in arrays)
+    assert len(arrays) == 2 * 7 and all(array.flags.owndata for array in arrays)  # the embedding too
     assert [len(record["attention"]) for record in evaluator.state.predictions] == [
         len(dataset[i]["features"]) for i in (0, 1)
     ]
