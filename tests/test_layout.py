@@ -50,3 +50,71 @@ def test_demo_generators_live_apart_from_the_training_datasets() -> None:
     demo = {path.name for path in (PACKAGE / "demo").glob("*.py")}
     assert {"cohort_generator.py", "sample_data.py", "synthetic_slides.py", "synthetic_stores.py"} <= demo
     assert not any("synthetic" in name or "sample" in name or "cohort" in name for name in data)
+
+
+#: pathme's units from the bottom up (docs/architecture.md draws them): a module imports from its own unit and the
+#: units before it, never from one after it; ``pathme`` itself (its version) is below them all
+LAYERS = (
+    "tables",
+    "gpu_libraries",
+    "device",
+    "wsi",
+    "store",
+    "wheels",
+    "console",
+    "shards",
+    "metrics",
+    "losses",
+    "networks",
+    "encoders",
+    "data",
+    "viz",
+    "extract",
+    "engines",
+    "bundles",
+    "deploy",
+    "demo",
+    "cli",
+)
+
+
+def _unit(module: str) -> str:
+    """``pathme.engines.mil`` -> ``engines``; ``pathme`` -> "" (the package itself)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def upward_imports(package: Path) -> list[str]:
+    """Every import (at any depth of a module) of a unit above the importing module's unit in ``LAYERS``, as
+    ``file: imports module (unit above unit)``; a unit missing from LAYERS is reported too, so a new package must
+    be placed."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package.parent).with_suffix("")
+        source = _unit(".".join(part for part in relative.parts if part != "__init__"))
+        if source and source not in LAYERS:
+            found.append(f"{path.relative_to(package.parent)}: unit {source!r} is not in LAYERS")
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            for name in names:
+                target = _unit(name) if name.startswith(f"{package.name}.") else ""
+                if source and target and (target not in LAYERS or LAYERS.index(target) > LAYERS.index(source)):
+                    found.append(f"{path.relative_to(package.parent)}: imports {name} ({target} is above {source})")
+    return found
+
+
+def test_no_module_imports_from_a_unit_above_its_own() -> None:
+    assert upward_imports(PACKAGE) == []
+
+
+def test_the_layer_check_finds_a_planted_upward_import(tmp_path: Path) -> None:
+    planted = tmp_path / "pathme" / "wsi"
+    planted.mkdir(parents=True)
+    (planted / "reader.py").write_text("def read():\n    from pathme.engines.mil import MILTask\n")
+    (tmp_path / "pathme" / "newunit.py").write_text("import pathme.wsi\n")
+    assert upward_imports(tmp_path / "pathme") == [
+        "pathme/newunit.py: unit 'newunit' is not in LAYERS",
+        "pathme/wsi/reader.py: imports pathme.engines.mil (engines is above wsi)",
+    ]

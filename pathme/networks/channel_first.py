@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from pathme.encoders import build_expert
 from pathme.networks.mil import Aggregator, aggregator_spec
 from pathme.networks.pathme_net import PatHME
 from pathme.wsi.grid import L1_SIDE
@@ -69,20 +68,3 @@ class RegionEncoder(PatHME):
         tiles = torch.where(valid[..., None], tiles, 0.0)
         l1, l0 = tiles[:, : L1_SIDE**2], tiles[:, L1_SIDE**2 :]
         return self.region_tokens(l0, valid[:, L1_SIDE**2 :], l1, valid[:, : L1_SIDE**2]).transpose(1, 2)
-
-
-class TileEncoder(nn.Module):
-    """RGB tiles [B, 3, H, W] with values 0-255 (any float or integer type) -> expert features [B, dim].
-
-    The extractor feeds the expert uint8 channels-last tiles; this view rounds to uint8 and permutes, so the
-    expert's own resize and normalisation run exactly as in extraction.
-    """
-
-    def __init__(self, expert: str, weights: str | None = None, seed: int = 0) -> None:
-        super().__init__()
-        self.expert = build_expert(expert, weights, seed=seed)
-
-    def forward(self, images: Tensor) -> Tensor:
-        """RGB tiles [B, 3, H, W], values 0-255 -> expert features [B, dim]."""
-        tiles = (images.round() if images.is_floating_point() else images).clamp(0, 255).to(torch.uint8)
-        return self.expert(tiles.permute(0, 2, 3, 1).contiguous())
