@@ -30,12 +30,12 @@ import pandas as pd
 
 from pathme.store.atomic import write_csv_atomic
 from pathme.tables import read_text_csv
+from pathme.wsi.backends import SLIDE_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
 #: project-TSS-participant, then sample type + vial, portion + analyte, and the slide field (DX1, TS1, BS1, ...)
 BARCODE = re.compile(r"^(?P<patient>TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})-\d{2}[A-Z]-\d{2}-(?P<slide>[A-Z]{2}[A-Z0-9]*)$")
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff")
 GDC_MISSING = frozenset({"", "'--", "--", "na", "nan", "not reported", "unknown", "[not available]"})
 VITAL_STATUS, DAYS_TO_DEATH = "vital_status", "days_to_death"
 #: follow-up days: per diagnosis (both layouts), and per follow-up (2025 layout, optional); the largest is the last

@@ -25,11 +25,11 @@ from pathme.engines.mil_workflow import fold_models
 from pathme.store import file_digest, read_store_attrs
 from pathme.store.atomic import copy_atomic, write_atomic
 from pathme.tables import read_text_csv
+from pathme.wsi.backends import SLIDE_SUFFIXES
 from pathme.wsi.manifest import SAFE_ID
 from pathme.wsi.mpp import MPP_TOLERANCE
 
 APP_CONFIG = "pathme_app.json"
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".svslide")
 BUNDLES = ("pathme_feature_extraction", "pathme_distillation", "pathme_mil")
 
 

@@ -7,6 +7,9 @@ decode it (e.g. RGBA or single-channel deflate tiles); the reader that did the d
 AUTO = "auto"
 READERS = ("cucim", "openslide")  # in the order ``auto`` tries them
 BACKENDS = (AUTO, *READERS)
+#: file suffixes of the slide formats those readers open (Aperio .svs, TIFF, Hamamatsu .ndpi and .vms, MIRAX .mrxs,
+#: Leica .scn, Ventana .bif, Sakura .svslide): what a folder of slides (Deploy input, GDC download) is searched for
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".svslide")
 
 
 def readers_for(backend: str) -> tuple[str, ...]:
