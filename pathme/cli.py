@@ -22,10 +22,11 @@ import pandas as pd
 from pathme import __version__
 from pathme.bundles import bundle_dir
 from pathme.console import LOG_FILE, console_logging
+from pathme.data.labels import SURVIVAL_LOSSES
 from pathme.gpu_libraries import import_image_codecs_quietly
 from pathme.shards.run import Interrupted
 from pathme.store.schema import FEATURE_DTYPES
-from pathme.wsi.backends import AUTO, BACKENDS
+from pathme.wsi.readers import AUTO, BACKENDS
 from pathme.wsi.slide_error import error_reason
 
 logger = logging.getLogger("pathme")
@@ -335,7 +336,7 @@ MIL_TRAIN = BundleFlags(
         "device": DEVICE_HELP,
     },
     required=("dataset_dir", "output_dir"),
-    choices={"survival_loss": ("nll", "cox")},
+    choices={"survival_loss": SURVIVAL_LOSSES},
 )
 MIL_PREDICT = BundleFlags(  # evaluate and predict: inference.json, with or without labels
     "pathme_mil",

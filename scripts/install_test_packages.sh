@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian/Ubuntu packages the tests drive as a user would: a single-node SLURM (slurmctld, slurmd,
 # slurm-client, munge) for the tests that run a real cluster (tests/slurm_cluster.py; pytest -m slurm), and a
-# headless Chromium (chromium-headless-shell) that opens the MIL report.html (tests/test_report.py). Idempotent: it
+# headless Chromium (chromium-headless-shell) that opens the MIL report.html (tests/test_report.py), and libjpeg-turbo's
+# TurboJPEG library (libturbojpeg0), which wsidicomizer needs to make DICOM WSI series (tests/test_dicom_wsi.py). Idempotent: it
 # does nothing when every program is already installed, and nothing (exit 0, with a message) when it is not run as
 # root or the machine has no apt-get; the tests that need a missing program skip with the reason. It only installs:
 # the tests write their own slurm.conf and munge key into a temporary folder and start and stop the daemons
@@ -10,7 +11,7 @@
 #   sudo scripts/install_test_packages.sh
 set -euo pipefail
 
-PACKAGES=(slurmctld slurmd slurm-client munge chromium-headless-shell)
+PACKAGES=(slurmctld slurmd slurm-client munge chromium-headless-shell libturbojpeg0)
 BINARIES=(slurmctld slurmd slurmstepd sbatch srun squeue scontrol scancel sinfo munged munge chromium-headless-shell)
 
 # the daemons live in /usr/sbin, which a non-root PATH may lack
@@ -19,9 +20,12 @@ missing=()
 for binary in "${BINARIES[@]}"; do
     command -v "$binary" >/dev/null 2>&1 || missing+=("$binary")
 done
+# (a file test, not `ldconfig -p | grep -q`, which fails under pipefail when grep stops early)
+compgen -G "/usr/lib/*/libturbojpeg.so.0" >/dev/null || missing+=(libturbojpeg.so.0)
 if ((${#missing[@]} == 0)); then
     # (`slurmd -V`, not `sinfo --version`: the clients refuse to print their version without a slurm.conf)
-    echo "install_test_packages: SLURM, munge and Chromium are installed ($(slurmd -V 2>&1 || true)); nothing to do"
+    echo "install_test_packages: SLURM, munge, Chromium and TurboJPEG are installed ($(slurmd -V 2>&1 || true));" \
+        "nothing to do"
     exit 0
 fi
 if ((EUID != 0)); then

@@ -93,6 +93,8 @@ def demo_features(demo_cohort: Path) -> Path:
 def demo_teacher(cmu_slide: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The ``teacher.pt`` of a tiny teacher distilled on *other* slides than the demo cohort (a second cohort,
     seed 1), so no patient evaluated by MIL was seen in distillation."""
+    from bundle_config import tiny_distillation
+
     from pathme.demo.cohort_generator import make_demo_cohort
     from pathme.engines.distill_workflow import DistillationRun
     from pathme.extract import CohortExtractor
@@ -100,7 +102,8 @@ def demo_teacher(cmu_slide: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     root = tmp_path_factory.mktemp("pretraining")
     manifest = make_demo_cohort(root / "cohort", cmu_slide, n_slides=8, seed=1)
     CohortExtractor(manifest, root / "features", DEMO_EXPERTS, batch_size=64).run()
-    DistillationRun(root / "features", root / "distill", max_iterations=60, batch_size=8).run()
+    settings = tiny_distillation(dataset_dir=root / "features", output_dir=root / "distill", max_iterations=60)
+    DistillationRun(**settings).run()
     return root / "distill" / "teacher.pt"
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import DEMO_EXPERTS
+from dicom_series import to_dicom
 from PIL import Image
 
 from pathme.demo.synthetic_slides import write_pyramid
@@ -78,14 +79,17 @@ def single_slide_patients(demo_cohort: Path) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def steps_output(demo_cohort: Path, app_models: Path, cmu_slide: Path, tmp_path_factory) -> tuple[Path, pd.Series]:
     """The operators' steps outside the SDK on one folder: the slide of a positive single-slide patient, named
-    ``NA`` (a name pandas reads as missing), and three slides without a prediction: a file that is no slide, a
-    slide whose file name is no safe id, and a slide without tissue."""
+    ``NA`` (a name pandas reads as missing), the CMU slide as an SVS and as a DICOM WSI series, and three slides
+    without a prediction: a file that is no slide, a slide whose file name is no safe id, and a slide without
+    tissue."""
     chosen = single_slide_patients(demo_cohort).query("label == '1'").iloc[0]
     root = tmp_path_factory.mktemp("steps")
     inputs = root / "in"
     inputs.mkdir()
     shutil.copy(demo_cohort / chosen["path"], inputs / f"NA{Path(chosen['path']).suffix}")
     shutil.copy(cmu_slide, inputs / "a b.svs")
+    shutil.copy(cmu_slide, inputs / "cmu.svs")
+    to_dicom(cmu_slide, inputs / "cmu_dicom")
     (inputs / "broken.svs").write_bytes(b"not a slide at all" * 100)
     write_pyramid(inputs / "blank.tiff", np.full((1024, 1024, 3), 245, np.uint8), mpp=0.5)
     run_steps(inputs, app_models, root / "out")
@@ -112,6 +116,21 @@ def test_the_steps_predict_what_the_bundles_predict(steps_output, demo_tokens, d
             assert (output / "NA" / got["heatmap_geojson"]).is_file()
         else:  # mean pooling has no instance scores: the report says so instead of drawing nothing silently
             assert "heatmap_png" not in got and got["no_heatmap"].startswith("no instance scores; mean pooling")
+
+
+def test_a_dicom_series_gets_the_report_of_the_svs_it_was_made_from(steps_output) -> None:
+    output, _ = steps_output
+    svs, dicom = (json.loads((output / name / "report.json").read_text()) for name in ("cmu", "cmu_dicom"))
+    assert svs["status"] == dicom["status"] == "done" and dicom["slide"].endswith("cmu_dicom")
+    for name, got in dicom["predictions"].items():
+        want = svs["predictions"][name]
+        assert got.get("risk") == want.get("risk") and got.get("probabilities") == want.get("probabilities")
+        if "heatmap_png" in want:  # the same cells with the same attention (names carry the slide id)
+            cells = [
+                [(f["geometry"], f["properties"]["measurements"]) for f in json.loads(path.read_text())["features"]]
+                for path in (output / "cmu_dicom" / got["heatmap_geojson"], output / "cmu" / want["heatmap_geojson"])
+            ]
+            assert cells[0] == cells[1] and cells[0]
 
 
 @pytest.mark.parametrize(
@@ -221,3 +240,13 @@ def test_an_input_without_slides_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("no slide here")
     with pytest.raises(FileNotFoundError, match="no slide in"):
         find_slides(tmp_path)
+
+
+def test_a_dicom_series_is_one_slide_however_it_is_named(tmp_path: Path) -> None:
+    series = tmp_path / "S1"
+    series.mkdir()
+    (series / "level0.dcm").write_bytes(b"instance")
+    (tmp_path / "a.svs").write_bytes(b"slide")
+    (tmp_path / "empty").mkdir()
+    assert find_slides(tmp_path) == (tmp_path / "S1", tmp_path / "a.svs")
+    assert find_slides(series / "level0.dcm") == find_slides(series) == (series,)

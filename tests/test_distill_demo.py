@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from bundle_config import tiny_distillation
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pathme.engines.distill_workflow import DistillationRun
@@ -16,7 +17,8 @@ WINDOW = 20  # iterations averaged at each end: single steps are noisy (random v
 
 
 def test_tiny_run_on_the_demo_cohort_lowers_the_total_loss_without_collapse(demo_features: Path, tmp_path: Path):
-    DistillationRun(demo_features, tmp_path, max_iterations=ITERATIONS, batch_size=8, log_every=20).run()
+    settings = tiny_distillation(dataset_dir=demo_features, output_dir=tmp_path, max_iterations=ITERATIONS)
+    DistillationRun(**settings | {"log_every": 20}).run()
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     curves = {tag: np.array([e.value for e in events.Scalars(tag)]) for tag in events.Tags()["scalars"]}

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bundle_config import tiny_distillation
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pathme.data.views import ViewConfig
@@ -31,20 +32,24 @@ def stores(tmp_path_factory) -> Path:
 
 
 def _run(stores: Path, output: Path, **overrides) -> DistillationRun:
-    settings = {
-        "expert_a": "a",
-        "expert_b": "b",
-        "max_iterations": 6,
-        "batch_size": 4,
-        "holdout_fraction": 0.2,
-        "validate_every": 3,
-        "checkpoint_every": 3,
-        "log_every": 1,
-        "warmup_iterations": 2,
-        "teacher_temp_warmup": 2,
-        "views": ViewConfig(num_local=4),
-    } | overrides
-    return DistillationRun(stores, output, **settings)
+    settings = (
+        tiny_distillation(dataset_dir=stores, output_dir=output)
+        | {
+            "expert_a": "a",
+            "expert_b": "b",
+            "max_iterations": 6,
+            "batch_size": 4,
+            "holdout_fraction": 0.2,
+            "validate_every": 3,
+            "checkpoint_every": 3,
+            "log_every": 1,
+            "warmup_iterations": 2,
+            "teacher_temp_warmup": 2,
+            "views": ViewConfig(num_local=4),
+        }
+        | overrides
+    )
+    return DistillationRun(**settings)
 
 
 def _scalars(folder: Path) -> dict[str, dict[int, float]]:

@@ -30,7 +30,7 @@ import pandas as pd
 
 from pathme.store.atomic import write_csv_atomic
 from pathme.tables import read_text_csv
-from pathme.wsi.backends import SLIDE_SUFFIXES
+from pathme.wsi.readers import SLIDE_SUFFIXES
 
 logger = logging.getLogger(__name__)
 

@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 SURVIVAL = "survival"
 SURVIVAL_COLUMNS = ("time", "event")
+#: the objectives a survival label trains with (pathme.losses.survival_likelihood): the discrete-time negative
+#: log-likelihood over time bins, and Cox's partial likelihood
+SURVIVAL_LOSSES = ("nll", "cox")
 ID_COLUMNS = ("patient_id", "slide_id")
 SPLITS = ("train", "val", "test")
 FOLD_COLUMN = "fold"

@@ -25,9 +25,10 @@ from pathme.engines.mil_workflow import fold_models
 from pathme.store import file_digest, read_store_attrs
 from pathme.store.atomic import copy_atomic, write_atomic
 from pathme.tables import read_text_csv
-from pathme.wsi.backends import SLIDE_SUFFIXES
 from pathme.wsi.manifest import SAFE_ID
 from pathme.wsi.mpp import MPP_TOLERANCE
+from pathme.wsi.readers import SLIDE_SUFFIXES, is_slide, slide_path
+from pathme.wsi.readers.dicom import is_dicom_series
 
 APP_CONFIG = "pathme_app.json"
 BUNDLES = ("pathme_feature_extraction", "pathme_distillation", "pathme_mil")
@@ -126,18 +127,22 @@ class Case:
 
 
 def slide_id(path: Path) -> str:
-    """A slide's id: its file name without the extension (``TCGA-XX.svs`` -> ``TCGA-XX``)."""
+    """A slide's id: its file name without the extension (``TCGA-XX.svs`` -> ``TCGA-XX``), or a DICOM WSI series'
+    folder name."""
     return path.stem
 
 
 def find_slides(input_path: str | Path) -> tuple[Path, ...]:
-    """One slide file, or every slide file of a folder (by suffix), sorted; none is an error."""
-    path = Path(input_path)
-    if path.is_file():
+    """One slide (a file, a DICOM WSI series folder, or one of its ``.dcm`` instances), or every slide of a folder
+    (files by suffix, series folders), sorted; none is an error."""
+    path = slide_path(input_path)
+    if path.is_file() or is_dicom_series(path):
         return (path.resolve(),)
-    found = sorted(p.resolve() for p in path.iterdir() if p.suffix.lower() in SLIDE_SUFFIXES) if path.is_dir() else []
+    found = sorted(p.resolve() for p in path.iterdir() if is_slide(p)) if path.is_dir() else []
     if not found:
-        raise FileNotFoundError(f"no slide in {path} (looked for {', '.join(SLIDE_SUFFIXES)})")
+        raise FileNotFoundError(
+            f"no slide in {path} (looked for {', '.join(SLIDE_SUFFIXES)} files and folders of DICOM instances)"
+        )
     ids = [slide_id(p) for p in found]
     if len(set(ids)) < len(ids):
         raise ValueError(f"{path}: slides share a file name stem, so their reports would collide: {ids}")

@@ -34,8 +34,6 @@ from pathme.store.atomic import save_torch
 
 logger = logging.getLogger(__name__)
 
-SURVIVAL_LOSSES = ("nll", "cox")
-
 
 @dataclass(frozen=True)
 class MILModelConfig:

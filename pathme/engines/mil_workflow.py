@@ -32,10 +32,18 @@ from tqdm import tqdm
 
 from pathme.console import announce
 from pathme.data.bags import BagDataset, BagIndex
-from pathme.data.labels import Fold, Labels, cohort_line, cohort_table, load_labels, make_folds, write_folds
+from pathme.data.labels import (
+    SURVIVAL_LOSSES,
+    Fold,
+    Labels,
+    cohort_line,
+    cohort_table,
+    load_labels,
+    make_folds,
+    write_folds,
+)
 from pathme.device import pick_device
 from pathme.engines.mil import (
-    SURVIVAL_LOSSES,
     MILModelConfig,
     MILTask,
     TrainSettings,

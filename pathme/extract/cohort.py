@@ -34,10 +34,10 @@ from pathme.store.digests import slide_fingerprint
 from pathme.store.interop import interop_attrs
 from pathme.store.provenance import read_provenance, slide_attrs
 from pathme.store.schema import COORDS, FEATURE_DTYPES, FEATURES, VALID
-from pathme.wsi.backends import AUTO
 from pathme.wsi.grid import L0_MPP, L0_SIDE, L1_MPP, L2_MPP, REGION_PX, TILE_PX, tile_origins
 from pathme.wsi.manifest import ManifestRow, read_manifest
 from pathme.wsi.mpp import MPP_TOLERANCE
+from pathme.wsi.readers import AUTO
 from pathme.wsi.reading import refuse_too_coarse
 from pathme.wsi.regions import plan_regions
 from pathme.wsi.slide_error import SlideError, failure_text
@@ -175,7 +175,7 @@ class CohortExtractor:
         return record
 
     def _expected(self, entry: ManifestRow, experts: Mapping[str, Expert]) -> dict:
-        if not entry.path.is_file():
+        if not entry.path.exists():
             raise SlideError(f"slide {entry.slide_id}: file not found: {entry.path}")
         return {
             "slide_digest": slide_fingerprint(entry.path),  # its ends only: cheap over the network

@@ -29,15 +29,28 @@ def config_digest(config: Mapping[str, object]) -> str:
     return "sha256:" + hashlib.sha256(canonical_json(config).encode()).hexdigest()
 
 
-def slide_fingerprint(path: str | os.PathLike[str]) -> str:
-    """``size-ends-sha256:<bytes>:<hex>``: the file size plus sha256 of its first and last 4 MiB, as stores record
-    their slide's (``slide_digest``): catches a replaced, re-scanned or truncated slide without hashing GBs.
-    OSError when the file cannot be read."""
-    path = Path(path)
+def _ends_digest(path: Path, digest: hashlib._Hash) -> int:
+    """Feed a file's size and its first and last :data:`FINGERPRINT_BYTES` into ``digest``; return the size."""
     size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
+    digest.update(str(size).encode())
     with path.open("rb") as handle:
         digest.update(handle.read(FINGERPRINT_BYTES))
         handle.seek(max(0, size - FINGERPRINT_BYTES))
         digest.update(handle.read(FINGERPRINT_BYTES))
-    return f"size-ends-sha256:{size}:{digest.hexdigest()}"
+    return size
+
+
+def slide_fingerprint(path: str | os.PathLike[str]) -> str:
+    """``size-ends-sha256:<bytes>:<hex>``: the file size plus sha256 of its first and last 4 MiB, as stores record
+    their slide's (``slide_digest``): catches a replaced, re-scanned or truncated slide without hashing GBs. A slide
+    that is a folder (a DICOM WSI series) is fingerprinted over its files in name order, each by name, size and
+    ends; ``<bytes>`` is then their total. OSError when a file cannot be read."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    if not path.is_dir():
+        return f"size-ends-sha256:{_ends_digest(path, digest)}:{digest.hexdigest()}"
+    total = 0
+    for member in sorted(p for p in path.iterdir() if p.is_file()):
+        digest.update(member.name.encode())
+        total += _ends_digest(member, digest)
+    return f"size-ends-sha256:{total}:{digest.hexdigest()}"

@@ -20,10 +20,10 @@ from matplotlib.patches import Patch
 from pathme.shards import ShardRun, WorkItem, resolve_shard
 from pathme.viz.figure import SlideFigure
 from pathme.viz.nifti import write_map_nifti
-from pathme.wsi.backends import AUTO
 from pathme.wsi.grid import L0_MPP, L0_SIDE, L1_SIDE, REGION_PX
 from pathme.wsi.manifest import ManifestRow, read_manifest
 from pathme.wsi.mpp import MPP_TOLERANCE
+from pathme.wsi.readers import AUTO
 from pathme.wsi.regions import SlidePlan, plan_regions
 from pathme.wsi.slide import Slide
 from pathme.wsi.slide_error import failure_text

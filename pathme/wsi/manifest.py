@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pathme.tables import read_text_csv
+from pathme.wsi.readers import slide_path
 
 REQUIRED = ("slide_id", "path")
 SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -24,7 +25,8 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class ManifestRow:
-    """One slide of a manifest: its id, file, patient and µm/px override (None: read from the file)."""
+    """One slide of a manifest: its id, file (or DICOM WSI folder; a ``.dcm`` instance is read as its folder),
+    patient and µm/px override (None: read from the file)."""
 
     slide_id: str
     path: Path
@@ -70,11 +72,11 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
         seen[slide_id] = line
         if not str(record["path"]).strip():
             raise ManifestError(f"{where}: column 'path' is empty")
-        slide_path = Path(str(record["path"]).strip()).expanduser()
-        if not slide_path.is_absolute():
-            slide_path = path.parent.absolute() / slide_path
+        slide = Path(str(record["path"]).strip()).expanduser()
+        if not slide.is_absolute():
+            slide = path.parent.absolute() / slide
         patient_id = str(record.get("patient_id", "")).strip() or slide_id
-        rows.append(ManifestRow(slide_id, slide_path, patient_id, _mpp(record.get("mpp"), where)))
+        rows.append(ManifestRow(slide_id, slide_path(slide), patient_id, _mpp(record.get("mpp"), where)))
     if not rows:
         raise ManifestError(f"manifest {path}: no slides listed")
     return rows

@@ -1,8 +1,8 @@
 """The µm/px policy: where a slide's level-0 resolution comes from, and when to refuse a slide.
 
 Physical scale defines PatHME's magnifications, so it is never guessed: it comes from the manifest's ``mpp``
-column, the Aperio ``MPP`` field, the TIFF resolution tags or OpenSlide's ``openslide.mpp-x/y``, in that
-order, and a slide with none of them is refused.
+column, the Aperio ``MPP`` field, the TIFF resolution tags, a DICOM WSI's pixel spacing (``dicom.PixelSpacing``,
+mm per pixel) or OpenSlide's ``openslide.mpp-x/y``, in that order, and a slide with none of them is refused.
 
 A value is only used when it is plausible for a microscope scan (:data:`PLAUSIBLE_MPP`): image software writes
 72 or 96 dots per inch into files that were never calibrated (352.8 or 264.6 µm/px), and such a value, taken
@@ -73,6 +73,14 @@ def _from_resolution_tags(properties: Mapping[str, str]) -> float | None:
     return (_MICRONS_PER_UNIT[unit] / per_unit_x + _MICRONS_PER_UNIT[unit] / per_unit_y) / 2
 
 
+def _from_dicom_pixel_spacing(properties: Mapping[str, str]) -> float | None:
+    """µm/px from a DICOM Pixel Spacing ``row\\column`` in mm (PS3.3 C.7.6.16.2.1)."""
+    spacing = [_positive(value) for value in str(properties.get("dicom.PixelSpacing", "")).split("\\")]
+    if len(spacing) != 2 or None in spacing:
+        return None
+    return 1000 * (spacing[0] + spacing[1]) / 2
+
+
 def _from_openslide(properties: Mapping[str, str]) -> float | None:
     x, y = _positive(properties.get("openslide.mpp-x")), _positive(properties.get("openslide.mpp-y"))
     return (x + y) / 2 if x is not None and y is not None else None
@@ -104,6 +112,7 @@ def level0_mpp(
     candidates = (
         ("aperio MPP", _positive(properties.get("aperio.MPP"))),
         ("tiff resolution tags", _from_resolution_tags(properties)),
+        ("dicom pixel spacing", _from_dicom_pixel_spacing(properties)),
         ("openslide mpp-x/y", _from_openslide(properties)),
     )
     implausible = []
@@ -119,7 +128,8 @@ def level0_mpp(
             f"of a microscope scan, a software default such as 72 dpi rather than the scanner's); {FIX}"
         )
     raise MissingMppError(
-        f"slide {slide}: no µm/px in its metadata (no Aperio MPP, TIFF resolution tags or openslide mpp-x/y); {FIX}"
+        f"slide {slide}: no µm/px in its metadata (no Aperio MPP, TIFF resolution tags, DICOM pixel spacing or "
+        f"openslide mpp-x/y); {FIX}"
     )
 
 

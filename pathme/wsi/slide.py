@@ -1,60 +1,32 @@
-"""Opening a whole-slide image through MONAI's ``WSIReader``: cuCIM, OpenSlide, or ``auto`` (cuCIM, then OpenSlide).
+"""Opening a whole-slide image with one of the readers of :mod:`pathme.wsi.readers` (cuCIM, OpenSlide, wsidicom), or
+``auto``: the first reader of the slide's format that decodes it.
 
-What the file holds is checked before a reader decodes it (:mod:`pathme.wsi.tiff_layout`): one main image, 8-bit
-samples, and, before every read, whole compressed tiles; only the reader's levels that reduce level 0 are used.
+A slide is a file (SVS, TIFF, NDPI, ...) or a folder (a DICOM WSI series; a ``.dcm`` instance stands for its
+folder). What a TIFF holds is checked before a reader decodes it (:mod:`pathme.wsi.tiff_layout`): one main image,
+8-bit samples, and, before every read, whole compressed tiles; only the reader's levels that reduce level 0 are used.
 
-With ``auto`` a slide that cuCIM cannot open or decode is read with OpenSlide instead; that is never silent: the
+With ``auto`` a slide that the first reader cannot open or decode is read with the next; that is never silent: the
 reader that did the decoding is :attr:`Slide.backend` (what a store records) and :attr:`Slide.reader_note` says
-why cuCIM was passed over. A slide that no reader can decode is an error naming each reader tried and its reason;
-"damaged" is said only when the file is (a TIFF whose tiles point past its end, or whose header does not parse).
+why a reader was passed over. A slide that no reader can decode is an error naming each reader tried and its
+reason; "damaged" is said only when the file is (a TIFF whose tiles point past its end, or whose header does not
+parse).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from monai.data import WSIReader
 
-from pathme.gpu_libraries import quiet_first_cucim_open
-from pathme.wsi.backends import AUTO, readers_for
 from pathme.wsi.mpp import MPP_TOLERANCE, check_magnification, level0_mpp, stated_magnification
+from pathme.wsi.readers import AUTO, SlideReader, readers_for, slide_path
 from pathme.wsi.slide_error import SlideError
 from pathme.wsi.tiff_layout import TiffLayout, inspect_tiff, is_level_of
 
 logger = logging.getLogger(__name__)
-
-
-def _cucim_properties(metadata: Mapping) -> dict[str, str]:
-    """Flatten cuCIM metadata into OpenSlide-style property names, so one µm/px policy serves both."""
-    properties = {f"aperio.{key}": str(value) for key, value in metadata.get("aperio", {}).items()}
-    tiff = metadata.get("tiff", {})
-    for ours, theirs in (
-        ("tiff.XResolution", "x_resolution"),
-        ("tiff.YResolution", "y_resolution"),
-        ("tiff.ResolutionUnit", "resolution_unit"),
-    ):
-        if theirs in tiff:
-            properties[ours] = str(tiff[theirs])
-    return properties
-
-
-def _open_reader(backend: str, path: Path) -> tuple[WSIReader, object, list[tuple[int, int]], dict[str, str]]:
-    """(reader, handle, (width, height) per level, OpenSlide-style properties), after decoding one pixel of the
-    finest and of the coarsest level, so a reader that opens a file it cannot decode fails here."""
-    with quiet_first_cucim_open() if backend == "cucim" else nullcontext():  # cuFile's "no CUDA driver" lines
-        reader = WSIReader(backend=backend, channel_dim=-1)
-        handle = reader.read(str(path))
-    level_sizes = [reader.get_size(handle, level)[::-1] for level in range(reader.get_level_count(handle))]
-    for level in sorted({0, len(level_sizes) - 1}):
-        reader.get_data(handle, location=(0, 0), size=(1, 1), level=level)
-    properties = _cucim_properties(handle.metadata) if backend == "cucim" else dict(handle.properties)
-    return reader, handle, level_sizes, properties
 
 
 def _pyramid(level_sizes: list[tuple[int, int]], slide_id: str) -> list[int]:
@@ -82,7 +54,7 @@ def _unreadable(slide_id: str, path: Path, backend: str, failures: Mapping[str, 
     if backend == AUTO:
         fix = "convert it to a format these readers decode (e.g. a tiled pyramidal TIFF with JPEG tiles)"
     else:
-        fix = f"try reader backend '{AUTO}', which tries cucim and then openslide"
+        fix = f"try reader backend '{AUTO}', which tries every reader of the slide's format"
     return SlideError(
         f"slide {slide_id}: {path} cannot be opened as a slide by {' or '.join(failures)} ({tried}); {fix}"
     )
@@ -94,13 +66,12 @@ class Slide:
 
     path: Path
     slide_id: str
-    backend: str  # the reader that decodes it: cucim or openslide, never auto
+    backend: str  # the reader that decodes it (cucim, openslide, wsidicom), never auto
     mpp: float
     mpp_source: str
     magnification: float | None
     level_sizes: list[tuple[int, int]]  # (width, height) per level of level 0's pyramid
-    _reader: WSIReader = field(repr=False)
-    _handle: object = field(repr=False)
+    _reader: SlideReader = field(repr=False)
     _levels: list[int] = field(repr=False)  # the reader's level number of each level
     channels: int | None = None  # colour channels the file stores (1: grayscale), None when the format does not say
     reader_note: str = ""  # why ``auto`` passed over a reader ("" when the first one read it)
@@ -117,28 +88,32 @@ class Slide:
         mpp_source: str = "manifest",
         mpp_tolerance: float = MPP_TOLERANCE,
     ) -> Slide:
-        """Open ``path`` with ``backend`` (``auto``, ``cucim`` or ``openslide``); ``mpp`` (level-0 µm/px, from
-        ``mpp_source``) overrides the slide's metadata; ``mpp_tolerance`` (a fraction, see
-        :data:`~pathme.wsi.mpp.MPP_TOLERANCE`) is how much coarser than a target µm/px level 0 may be and still be
-        read at it. A TIFF is inspected first (:func:`~pathme.wsi.tiff_layout.inspect_tiff`), and levels that are
+        """Open ``path`` (a slide file or a DICOM WSI folder) with ``backend`` (``auto`` or a reader's name);
+        ``mpp`` (level-0 µm/px, from ``mpp_source``) overrides the slide's metadata; ``mpp_tolerance`` (a fraction,
+        see :data:`~pathme.wsi.mpp.MPP_TOLERANCE`) is how much coarser than a target µm/px level 0 may be and still
+        be read at it. A TIFF is inspected first (:func:`~pathme.wsi.tiff_layout.inspect_tiff`), and levels that are
         not reductions of level 0 are not used. Raises SlideError naming the file (missing, damaged, several
         scenes, not 8-bit, undecodable, no plausible µm/px) and ValueError for an unknown backend or a negative
         tolerance."""
-        path = Path(path)
+        path = slide_path(path)
         slide_id = slide_id or path.stem
-        readers = readers_for(backend)
-        if not path.is_file():
+        if not path.exists():
             raise SlideError(f"slide {slide_id}: file not found: {path}")
+        readers = readers_for(backend, path)
         if not 0 <= mpp_tolerance < 1:
             raise ValueError(f"mpp_tolerance must be a fraction in [0, 1), got {mpp_tolerance}")
-        tiff = inspect_tiff(path, slide_id)
+        tiff = inspect_tiff(path, slide_id) if path.is_file() else None
         failures: dict[str, str] = {}
-        for name in readers:
+        for reader_class in readers:
+            name = reader_class.name
             try:
-                reader, handle, level_sizes, properties = _open_reader(name, path)
+                reader = reader_class.open(path)
+            except SlideError as error:  # the reader refuses the slide itself (e.g. a DICOM series without spacing)
+                raise type(error)(f"slide {slide_id}: {error}") from error
             except Exception as error:  # readers raise RuntimeError, OpenSlideError, ValueError, ...
                 failures[name] = f"{type(error).__name__}: {error}"
                 continue
+            level_sizes, properties = reader.level_sizes, reader.properties
             note = "; ".join(f"{other} cannot decode it ({why})" for other, why in failures.items())
             if note:
                 note = f"{note}; read with {name}"
@@ -157,9 +132,8 @@ class Slide:
                 magnification,
                 [level_sizes[level] for level in levels],
                 reader,
-                handle,
                 levels,
-                channels=tiff.channels if tiff else None,
+                channels=tiff.channels if tiff else reader.channels,
                 reader_note=note,
                 mpp_tolerance=mpp_tolerance,
                 _tiff=tiff,
@@ -181,12 +155,8 @@ class Slide:
         return self.mpp * max(self.level_scale(level))
 
     def read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
-        """Read (height, width, 3) uint8 RGB from ``level`` at level pixel (x, y); the box must lie inside it.
-
-        Backends map a level-0 location to level pixels differently: cuCIM floors it, OpenSlide resamples at
-        the fractional position. Where the level's downsample is an integer the location is exact and both
-        return the stored pixels; otherwise it is placed just past the level pixel's start, which cuCIM
-        floors to that pixel and OpenSlide interpolates (up to one pixel of blur at such levels).
+        """Read (height, width, 3) uint8 RGB from ``level`` at level pixel (x, y); the box must lie inside it (how
+        each backend places a box on a level whose downsample is not an integer: :mod:`pathme.wsi.readers.monai_wsi`).
 
         Raises SlideError naming the slide and tile when a tile under the box is not a whole compressed image (checked
         before decoding, so no reader turns it into black), or naming the box when the reader fails to decode it.
@@ -199,19 +169,11 @@ class Slide:
             )
         if self._tiff is not None:
             self._tiff.check_tiles(level, self.level_sizes[level], x, y, width, height)
-        number = self._levels[level]
-        x0, y0 = self._level0_location(number, x), self._level0_location(number, y)
         try:
-            patch, _ = self._reader.get_data(self._handle, location=(y0, x0), size=(height, width), level=number)
+            patch = self._reader.read(self._levels[level], x, y, width, height)
         except Exception as error:
             raise SlideError(
                 f"slide {self.slide_id}: {self.backend} cannot decode {self.path} at level {level}, box "
                 f"({x}, {y}, {width}, {height}) ({type(error).__name__}: {error})"
             ) from error
         return np.ascontiguousarray(np.asarray(patch, dtype=np.uint8)[..., :3])
-
-    def _level0_location(self, number: int, coordinate: int) -> int:
-        ratio = self._reader.get_downsample_ratio(self._handle, number)
-        if abs(ratio - round(ratio)) < 1e-9:
-            return coordinate * round(ratio)
-        return math.ceil(coordinate * ratio + 1e-3)

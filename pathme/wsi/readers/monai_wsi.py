@@ -1,0 +1,92 @@
+"""cuCIM and OpenSlide, each through MONAI's ``WSIReader`` (the reader MONAI's own pathology transforms use).
+
+Backends map a level-0 location to level pixels differently: cuCIM floors it, OpenSlide resamples at the fractional
+position. Where a level's downsample is an integer the location is exact and both return the stored pixels;
+otherwise it is placed just past the level pixel's start, which cuCIM floors to that pixel and OpenSlide
+interpolates (up to one pixel of blur at such levels).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+
+from pathme.gpu_libraries import quiet_first_cucim_open
+from pathme.wsi.readers.slide_reader import SlideReader
+
+#: the TIFF-based formats both libraries open (Aperio .svs, TIFF, Hamamatsu .ndpi and .vms, MIRAX .mrxs, Leica
+#: .scn, Ventana .bif, Sakura .svslide)
+TIFF_LIKE = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".svslide")
+
+
+def _cucim_properties(metadata: Mapping) -> dict[str, str]:
+    """Flatten cuCIM metadata into OpenSlide-style property names, so one µm/px policy serves both."""
+    properties = {f"aperio.{key}": str(value) for key, value in metadata.get("aperio", {}).items()}
+    tiff = metadata.get("tiff", {})
+    for ours, theirs in (
+        ("tiff.XResolution", "x_resolution"),
+        ("tiff.YResolution", "y_resolution"),
+        ("tiff.ResolutionUnit", "resolution_unit"),
+    ):
+        if theirs in tiff:
+            properties[ours] = str(tiff[theirs])
+    return properties
+
+
+class MonaiSlideReader(SlideReader):
+    """A slide opened by MONAI's ``WSIReader`` with the backend :attr:`name`."""
+
+    def __init__(self, reader: object, handle: object) -> None:
+        self._reader, self._handle = reader, handle
+        self.level_sizes = [reader.get_size(handle, level)[::-1] for level in range(reader.get_level_count(handle))]
+        self.properties = self._properties(handle)
+
+    @staticmethod
+    def _properties(handle: object) -> dict[str, str]:
+        return dict(handle.properties)
+
+    @classmethod
+    def open(cls, path: Path) -> MonaiSlideReader:
+        """Open the file with MONAI's ``WSIReader(backend=name)``; the library's errors when it cannot."""
+        from monai.data import WSIReader  # MONAI's import is slow: only when a slide is opened
+
+        with quiet_first_cucim_open() if cls.name == "cucim" else nullcontext():  # cuFile's "no CUDA driver" lines
+            reader = WSIReader(backend=cls.name, channel_dim=-1)
+            opened = cls(reader, reader.read(str(path)))
+        for level in sorted({0, len(opened.level_sizes) - 1}):
+            opened.read(level, 0, 0, 1, 1)
+        return opened
+
+    def read(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """(height, width, channels) uint8 at level pixel (x, y), placed on level 0 as the module docstring says."""
+        x0, y0 = self._level0_location(level, x), self._level0_location(level, y)
+        patch, _ = self._reader.get_data(self._handle, location=(y0, x0), size=(height, width), level=level)
+        return np.asarray(patch, dtype=np.uint8)
+
+    def _level0_location(self, level: int, coordinate: int) -> int:
+        ratio = self._reader.get_downsample_ratio(self._handle, level)
+        if abs(ratio - round(ratio)) < 1e-9:
+            return coordinate * round(ratio)
+        return math.ceil(coordinate * ratio + 1e-3)
+
+
+class CuCIMReader(MonaiSlideReader):
+    """cuCIM (``cucim.CuImage``): TIFF-based formats, the GPU-capable decoder."""
+
+    name = "cucim"
+    suffixes = (".svs", ".tif", ".tiff")
+
+    @staticmethod
+    def _properties(handle: object) -> dict[str, str]:
+        return _cucim_properties(handle.metadata)
+
+
+class OpenSlideReader(MonaiSlideReader):
+    """OpenSlide: every TIFF-based vendor format (its DICOM support is not used: see :mod:`.dicom`)."""
+
+    name = "openslide"
+    suffixes = TIFF_LIKE
