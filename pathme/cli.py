@@ -380,12 +380,14 @@ def _aggregators(args: argparse.Namespace) -> int:
 
 
 def _experts(args: argparse.Namespace) -> int:
-    """The built-in experts as a table; any timm model is also an expert as ``timm:<name>``."""
+    """The built-in experts and those installed packages register (``source``: the package) as a table; any timm
+    model is also an expert as ``timm:<name>``."""
     from pathme.encoders.registry import describe_experts
 
     _print_table(describe_experts())
     print(
         "\nalso: any timm model as timm:<name>. Weights: a file or folder path, 'hub' (published weights) or 'random'"
+        "; a plugin's experts take the weights its package documents"
     )
     return 0
 
@@ -616,7 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    experts = commands.add_parser("experts", help="list the built-in experts: dim, parameters, input, licence, weights")
+    experts = commands.add_parser(
+        "experts", help="list the experts, built-in and from installed packages: dim, input, licence, weights, source"
+    )
     experts.set_defaults(run=_experts)
     aggregators = commands.add_parser(
         "aggregators", help="list the MIL aggregators: paper, tasks, instance scores, training defaults"

