@@ -18,6 +18,7 @@ from pathme.data.bags import (
     collate_bags,
     read_slide_bag,
 )
+from pathme.data.feature_source import FeatureSource
 from pathme.demo.synthetic_stores import write_store
 from pathme.engines.embed import token_coords
 from pathme.store import StoreError
@@ -293,3 +294,21 @@ def test_evaluation_keeps_copies_not_views_of_each_step(
     assert [len(record["attention"]) for record in evaluator.state.predictions] == [
         len(dataset[i]["features"]) for i in (0, 1)
     ]
+
+
+def test_a_feature_source_is_parsed_once_into_expert_and_store_level():
+    parsed = {text: FeatureSource.parse(text) for text in ("pathme", "pathme-mean", "uni", "uni@5x", "uni@1.25x")}
+    assert [(s.expert, s.level, s.tokens, s.mean) for s in parsed.values()] == [
+        (None, None, True, False),
+        (None, None, True, True),
+        ("uni", "L0", False, False),
+        ("uni", "L1", False, False),
+        ("uni", "L2", False, False),
+    ]
+    assert [str(s) for s in parsed.values()] == list(parsed)  # what configs and fold models record
+    assert FeatureSource.parse(parsed["uni@5x"]) is parsed["uni@5x"]
+    for bad in ("", "@5x", "uni@2x"):
+        with pytest.raises(ValueError, match="feature source"):
+            FeatureSource.parse(bad)
+    with pytest.raises(ValueError, match=r"unknown scale '@2x'"):  # refused before any store is opened
+        BagIndex("/nonexistent", "uni@2x")

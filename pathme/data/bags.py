@@ -4,7 +4,7 @@ A bag holds only what stands for tissue: invalid tiles (NaN in the store) never 
 handling. Every token keeps the level-0 box it covers, so attention maps back onto the slide. Stores are opened
 only while a bag is read, never held open, so datasets pickle into DataLoader workers.
 
-Feature sources:
+Feature sources (parsed once: :class:`~pathme.data.feature_source.FeatureSource`):
 
 * ``"pathme"``: the PatHME region tokens: the 10 scale prompts of every region with tissue, then its valid L1
   tokens (invalid ones are dropped);
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pathme.data.feature_source import PATHME, PATHME_MEAN, FeatureSource
 from pathme.store import StoreError, config_digest, read_store_summary, validate_store
 from pathme.store.agreement import agreed_provenance, weights_provenance
 from pathme.store.provenance import SlideProvenance
@@ -40,10 +41,7 @@ from pathme.wsi.grid import L0_SIDE, L1_SIDE, tile_origins
 
 logger = logging.getLogger(__name__)
 
-PATHME, PATHME_MEAN = "pathme", "pathme-mean"
 REGION_KIND, TILE_KIND = 0, 1
-#: the suffix of an expert source naming a scale other than 20x, and the store level it reads
-SCALES = {"5x": "L1", "1.25x": "L2"}
 
 StorePath = str | os.PathLike[str]
 
@@ -61,19 +59,6 @@ class SlideBag:
     kinds: np.ndarray  # [N] int8: REGION_KIND (prompt or region mean) or TILE_KIND
 
 
-def expert_level(source: str) -> tuple[str, str]:
-    """(expert, store level) of an expert source: ``"uni"`` -> ("uni", "L0"), ``"uni@5x"`` -> ("uni", "L1"),
-    ``"uni@1.25x"`` -> ("uni", "L2"). Raises ValueError for an unknown scale suffix."""
-    expert, _, scale = source.partition("@")
-    if not scale:
-        return expert, "L0"
-    if scale not in SCALES:
-        raise ValueError(
-            f"feature source '{source}': unknown scale '@{scale}'; use @{', @'.join(SCALES)} or none (20x)"
-        )
-    return expert, SCALES[scale]
-
-
 def _sources(has_tokens: bool, experts: Iterable[str]) -> list[str]:
     """PatHME sources first, then experts sorted (one order, whichever attribute listed them)."""
     return ([PATHME, PATHME_MEAN] if has_tokens else []) + sorted(experts)
@@ -85,36 +70,35 @@ def available_sources(path: StorePath) -> list[str]:
     return _sources(summary["has_tokens"], summary["experts"])
 
 
-def _require_source(path: StorePath, attrs: Mapping[str, Any], source: str) -> None:
+def _require_source(path: StorePath, attrs: Mapping[str, Any], source: FeatureSource) -> None:
     """A clear error when ``source`` is not in the store, naming what is there instead."""
     sources = _sources(is_token_store(attrs), attrs["experts"])
-    if source in (PATHME, PATHME_MEAN):
-        if source in sources:
+    if source.tokens:
+        if source.name in sources:
             return
         missing = f"dataset '{TOKENS.name}'"
     else:
-        expert = expert_level(source)[0]
-        if expert in attrs["experts"]:
+        if source.expert in attrs["experts"]:
             return
-        missing = f"expert '{expert}'"
+        missing = f"expert '{source.expert}'"
     raise ValueError(
         f"{path}: feature source '{source}' is not in this store ({missing} missing); "
         f"it has: {', '.join(sources) or 'none'} (an expert at 5x or 1.25x: <expert>@5x, <expert>@1.25x)"
     )
 
 
-def source_provenance(attrs: Mapping[str, Any], source: str) -> dict[str, str]:
+def source_provenance(attrs: Mapping[str, Any], source: FeatureSource) -> dict[str, str]:
     """The digests that define the feature space of ``source`` in a store (see
     :func:`~pathme.store.agreement.weights_provenance`): the expert's weights and dimension for an expert source,
     the teacher (and the weights of the expert it took) for the PatHME sources."""
-    if source in (PATHME, PATHME_MEAN):
+    if source.tokens:
         return weights_provenance(attrs, [], tokens=True)
-    return weights_provenance(attrs, [expert_level(source)[0]])
+    return weights_provenance(attrs, [source.expert])
 
 
-def _keep(file: h5py.File, source: str) -> np.ndarray:
+def _keep(file: h5py.File, source: FeatureSource) -> np.ndarray:
     """[R, T] which tokens of each region enter the bag (before any per-region pooling)."""
-    level = None if source in (PATHME, PATHME_MEAN) else expert_level(source)[1]
+    level = source.level
     if level == "L0":
         return file[VALID["L0"].name][()]
     valid_l1 = file[VALID["L1"].name][()]
@@ -124,8 +108,8 @@ def _keep(file: h5py.File, source: str) -> np.ndarray:
     return np.concatenate([np.repeat(tissue, N_PROMPTS, axis=1), valid_l1], axis=1)
 
 
-def _count(keep: np.ndarray, source: str) -> int:
-    return int(keep.any(axis=1).sum() if source == PATHME_MEAN else keep.sum())
+def _count(keep: np.ndarray, source: FeatureSource) -> int:
+    return int(keep.any(axis=1).sum() if source.mean else keep.sum())
 
 
 def _select(data: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -169,9 +153,9 @@ def _select_regions(data: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return data[keep[:, 0]]
 
 
-def _expert_tokens(file: h5py.File, keep: np.ndarray, extent: float, source: str) -> tuple[np.ndarray, ...]:
+def _expert_tokens(file: h5py.File, keep: np.ndarray, extent: float, source: FeatureSource) -> tuple[np.ndarray, ...]:
     """An expert's features at the source's scale: every valid tile of a region at 20x or 5x, or the region."""
-    expert, level = expert_level(source)
+    expert, level = source.expert, source.level
     side = {"L0": L0_SIDE, "L1": L1_SIDE, "L2": 1}[level]
     coords = np.rint(tile_origins(file[COORDS.name][()], extent, side)).astype(np.int64)[keep]
     features = _gather(file[FEATURES[level].path(expert)], keep, _select_regions if level == "L2" else _select)
@@ -187,18 +171,17 @@ def _kinds(coords: np.ndarray, kind: int = REGION_KIND) -> np.ndarray:
     return np.full(len(coords), kind, np.int8)
 
 
-def _load_bag(path: StorePath, attrs: Mapping[str, Any], source: str) -> SlideBag:
+def _load_bag(path: StorePath, attrs: Mapping[str, Any], source: FeatureSource) -> SlideBag:
     """The bag of a store already validated (``attrs`` from :func:`validate_store`); an expert's features of a
     token store come from the region store it links."""
     provenance = SlideProvenance.from_attrs(attrs)
     _require_source(path, attrs, source)
-    tokens = source in (PATHME, PATHME_MEAN)
-    with h5py.File(path if tokens else linked_region_store(path, attrs), "r") as file:
+    with h5py.File(path if source.tokens else linked_region_store(path, attrs), "r") as file:
         keep, extent = _keep(file, source), provenance.region_extent
-        if source == PATHME:
-            features, coords, sizes, kinds = _pathme_tokens(file, keep, extent)
-        elif source == PATHME_MEAN:
+        if source.mean:
             features, coords, sizes, kinds = _mean_tokens(file, keep, extent)
+        elif source.tokens:
+            features, coords, sizes, kinds = _pathme_tokens(file, keep, extent)
         else:
             features, coords, sizes, kinds = _expert_tokens(file, keep, extent, source)
     if not np.isfinite(features).all():  # cheap, and the one promise every model relies on
@@ -223,9 +206,10 @@ def _bag_bytes(bags: Sequence[SlideBag]) -> int:
     return sum(bag.features.nbytes + bag.coords.nbytes + bag.sizes.nbytes + bag.kinds.nbytes for bag in bags)
 
 
-def read_slide_bag(path: StorePath, feature_source: str) -> SlideBag:
-    """The bag of one store, validated first (StoreError when broken, ValueError when the source is absent)."""
-    return _load_bag(path, validate_store(path), feature_source)
+def read_slide_bag(path: StorePath, feature_source: str | FeatureSource) -> SlideBag:
+    """The bag of one store, validated first (StoreError when broken, ValueError when the source is absent or
+    unknown)."""
+    return _load_bag(path, validate_store(path), FeatureSource.parse(feature_source))
 
 
 class BagIndex:
@@ -239,8 +223,10 @@ class BagIndex:
     bounded whatever the cohort's size, and a cohort that fits is read once for all epochs and folds.
     """
 
-    def __init__(self, features_dir: StorePath, feature_source: str, cache_bytes: int | str | None = None) -> None:
-        self.features_dir, self.feature_source = Path(features_dir), feature_source
+    def __init__(
+        self, features_dir: StorePath, feature_source: str | FeatureSource, cache_bytes: int | str | None = None
+    ) -> None:
+        self.features_dir, self.feature_source = Path(features_dir), FeatureSource.parse(feature_source)
         self.cache_bytes = default_cache_bytes() if cache_bytes is None else int(cache_bytes)
         if self.cache_bytes < 0:
             raise ValueError(f"cache_bytes must be >= 0, got {self.cache_bytes}")
@@ -253,7 +239,7 @@ class BagIndex:
         self._provenance: dict[str, SlideProvenance] = {}
         for path in paths:
             attrs = validate_store(path)
-            _require_source(path, attrs, feature_source)
+            _require_source(path, attrs, self.feature_source)
             provenance = SlideProvenance.from_attrs(attrs)
             if provenance.slide_id in self._stores:
                 raise ValueError(
@@ -263,7 +249,8 @@ class BagIndex:
             self._provenance[provenance.slide_id] = provenance
         #: what defines the feature space, shared by every store (a fold model keeps it: see MILPredict)
         self.feature_provenance: dict[str, str] = agreed_provenance(
-            {path: source_provenance(attrs, feature_source) for path, attrs in self._stores.values()}, self.features_dir
+            {path: source_provenance(attrs, self.feature_source) for path, attrs in self._stores.values()},
+            self.features_dir,
         )
         self.slide_patients: dict[str, str] = {slide: p.patient_id for slide, p in self._provenance.items()}
 
@@ -327,8 +314,8 @@ class BagIndex:
     def feature_dim(self) -> int:
         """Dimension of this feature source's tokens, from the first store (no features read)."""
         path, attrs = next(iter(self._stores.values()))
-        if self.feature_source not in (PATHME, PATHME_MEAN):
-            return int(attrs["expert_dims"][expert_level(self.feature_source)[0]])
+        if not self.feature_source.tokens:
+            return int(attrs["expert_dims"][self.feature_source.expert])
         with h5py.File(path, "r") as file:
             return int(file[TOKENS.name].shape[-1])
 

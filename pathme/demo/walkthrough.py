@@ -24,6 +24,7 @@ import pandas as pd
 
 from pathme.bundles import run_bundle
 from pathme.console import announce, unannounced
+from pathme.data.feature_source import PATHME
 from pathme.demo.cohort_generator import make_demo_cohort
 from pathme.demo.sample_data import SAMPLE_FILENAME, fetch_sample_slide
 from pathme.deploy.pipeline import APP_CONFIG
@@ -153,7 +154,7 @@ def _mil_runs(
     for signal in signals:
         labels = SIGNALS[signal]
         for task in TASKS:
-            for source in sources or ("pathme", settings.expert_names[0]):
+            for source in sources or (PATHME, settings.expert_names[0]):
                 output = out / folder / f"{signal}_{task}_{source}"
                 started = time.perf_counter()
                 run_bundle(

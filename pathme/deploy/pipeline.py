@@ -18,7 +18,7 @@ import pandas as pd
 
 from pathme import __version__
 from pathme.bundles import bundle_dir, run_bundle
-from pathme.data.bags import PATHME, PATHME_MEAN, expert_level
+from pathme.data.feature_source import PATHME, PATHME_MEAN, FeatureSource
 from pathme.engines.distill_workflow import TEACHER_FILE, TrainedOn, load_checkpoint
 from pathme.engines.mil import MILModelConfig, load_fold_model, read_fold_model
 from pathme.engines.mil_workflow import fold_models
@@ -77,10 +77,10 @@ class AppModels:
         if not models.mil_runs:
             raise FileNotFoundError(f"{root}: no MIL run with fold models in {root / 'mil'}/<task>/fold_<k>/model.pt")
         for task, source in models.mil_sources.items():
-            if source not in (PATHME, PATHME_MEAN) and expert_level(source)[0] not in models.experts:
+            if not source.tokens and source.expert not in models.experts:
                 known = [PATHME, PATHME_MEAN, *models.experts]
                 raise ValueError(
-                    f"{root / 'mil' / task}: its fold models take {source!r} features; this app makes {known} "
+                    f"{root / 'mil' / task}: its fold models take '{source}' features; this app makes {known} "
                     "(an expert also at @5x and @1.25x)"
                 )
         return models
@@ -103,9 +103,10 @@ class AppModels:
         return {run.name: run for run in runs}
 
     @cached_property
-    def mil_sources(self) -> dict[str, str]:
+    def mil_sources(self) -> dict[str, FeatureSource]:
         """Task name -> the features its fold models take (PatHME tokens or an expert's raw features)."""
-        return {task: load_fold_model(fold_models(run)[0])[2] for task, run in self.mil_runs.items()}
+        runs = self.mil_runs.items()
+        return {task: FeatureSource.parse(load_fold_model(fold_models(run)[0])[2]) for task, run in runs}
 
     @cached_property
     def mil_models(self) -> dict[str, str]:
@@ -213,7 +214,7 @@ def predict(case: Case, models: AppModels) -> Case:
     """Every MIL task's ensemble of fold models with heatmaps (bundle pathme_mil, inference.json)."""
     predictions = {}
     for task, run in models.mil_runs.items():
-        features = case.tokens if models.mil_sources[task] in (PATHME, PATHME_MEAN) else case.features
+        features = case.tokens if models.mil_sources[task].tokens else case.features
         if not _has_stores(features):
             continue
         output = case.work / "mil" / task
@@ -267,7 +268,7 @@ def model_versions(case: Case, models: AppModels) -> dict[str, Any]:
         digests = {file.parent.name: file_digest(file) for file in fold_models(run)}
         versions["mil"][task] = {
             "model": models.mil_models[task],
-            "feature_source": models.mil_sources[task],
+            "feature_source": str(models.mil_sources[task]),
             "fold_models": digests,
         }
     return versions

@@ -26,6 +26,7 @@ import torch
 
 from pathme import __version__
 from pathme.data.bags import BagIndex, SlideBag
+from pathme.data.feature_source import PATHME
 from pathme.device import pick_device
 from pathme.engines.mil import MILModelConfig, fold_model_from, read_fold_model
 from pathme.engines.mil_workflow import check_models_fit, fold_models
@@ -83,7 +84,7 @@ def write_embeddings(
             (path.parent.name, MILModelConfig.from_saved(payload["model_config"]).model, file_digest(path))
             for path, payload in zip(paths, payloads, strict=True)
         ]
-    index = BagIndex(features_dir, feature_source or "pathme", cache_bytes=0)
+    index = BagIndex(features_dir, feature_source or PATHME, cache_bytes=0)
     if loaded:
         check_models_fit(paths, payloads, index)
     dim = index.feature_dim()
@@ -111,7 +112,7 @@ def write_embeddings(
     path.parent.mkdir(parents=True, exist_ok=True)
     text = h5py.string_dtype("utf-8")
     with atomic_h5(path) as file:
-        file.attrs["feature_source"] = index.feature_source
+        file.attrs["feature_source"] = str(index.feature_source)
         file.attrs["feature_provenance"] = json.dumps(index.feature_provenance, sort_keys=True)
         file.attrs["pathme_version"] = __version__
         file.attrs["features_dir"] = str(index.features_dir)

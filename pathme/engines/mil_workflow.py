@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from pathme.console import announce
 from pathme.data.bags import BagDataset, BagIndex
+from pathme.data.feature_source import PATHME
 from pathme.data.labels import (
     SURVIVAL_LOSSES,
     Fold,
@@ -226,7 +227,7 @@ class MILRun:
     labels: str | Path
     task: str
     output_dir: str | Path
-    feature_source: str = "pathme"
+    feature_source: str = PATHME
     num_folds: int = 5
     seed: int = 0
     model: str = "abmil"
