@@ -26,7 +26,7 @@ import numpy as np
 from pathme.demo.synthetic_stores import write_store
 from pathme.engines.embed import token_coords
 from pathme.store.atomic import write_atomic
-from pathme.store.tokens import write_token_store
+from pathme.store.tokens import TokenProvenance, write_token_store
 from pathme.wsi.grid import REGION_PX, RegionGrid
 
 EXPERT = "uni"
@@ -47,7 +47,10 @@ def build_cohort(folder: Path, patients: int, regions: int, dim: int, token_dim:
         slide = f"s{patient:05d}"
         write_store(folder / "regions", slide, f"p{patient:05d}", ["full"] * regions, {EXPERT: dim})
         tokens = rng.standard_normal((regions, 26, token_dim)).astype(np.float32)
-        write_token_store(folder / "regions" / f"{slide}.h5", folder / "tokens" / f"{slide}.h5", tokens, coords, {})
+        made_by = TokenProvenance("random tokens (benchmark)", "none")
+        write_token_store(
+            folder / "regions" / f"{slide}.h5", folder / "tokens" / f"{slide}.h5", tokens, coords, made_by
+        )
     rows = [f"p{patient:05d},{'ab'[patient % 2]}" for patient in range(patients)]
     labels.write_text("patient_id,label\n" + "\n".join(rows) + "\n")
     return folder

@@ -165,7 +165,7 @@ def paper_store(store: Path, out: Path) -> dict:
     from pathme.demo.synthetic_stores import store_attrs
     from pathme.engines.embed import token_coords
     from pathme.store import RegionStoreWriter, read_store_attrs
-    from pathme.store.tokens import write_token_store
+    from pathme.store.tokens import TokenProvenance, write_token_store
 
     attrs = read_store_attrs(store)
     with h5py.File(store, "r") as file:
@@ -187,7 +187,8 @@ def paper_store(store: Path, out: Path) -> dict:
     tokens_path = out / "tokens" / "paper_experts.h5"
     tokens_path.parent.mkdir(exist_ok=True)
     tokens = rng.standard_normal((len(coords), 26, 768)).astype(np.float32)
-    write_token_store(target, tokens_path, tokens, token_coords(coords, attrs["region_extent"], 10), {})
+    made_by = TokenProvenance("random tokens (benchmark)", "none")
+    write_token_store(target, tokens_path, tokens, token_coords(coords, attrs["region_extent"], 10), made_by)
     regions = max(1, len(coords))
     return {
         "store_MB_per_region_paper": round(target.stat().st_size / 1e6 / regions, 3),

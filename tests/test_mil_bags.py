@@ -22,7 +22,7 @@ from pathme.data.feature_source import FeatureSource
 from pathme.demo.synthetic_stores import write_store
 from pathme.engines.embed import token_coords
 from pathme.store import StoreError
-from pathme.store.tokens import write_token_store
+from pathme.store.tokens import TokenProvenance, write_token_store
 from pathme.wsi.grid import REGION_PX, RegionGrid
 
 DIMS = {"expert-a": 8, "expert-b": 4}
@@ -51,7 +51,11 @@ def token_store(folder: Path, slide_id: str, patient_id: str, rules: list[str]) 
     tokens = tokens_for(regions, seed=len(slide_id))
     coords = token_coords(origins(len(rules)), EXTENT, 10)
     write_token_store(
-        folder / "regions" / f"{slide_id}.h5", folder / "tokens" / f"{slide_id}.h5", tokens, coords, {"teacher": "t"}
+        folder / "regions" / f"{slide_id}.h5",
+        folder / "tokens" / f"{slide_id}.h5",
+        tokens,
+        coords,
+        TokenProvenance("t.pt", "sha256:t", "expert-a"),
     )
     return regions, tokens
 

@@ -20,7 +20,7 @@ from pathme.engines.mil import MILTask, TrainSettings
 from pathme.engines.mil_workflow import MILPredict, MILRun, slide_rows
 from pathme.extract import CohortExtractor
 from pathme.store.provenance import read_provenance
-from pathme.store.tokens import write_token_store
+from pathme.store.tokens import TokenProvenance, write_token_store
 from pathme.wsi.grid import REGION_PX, RegionGrid
 from pathme.wsi.slide_error import SlideError
 
@@ -75,13 +75,12 @@ def _token_stores(folder: Path, teachers: list[str], experts: list[str]) -> Path
     for index, (teacher, weights) in enumerate(zip(teachers, experts, strict=True)):
         _stores(folder / "regions", 1, weights, start=index)
         tokens = np.zeros((2, 26, 4), np.float32)
-        attrs = {"teacher_digest": teacher, "teacher_checkpoint": "t.pt", "teacher_expert": "exp"}
         write_token_store(
             folder / "regions" / f"s{index}.h5",
             folder / "tokens" / f"s{index}.h5",
             tokens,
             token_coords(origins, REGION_PX, 10),
-            attrs,
+            TokenProvenance("t.pt", teacher, "exp"),
         )
     return folder / "tokens"
 

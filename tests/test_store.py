@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import h5py
@@ -26,7 +27,8 @@ from pathme.store import (
     validate_store,
     write_features_h5,
 )
-from pathme.store.tokens import write_token_store
+from pathme.store.schema import TOKEN_ATTRS
+from pathme.store.tokens import TokenProvenance, write_token_store
 from pathme.wsi.grid import RegionGrid
 
 EXPERTS = {"alpha": 8, "beta": 5}
@@ -342,7 +344,7 @@ def test_missing_store_is_not_done_and_says_why(tmp_path, caplog):
     assert "absent.h5: no store there" in caplog.text
 
 
-TEACHER = {"teacher_digest": "sha256:" + "e" * 64, "teacher_checkpoint": "/runs/teacher.pt"}
+TEACHER = TokenProvenance(teacher_checkpoint="/runs/teacher.pt", teacher_digest="sha256:" + "e" * 64)
 
 
 def write_tokens(store: Path, target: Path, dim: int = 4) -> np.ndarray:
@@ -364,7 +366,7 @@ def test_a_token_store_links_its_region_store_instead_of_copying_it(store, tmp_p
     target = tmp_path / "tokens" / "s1.h5"
     target.parent.mkdir()
     tokens = write_tokens(store, target, dim=64)
-    attrs = validate_store(target, experts=["alpha"], expected=TEACHER)
+    attrs = validate_store(target, experts=["alpha"], expected=TEACHER.attrs())
     assert (attrs["region_store"], attrs["region_store_digest"]) == ("../s1.h5", file_digest(store))
     assert attrs["slide_id"] == "s1" and attrs["feature_dtype"] == "float16"
     with h5py.File(target, "r") as file:
@@ -515,3 +517,14 @@ def test_experts_out_of_alphabetical_order_validate(tmp_path):
         writer.write_region(0, coords=(0, 0), valid_l0=valid_l0, valid_l1=np.ones(16, bool), features=features)
         writer.commit()
     assert validate_store(path, experts=["zeta", "alpha"])["expert_dims"] == experts
+
+
+def test_token_store_attributes_are_read_and_written_through_one_record(store, token_store):
+    attrs = validate_store(token_store)
+    made_by = TokenProvenance.from_attrs(attrs)
+    assert made_by.attrs() == {name: attrs[name] for name in TOKEN_ATTRS if name in attrs}
+    assert set(asdict(made_by)) == set(TOKEN_ATTRS)  # the schema's table and the record name the same attributes
+    assert (made_by.teacher_digest, made_by.teacher_expert) == (TEACHER.teacher_digest, "")
+    assert made_by.region_store == f"../{store.name}" and made_by.region_store_digest == file_digest(store)
+    with pytest.raises(KeyError):  # a region store has none
+        TokenProvenance.from_attrs(validate_store(store))

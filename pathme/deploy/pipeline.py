@@ -24,6 +24,7 @@ from pathme.engines.mil import MILModelConfig, load_fold_model, read_fold_model
 from pathme.engines.mil_workflow import fold_models
 from pathme.store import file_digest, read_store_attrs
 from pathme.store.atomic import copy_atomic, write_atomic
+from pathme.store.tokens import TokenProvenance
 from pathme.tables import read_text_csv
 from pathme.wsi.manifest import SAFE_ID
 from pathme.wsi.mpp import MPP_TOLERANCE
@@ -261,8 +262,8 @@ def model_versions(case: Case, models: AppModels) -> dict[str, Any]:
         sources, digests = attrs["expert_weights"], attrs["expert_digests"]
         versions["experts"] = {name: {"weights": sources[name], "digest": digests[name]} for name in models.experts}
     if _has_stores(case.tokens):
-        attrs = _first_store_attrs(case.tokens)
-        versions["teacher"] = {"checkpoint": attrs["teacher_checkpoint"], "digest": attrs["teacher_digest"]}
+        teacher = TokenProvenance.from_attrs(_first_store_attrs(case.tokens))
+        versions["teacher"] = {"checkpoint": teacher.teacher_checkpoint, "digest": teacher.teacher_digest}
     versions["mil"] = {}
     for task, run in models.mil_runs.items():
         digests = {file.parent.name: file_digest(file) for file in fold_models(run)}

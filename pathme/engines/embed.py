@@ -28,7 +28,7 @@ from pathme.store import file_digest, store_is_done, validate_store
 from pathme.store.agreement import check_same_features, weights_key, weights_provenance
 from pathme.store.provenance import SlideProvenance
 from pathme.store.schema import COORDS, FEATURES, VALID
-from pathme.store.tokens import write_token_store
+from pathme.store.tokens import TokenProvenance, write_token_store
 from pathme.wsi.grid import L1_SIDE, tile_origins
 from pathme.wsi.slide_error import failure_text
 
@@ -113,7 +113,7 @@ class EmbedRun:
     def _embed_store(self, teacher: PatHME, recorded: TrainedOn, store: Path, digest: str) -> dict[str, object]:
         """Write the token store of ``store`` unless a valid one is there; the summary row's status and size."""
         target = self.output_dir / store.name
-        expected = {"teacher_digest": digest, "region_store_digest": file_digest(store)}
+        expected = {"teacher_digest": digest, "region_store_digest": file_digest(store)}  # TokenProvenance's
         if store_is_done(target, expected=expected, experts=[recorded.expert_a]):
             return {"status": "skipped (valid store)"}
         attrs = validate_store(store, experts=[recorded.expert_a])
@@ -127,8 +127,7 @@ class EmbedRun:
         check_same_features(trained, weights_provenance(attrs, [expert]), self.checkpoint, store)
         extent = SlideProvenance.from_attrs(attrs).region_extent
         tokens, coords = self._embed(teacher, store, expert, extent)
-        made_by = {"teacher_digest": digest, "teacher_checkpoint": str(self.checkpoint), "teacher_expert": expert}
-        write_token_store(store, target, tokens, coords, made_by)
+        write_token_store(store, target, tokens, coords, TokenProvenance(str(self.checkpoint), digest, expert))
         return {"status": "done", "regions": len(tokens)}
 
     @torch.inference_mode()

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pathme.store.tokens import TokenProvenance
+
 TEACHER = "teacher"
 SHOWN = 4  # stores named per value in a message
 
@@ -34,10 +36,10 @@ def weights_provenance(attrs: Mapping[str, Any], experts: Iterable[str], tokens:
         provenance[weights_key(expert)] = str(attrs["expert_digests"][expert])
         provenance[f"{expert} dimension"] = str(attrs["expert_dims"][expert])
     if tokens:
-        provenance[TEACHER] = str(attrs.get("teacher_digest", ""))
-        expert_a = attrs.get("teacher_expert")
-        if expert_a:
-            provenance[weights_key(expert_a)] = str(attrs["expert_digests"][expert_a])
+        teacher = TokenProvenance.from_attrs(attrs)
+        provenance[TEACHER] = teacher.teacher_digest
+        if teacher.teacher_expert:
+            provenance[weights_key(teacher.teacher_expert)] = str(attrs["expert_digests"][teacher.teacher_expert])
     return provenance
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,31 +23,51 @@ import numpy as np
 from pathme.store.atomic import AtomicTarget, open_h5
 from pathme.store.attrs import read_attrs, write_attrs
 from pathme.store.digests import file_digest
-from pathme.store.schema import COORDS, N_PROMPTS, TOKEN_COORDS, TOKENS, VALID
+from pathme.store.schema import COORDS, N_PROMPTS, TOKEN_ATTRS, TOKEN_COORDS, TOKENS, VALID
 from pathme.store.store_error import StoreError
 from pathme.store.writer import create_region_dataset, stored_values
 
-LINK, LINK_DIGEST = "region_store", "region_store_digest"
+
+@dataclass(frozen=True)
+class TokenProvenance:
+    """What a token store adds to its region store's attributes (:data:`~pathme.store.schema.TOKEN_ATTRS`): the
+    teacher that computed its tokens, and the link to the region store they came from. The one way they are read
+    (:meth:`from_attrs`) and written (:func:`write_token_store` fills in the link)."""
+
+    teacher_checkpoint: str
+    teacher_digest: str
+    teacher_expert: str = ""  # "" in token stores of an older pathme, which did not record it
+    region_store: str = ""  # relative to the token store's folder
+    region_store_digest: str = ""
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> TokenProvenance:
+        """From a token store's attributes; KeyError when they are a region store's (see :func:`is_token_store`)."""
+        return cls(**{name: str(attrs[name]) for name in TOKEN_ATTRS if name in attrs or name != "teacher_expert"})
+
+    def attrs(self) -> dict[str, str]:
+        """As stored: every field that is known (not "")."""
+        return {name: value for name, value in asdict(self).items() if value}
 
 
 def is_token_store(attrs: Mapping[str, Any]) -> bool:
     """Whether a store's attributes are a token store's (it links a region store)."""
-    return LINK in attrs
+    return "region_store" in attrs
 
 
 def _link_target(path: Path, attrs: Mapping[str, Any]) -> Path:
-    return (path.parent / str(attrs[LINK])).resolve()
+    return (path.parent / TokenProvenance.from_attrs(attrs).region_store).resolve()
 
 
 def check_region_store_link(path: str | os.PathLike[str], attrs: Mapping[str, Any]) -> None:
     """StoreError when the region store a token store links is there but is not the file its tokens came from
     (re-extracted or modified since): the tokens no longer describe it. A region store that is gone is not an
     error here: the tokens stand alone, and only reading expert features through the link needs it."""
-    target = _link_target(Path(path), attrs)
-    if target.is_file() and file_digest(target) != attrs[LINK_DIGEST]:
+    target, recorded = _link_target(Path(path), attrs), TokenProvenance.from_attrs(attrs).region_store_digest
+    if target.is_file() and file_digest(target) != recorded:
         raise StoreError(
             f"{path}: its region store {target} changed after the tokens were computed "
-            f"({LINK_DIGEST} {attrs[LINK_DIGEST]} vs {file_digest(target)} now): rerun `pathme embed`"
+            f"(region_store_digest {recorded} vs {file_digest(target)} now): rerun `pathme embed`"
         )
 
 
@@ -70,11 +91,11 @@ def write_token_store(
     target: str | os.PathLike[str],
     tokens: np.ndarray,
     token_coords: np.ndarray,
-    attrs: Mapping[str, str | int | float],
+    made_by: TokenProvenance,
 ) -> Path:
     """Write the token store ``target`` of the region store ``source``: ``tokens`` [R, T, D] (float32, stored in
     the region store's ``feature_dtype``; L1 tokens of invalid tiles zeroed), ``token_coords`` [R, T, 2] int64,
-    ``attrs`` (the teacher checkpoint and its digest) and the link to ``source``; returns ``target``.
+    and ``made_by`` (the teacher) with the link to ``source`` filled in; returns ``target``.
 
     StoreError when the shapes do not fit the region store or a token overflows the feature dtype."""
     source, target = Path(source), Path(target)
@@ -90,7 +111,8 @@ def write_token_store(
                     f"{regions} regions of {TOKENS.trailing[0]} tokens"
                 )
             link = os.path.relpath(source.resolve(), target.resolve().parent)
-            write_attrs(file, region_attrs | dict(attrs) | {LINK: link, LINK_DIGEST: file_digest(source)})
+            made_by = replace(made_by, region_store=link, region_store_digest=file_digest(source))
+            write_attrs(file, region_attrs | made_by.attrs())
             for spec in (COORDS, *VALID.values()):
                 create_region_dataset(file, spec, regions, dtype)[...] = region_store[spec.name][()]
             valid_l1 = region_store[VALID["L1"].name][()]
