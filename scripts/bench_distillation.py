@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine, Events
 
-from pathme.demo.synthetic_stores import write_store
 from pathme.engines.distill_workflow import DistillationRun
 from pathme.store.atomic import write_atomic
+from pathme.synthetic.stores import write_store
 
 EXPERTS = {"prov-gigapath": 1536, "uni": 1024}
 #: (title, key, width) of the printed table's columns

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pathme.demo.synthetic_stores import write_store
 from pathme.engines.embed import token_coords
 from pathme.store.atomic import write_atomic
 from pathme.store.tokens import TokenProvenance, write_token_store
+from pathme.synthetic.stores import write_store
 from pathme.wsi.grid import REGION_PX, RegionGrid
 
 EXPERT = "uni"

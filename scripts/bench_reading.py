@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from pathme.demo.sample_data import fetch_sample_slide
-from pathme.demo.synthetic_slides import write_pyramid
 from pathme.store.atomic import write_atomic
+from pathme.synthetic.slides import write_pyramid
 from pathme.wsi.grid import L0_SIDE, L1_SIDE, REGION_PX, TILE_PX, RegionGrid
 from pathme.wsi.reading import read_at_mpp
 from pathme.wsi.regions import Region, SlidePlan, plan_regions

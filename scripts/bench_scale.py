@@ -33,8 +33,8 @@ from PIL import Image
 from pathme.demo.cohort_generator import MPP as COHORT_MPP
 from pathme.demo.cohort_generator import harvest_tiles
 from pathme.demo.sample_data import fetch_sample_slide
-from pathme.demo.synthetic_slides import downsample_area, write_tiled_pyramid
 from pathme.store.atomic import write_atomic
+from pathme.synthetic.slides import downsample_area, write_tiled_pyramid
 from pathme.wsi.grid import TILE_PX
 
 DOWNSAMPLES = (1, 4, 16, 32)
@@ -162,10 +162,10 @@ def paper_store(store: Path, out: Path) -> dict:
     and its token store (768-d tokens, the paper preset's): MB per region of each."""
     import h5py
 
-    from pathme.demo.synthetic_stores import store_attrs
     from pathme.engines.embed import token_coords
     from pathme.store import RegionStoreWriter, read_store_attrs
     from pathme.store.tokens import TokenProvenance, write_token_store
+    from pathme.synthetic.stores import store_attrs
 
     attrs = read_store_attrs(store)
     with h5py.File(store, "r") as file:

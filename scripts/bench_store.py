@@ -30,10 +30,10 @@ import h5py
 import numpy as np
 import torch
 
-from pathme.demo.synthetic_stores import store_attrs
 from pathme.store import RegionStoreWriter
 from pathme.store.atomic import write_atomic
 from pathme.store.writer import stored_values
+from pathme.synthetic.stores import store_attrs
 from pathme.wsi.grid import REGION_PX, RegionGrid, l1_validity
 
 DIMS = {"uni": 1024, "gigapath": 1536}

@@ -47,12 +47,12 @@ from bench_distillation import EXPERTS as DISTILL_EXPERTS
 from bench_distillation import bench_preset
 from bench_scale import SLIDES, SMALLEST, build_slide, is_built
 
-from pathme.demo.synthetic_stores import write_store
 from pathme.device import pick_device
 from pathme.encoders import build_expert
 from pathme.extract import CohortExtractor
 from pathme.extract.loader import SlideSource
 from pathme.store.atomic import write_atomic
+from pathme.synthetic.stores import write_store
 from pathme.wsi.regions import plan_regions
 
 PAPER = ("uni", "prov-gigapath")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pathme.demo.synthetic_slides import write_pyramid
+from pathme.synthetic.slides import write_pyramid
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import tifffile
 
-from pathme.demo.synthetic_slides import write_pyramid
+from pathme.synthetic.slides import write_pyramid
 
 REPO = Path(__file__).resolve().parents[1]
 

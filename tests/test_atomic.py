@@ -14,9 +14,9 @@ import pytest
 from real_inputs import with_file_size_limit
 
 import pathme.store.atomic as atomic
-from pathme.demo.synthetic_stores import write_store
 from pathme.store import validate_store
 from pathme.store.atomic import SUFFIX, WriteError, copy_atomic, write_atomic, write_csv_atomic
+from pathme.synthetic.stores import write_store
 
 FULL_DISK = "(the disk is full or a file-size limit is reached); free space and run again"
 
@@ -123,7 +123,7 @@ def test_after_a_failed_write_hdf5_goes_on_reading_what_it_wrote_and_nothing_is_
 
 STORES_PAST_A_LIMIT = """
 from pathlib import Path
-from pathme.demo.synthetic_stores import write_store
+from pathme.synthetic.stores import write_store
 from pathme.store.atomic import WriteError
 for name, rules in [("big0", ["full"] * 4), ("small0", ["empty"]), ("big1", ["full"] * 4), ("small1", ["empty"])]:
     try:

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from conftest import REPO
 
-from pathme.demo.synthetic_stores import write_store
+from pathme.synthetic.stores import write_store
 
 
 def run_script(name: str, *args: str) -> None:

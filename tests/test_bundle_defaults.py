@@ -82,3 +82,24 @@ def test_the_check_finds_a_default_that_differs():
 
     found = disagreements("pathme_distillation", "train.json", "train#workflow", Changed)
     assert found == {"log_every": (50, 10), "probe_every": ("<not set>", 7)}
+
+
+def test_the_bundles_default_folders_are_one_layout():
+    """manifest.csv -> stores/ -> models/distillation/ -> tokens/ -> models/mil/ -> predictions/, under one
+    bundle_root: each stage reads by default where the one before it writes."""
+
+    def folder(bundle: str, config: str, config_id: str) -> str:
+        parser = ConfigParser()
+        parser.read_config(str(bundle_dir(bundle) / "configs" / config))
+        return str(parser.get_parsed_content(config_id))
+
+    stores = folder("pathme_feature_extraction", "inference.json", "output_dir")
+    assert stores == "./stores"
+    assert folder("pathme_distillation", "train.json", "dataset_dir") == stores
+    assert folder("pathme_distillation", "inference.json", "dataset_dir") == stores
+    teacher = folder("pathme_distillation", "train.json", "output_dir")
+    assert folder("pathme_distillation", "inference.json", "checkpoint") == f"{teacher}/checkpoints"
+    tokens = folder("pathme_distillation", "inference.json", "output_dir")
+    assert folder("pathme_mil", "train.json", "dataset_dir") == folder("pathme_mil", "inference.json", "dataset_dir")
+    assert folder("pathme_mil", "train.json", "dataset_dir") == tokens
+    assert folder("pathme_mil", "inference.json", "models_dir") == folder("pathme_mil", "train.json", "output_dir")

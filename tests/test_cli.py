@@ -180,7 +180,8 @@ def test_every_user_id_of_every_bundle_has_a_pathme_flag_showing_its_default():
     help exactly as the config has it."""
     import json
 
-    from pathme.cli import _flatten, build_parser, default_text, flag_name
+    from pathme.cli import build_parser
+    from pathme.cli.flags import _flatten, default_text, flag_name
 
     parser = build_parser()
     commands = {name: sub for action in parser._subparsers._group_actions for name, sub in action.choices.items()}

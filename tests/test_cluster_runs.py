@@ -19,11 +19,11 @@ import pytest
 from conftest import DEMO_EXPERTS, REPO
 
 from pathme.cli import main
+from pathme.cohorts.manifest import read_manifest
 from pathme.engines.embed import EmbedRun
 from pathme.extract import CohortExtractor
 from pathme.shards import RunRecords, run_status
 from pathme.viz.preview import preview_manifest
-from pathme.wsi.manifest import read_manifest
 
 TEMPLATE = REPO / "scripts" / "slurm" / "extract_array.sbatch"
 

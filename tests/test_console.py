@@ -18,9 +18,9 @@ from real_inputs import with_file_size_limit
 from pathme import bundles
 from pathme.cli import main
 from pathme.console import LOG_FILE, OutputFolderLog, announce, console_logging, unannounced
-from pathme.demo.synthetic_slides import write_pyramid
 from pathme.demo.walkthrough import _stage
 from pathme.gpu_libraries import NO_DRIVER_LINES, dropping_no_driver_lines
+from pathme.synthetic.slides import write_pyramid
 
 #: a bundle with an Ignite engine: what pathme's bundles log, in a second instead of minutes
 TINY_BUNDLE = {

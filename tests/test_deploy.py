@@ -21,12 +21,12 @@ from conftest import DEMO_EXPERTS
 from dicom_series import to_dicom
 from PIL import Image
 
-from pathme.demo.synthetic_slides import write_pyramid
 from pathme.deploy.pipeline import APP_CONFIG, AppModels, find_slides
 from pathme.engines.mil import TrainSettings
 from pathme.engines.mil_workflow import MILPredict, MILRun
 from pathme.networks import AGGREGATORS
 from pathme.store.digests import file_digest
+from pathme.synthetic.slides import write_pyramid
 
 FAST = TrainSettings(max_epochs=6, min_epochs=3, patience=3, lr=1e-3)
 #: task folder -> (labels column, feature source, aggregator): the app loads any member's fold models, with or

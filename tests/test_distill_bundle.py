@@ -14,11 +14,11 @@ import torch
 from conftest import REPO
 
 from pathme.cli import main
-from pathme.demo.synthetic_stores import write_store
 from pathme.engines.distill_workflow import TrainedOn, load_checkpoint, newest_readable_checkpoint
 from pathme.engines.embed import EmbedRun
 from pathme.networks import preset_config
 from pathme.store import validate_store
+from pathme.synthetic.stores import write_store
 
 CONFIGS = REPO / "bundles" / "pathme_distillation" / "configs"
 DIMS = {"tiny-vit": 64, "tiny-cnn": 64}

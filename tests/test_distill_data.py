@@ -13,8 +13,8 @@ from pathme.data.distill_dataset import RegionStoreDataset, read_patients, split
 from pathme.data.masks import block_masks
 from pathme.data.view_dataset import ViewDataset
 from pathme.data.views import ViewConfig, collate_regions, make_views
-from pathme.demo.synthetic_stores import write_store
 from pathme.store import StoreError
+from pathme.synthetic.stores import write_store
 
 DIMS = {"a": 8, "b": 6}
 # slide id -> (patient id, L0 validity rule per region); "empty" regions have no valid tile and are skipped

@@ -14,9 +14,9 @@ from bundle_config import tiny_distillation
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pathme.data.views import ViewConfig
-from pathme.demo.synthetic_stores import write_store
 from pathme.engines.distill_workflow import DistillationRun, load_checkpoint, newest_readable_checkpoint
 from pathme.engines.schedules import Schedules
+from pathme.synthetic.stores import write_store
 
 DIMS = {"a": 12, "b": 10}
 TERMS = ["dino", "ibot", "koleo", "kd", "hmsa", "total"]

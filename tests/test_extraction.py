@@ -18,9 +18,9 @@ import pytest
 from conftest import REPO
 
 from pathme.cli import main
-from pathme.demo.synthetic_slides import write_pyramid
 from pathme.extract import CohortExtractor
 from pathme.store import validate_store
+from pathme.synthetic.slides import write_pyramid
 from pathme.wsi.regions import plan_regions
 from pathme.wsi.slide import Slide
 

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from pathme.cli import main
-from pathme.data.gdc import GDCError, cohort_from_gdc
+from pathme.cohorts.gdc import GDCError, cohort_from_gdc
 from pathme.data.labels import load_labels
-from pathme.demo.synthetic_slides import write_pyramid
+from pathme.synthetic.slides import write_pyramid
 from pathme.wsi.slide import Slide
 
 CLINICAL_COLUMNS = ["case_id", "case_submitter_id", "project_id", "vital_status", "days_to_death"]

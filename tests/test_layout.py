@@ -45,11 +45,13 @@ def test_every_public_function_and_class_has_a_docstring() -> None:
     assert missing == []
 
 
-def test_demo_generators_live_apart_from_the_training_datasets() -> None:
+def test_demo_and_fixture_generators_live_apart_from_the_training_datasets() -> None:
     data = {path.name for path in (PACKAGE / "data").glob("*.py")}
     demo = {path.name for path in (PACKAGE / "demo").glob("*.py")}
-    assert {"cohort_generator.py", "sample_data.py", "synthetic_slides.py", "synthetic_stores.py"} <= demo
+    synthetic = {path.name for path in (PACKAGE / "synthetic").glob("*.py")}
+    assert {"cohort_generator.py", "sample_data.py"} <= demo and {"slides.py", "stores.py"} <= synthetic
     assert not any("synthetic" in name or "sample" in name or "cohort" in name for name in data)
+    assert not any(name.startswith("synthetic") for name in demo)  # test fixtures are not the demo's
 
 
 #: pathme's units from the bottom up (docs/architecture.md draws them): a module imports from its own unit and the
@@ -60,6 +62,8 @@ LAYERS = (
     "device",
     "wsi",
     "store",
+    "synthetic",
+    "cohorts",
     "wheels",
     "console",
     "shards",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pathme.wsi.manifest import ManifestError, read_manifest
+from pathme.cohorts.manifest import ManifestError, read_manifest
 
 
 def _write(tmp_path: Path, text: str) -> Path:

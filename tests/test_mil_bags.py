@@ -19,10 +19,10 @@ from pathme.data.bags import (
     read_slide_bag,
 )
 from pathme.data.feature_source import FeatureSource
-from pathme.demo.synthetic_stores import write_store
 from pathme.engines.embed import token_coords
 from pathme.store import StoreError
 from pathme.store.tokens import TokenProvenance, write_token_store
+from pathme.synthetic.stores import write_store
 from pathme.wsi.grid import REGION_PX, RegionGrid
 
 DIMS = {"expert-a": 8, "expert-b": 4}

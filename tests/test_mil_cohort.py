@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from pathme.cli import main
-from pathme.demo.synthetic_stores import write_store
+from pathme.synthetic.stores import write_store
 
 DIMS = {"exp": 8}
 

@@ -16,12 +16,12 @@ import torch
 
 from pathme.cli import main
 from pathme.data.bags import BagIndex
-from pathme.demo.synthetic_stores import write_store
 from pathme.engines.embeddings import write_embeddings
 from pathme.engines.mil import TrainSettings, load_fold_model
 from pathme.engines.mil_workflow import MILPredict, MILRun
 from pathme.networks import AGGREGATORS
 from pathme.networks.mil import aggregators
+from pathme.synthetic.stores import write_store
 
 MEMBERS = list(AGGREGATORS)
 PATIENTS = 12

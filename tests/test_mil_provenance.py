@@ -14,13 +14,13 @@ import torch
 from real_inputs import tissue_image, write_manifest, write_slide
 
 from pathme.data.bags import BagIndex
-from pathme.demo.synthetic_stores import write_store
 from pathme.engines.embed import token_coords
 from pathme.engines.mil import MILTask, TrainSettings
 from pathme.engines.mil_workflow import MILPredict, MILRun, slide_rows
 from pathme.extract import CohortExtractor
 from pathme.store.provenance import read_provenance
 from pathme.store.tokens import TokenProvenance, write_token_store
+from pathme.synthetic.stores import write_store
 from pathme.wsi.grid import REGION_PX, RegionGrid
 from pathme.wsi.slide_error import SlideError
 

@@ -17,12 +17,12 @@ from nibabel.affines import apply_affine
 from real_inputs import tissue_image, write_slide
 
 from pathme.data.bags import BagIndex
-from pathme.demo.synthetic_stores import write_store
 from pathme.deploy.pipeline import Case, _slide_predictions
 from pathme.engines.mil import MILTask
 from pathme.engines.mil_workflow import slide_rows
 from pathme.store.attrs import write_attrs
 from pathme.store.digests import slide_fingerprint
+from pathme.synthetic.stores import write_store
 from pathme.viz.heatmap import AttentionMap, ColourScale, write_slide_heatmap
 from pathme.viz.nifti import map_affine, write_map_nifti
 from pathme.viz.preview import preview_manifest

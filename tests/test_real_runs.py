@@ -28,12 +28,12 @@ from real_inputs import (
 
 import pathme.engines.mil_workflow as mil_workflow
 from pathme.cli import main
-from pathme.demo.synthetic_stores import write_store
 from pathme.engines.distill_workflow import load_checkpoint, newest_readable_checkpoint
 from pathme.engines.mil import TrainSettings
 from pathme.engines.mil_workflow import MILRun
 from pathme.store.atomic import SUFFIX
 from pathme.store.provenance import read_provenance
+from pathme.synthetic.stores import write_store
 
 MIL = ["--num-folds", "2", "--max-epochs", "2"]
 

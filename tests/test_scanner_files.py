@@ -17,11 +17,11 @@ from torch.utils.data import DataLoader
 from pathme.data.distill_dataset import RegionStoreDataset
 from pathme.data.view_dataset import ViewDataset
 from pathme.data.views import collate_regions
-from pathme.demo.synthetic_slides import write_pyramid
-from pathme.demo.synthetic_stores import write_store
 from pathme.extract import CohortExtractor
 from pathme.store import StoreError
 from pathme.store.provenance import read_provenance
+from pathme.synthetic.slides import write_pyramid
+from pathme.synthetic.stores import write_store
 from pathme.viz.preview import preview_manifest
 from pathme.wsi.reading import read_thumbnail
 from pathme.wsi.slide import Slide

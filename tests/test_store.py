@@ -15,7 +15,6 @@ import h5py
 import numpy as np
 import pytest
 
-from pathme.demo.synthetic_stores import SLIDE_SIZE, region_arrays, store_attrs
 from pathme.store import (
     SCHEMA_VERSION,
     RegionStoreWriter,
@@ -29,6 +28,7 @@ from pathme.store import (
 )
 from pathme.store.schema import TOKEN_ATTRS
 from pathme.store.tokens import TokenProvenance, write_token_store
+from pathme.synthetic.stores import SLIDE_SIZE, region_arrays, store_attrs
 from pathme.wsi.grid import RegionGrid
 
 EXPERTS = {"alpha": 8, "beta": 5}

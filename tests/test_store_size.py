@@ -9,9 +9,9 @@ import pandas as pd
 
 from pathme.data.bags import read_slide_bag
 from pathme.data.distill_dataset import RegionStoreDataset
-from pathme.demo.synthetic_stores import write_store
 from pathme.extract import CohortExtractor
 from pathme.store import read_store_attrs
+from pathme.synthetic.stores import write_store
 
 # float16 keeps 11 significant bits: rounding to nearest moves a normal number by at most 2**-11 of itself and a
 # subnormal one (below 2**-14) by at most 2**-25; the margin covers float32 results that differ in the last bit

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from conftest import REPO
 
-from pathme.demo.synthetic_stores import write_store
+from pathme.synthetic.stores import write_store
 
 #: what the wheel is built from (the rest of the checkout, tests and caches included, stays out)
 SOURCES = ("pyproject.toml", "setup.py", "README.md", "LICENSE", "pathme", "bundles")

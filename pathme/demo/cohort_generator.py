@@ -33,8 +33,8 @@ from scipy.ndimage import gaussian_filter
 from skimage.color import hed2rgb, rgb2hed
 from tqdm import tqdm
 
-from pathme.demo.synthetic_slides import downsample_area, write_pyramid
 from pathme.store.atomic import write_atomic
+from pathme.synthetic.slides import downsample_area, write_pyramid
 from pathme.wsi.grid import CHILDREN_SIDE, REGION_PX, TILE_PX
 from pathme.wsi.slide import Slide
 from pathme.wsi.tissue import saturation as hsv_saturation

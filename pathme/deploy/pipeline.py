@@ -18,6 +18,7 @@ import pandas as pd
 
 from pathme import __version__
 from pathme.bundles import bundle_dir, run_bundle
+from pathme.cohorts.manifest import SAFE_ID
 from pathme.data.feature_source import PATHME, PATHME_MEAN, FeatureSource
 from pathme.engines.distill_workflow import TEACHER_FILE, TrainedOn, load_checkpoint
 from pathme.engines.mil import MILModelConfig, load_fold_model, read_fold_model
@@ -26,7 +27,6 @@ from pathme.store import file_digest, read_store_attrs
 from pathme.store.atomic import copy_atomic, write_atomic
 from pathme.store.tokens import TokenProvenance
 from pathme.tables import read_text_csv
-from pathme.wsi.manifest import SAFE_ID
 from pathme.wsi.mpp import MPP_TOLERANCE
 from pathme.wsi.readers import SLIDE_SUFFIXES, is_slide, slide_path
 from pathme.wsi.readers.dicom import is_dicom_series

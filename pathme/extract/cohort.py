@@ -22,6 +22,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import pathme
+from pathme.cohorts.manifest import ManifestRow, read_manifest
 from pathme.device import cpu_budget, pick_device, reader_workers
 from pathme.encoders import Expert, build_expert
 from pathme.extract.engine import SlideTimes, encode_regions
@@ -35,7 +36,6 @@ from pathme.store.interop import interop_attrs
 from pathme.store.provenance import read_provenance, slide_attrs
 from pathme.store.schema import COORDS, FEATURE_DTYPES, FEATURES, VALID
 from pathme.wsi.grid import L0_MPP, L0_SIDE, L1_MPP, L2_MPP, REGION_PX, TILE_PX, tile_origins
-from pathme.wsi.manifest import ManifestRow, read_manifest
 from pathme.wsi.mpp import MPP_TOLERANCE
 from pathme.wsi.readers import AUTO
 from pathme.wsi.reading import refuse_too_coarse

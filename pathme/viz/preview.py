@@ -17,11 +17,11 @@ from matplotlib.collections import LineCollection, PolyCollection
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from pathme.cohorts.manifest import ManifestRow, read_manifest
 from pathme.shards import ShardRun, WorkItem, resolve_shard
 from pathme.viz.figure import SlideFigure
 from pathme.viz.nifti import write_map_nifti
 from pathme.wsi.grid import L0_MPP, L0_SIDE, L1_SIDE, REGION_PX
-from pathme.wsi.manifest import ManifestRow, read_manifest
 from pathme.wsi.mpp import MPP_TOLERANCE
 from pathme.wsi.readers import AUTO
 from pathme.wsi.regions import SlidePlan, plan_regions
