@@ -13,6 +13,17 @@ from pathme.synthetic.slides import write_pyramid
 
 REPO = Path(__file__).resolve().parents[1]
 
+#: session fixtures that take minutes to build (a demo cohort, its stores, a distilled teacher): a test that uses one
+#: is ``slow`` by that alone, so ``pytest -m "not slow"`` (the fast tier) never builds them
+DEMO_FIXTURES = {"demo_cohort", "demo_features", "demo_teacher", "demo_tokens"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test that needs a :data:`DEMO_FIXTURES` fixture."""
+    for item in items:
+        if DEMO_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:

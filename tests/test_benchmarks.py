@@ -17,6 +17,8 @@ from conftest import REPO
 
 from pathme.synthetic.stores import write_store
 
+pytestmark = pytest.mark.slow  # minutes of CPU: every benchmark script at a small size
+
 
 def run_script(name: str, *args: str) -> None:
     result = subprocess.run([sys.executable, str(REPO / "scripts" / name), *args], capture_output=True, text=True)

@@ -20,6 +20,8 @@ from pathme.engines.mil import MILModelConfig, MILTask, load_fold_model, save_fo
 from pathme.networks import RegionEncoder, preset_config
 from pathme.wsi.grid import L0_SIDE, L1_SIDE
 
+pytestmark = pytest.mark.slow  # minutes of CPU: ckpt_export and verify_net_in_out in subprocesses
+
 BUNDLES = sorted(path for path in (REPO / "bundles").iterdir() if (path / "configs" / "metadata.json").is_file())
 MIL = REPO / "bundles" / "pathme_mil"
 DISTILL = REPO / "bundles" / "pathme_distillation"

@@ -120,6 +120,7 @@ def test_make_demo_target_runs_the_demo_command():
     assert ".venv/bin/pathme demo --output-dir demo_output" in result.stdout
 
 
+@pytest.mark.slow
 def test_the_demo_runs_the_whole_pipeline_and_prints_the_metrics_table(tmp_path, cmu_slide):
     out = tmp_path / "demo"
     (out / "data").mkdir(parents=True)
@@ -223,7 +224,7 @@ def test_a_heatmap_resolution_that_is_not_positive_is_one_line_and_writes_nothin
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert errors == ["heatmap_mpp must be a positive µm/px or null (about 1,600 px on the long side), got -2"]
     assert not (tmp_path / "out").exists()
-    from pathme.engines.mil_workflow import MILPredict
+    from pathme.engines.mil_predict import MILPredict
 
     with pytest.raises(ValueError, match="heatmap_mpp must be a positive"):  # predict refuses it before any work
         MILPredict(tmp_path, tmp_path, tmp_path / "predicted", heatmap_mpp=0)

@@ -25,6 +25,9 @@ from pathme.extract import CohortExtractor
 from pathme.shards import RunRecords, run_status
 from pathme.viz.preview import preview_manifest
 
+pytestmark = pytest.mark.slow  # minutes of CPU: extraction, previews and tokens sharded over a real SLURM cluster
+
+
 TEMPLATE = REPO / "scripts" / "slurm" / "extract_array.sbatch"
 
 

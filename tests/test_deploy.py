@@ -23,10 +23,13 @@ from PIL import Image
 
 from pathme.deploy.pipeline import APP_CONFIG, AppModels, find_slides
 from pathme.engines.mil import TrainSettings
-from pathme.engines.mil_workflow import MILPredict, MILRun
+from pathme.engines.mil_predict import MILPredict
+from pathme.engines.mil_workflow import MILRun
 from pathme.networks import AGGREGATORS
 from pathme.store.digests import file_digest
 from pathme.synthetic.slides import write_pyramid
+
+pytestmark = pytest.mark.slow  # minutes of CPU: the MONAI Deploy application and its steps on the demo models
 
 FAST = TrainSettings(max_epochs=6, min_epochs=3, patience=3, lr=1e-3)
 #: task folder -> (labels column, feature source, aggregator): the app loads any member's fold models, with or

@@ -20,6 +20,9 @@ from pathme.networks import preset_config
 from pathme.store import validate_store
 from pathme.synthetic.stores import write_store
 
+pytestmark = pytest.mark.slow  # minutes of CPU: the distillation bundle run as monai bundle run
+
+
 CONFIGS = REPO / "bundles" / "pathme_distillation" / "configs"
 DIMS = {"tiny-vit": 64, "tiny-cnn": 64}
 

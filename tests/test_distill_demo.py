@@ -6,11 +6,15 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 from bundle_config import tiny_distillation
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pathme.engines.distill_workflow import DistillationRun
 from pathme.networks import PatHMEConfig
+
+pytestmark = pytest.mark.slow  # minutes of CPU: a distillation run long enough to learn
+
 
 ITERATIONS = 80
 WINDOW = 20  # iterations averaged at each end: single steps are noisy (random views and masks)

@@ -24,6 +24,8 @@ from pathme.synthetic.slides import write_pyramid
 from pathme.wsi.regions import plan_regions
 from pathme.wsi.slide import Slide
 
+pytestmark = pytest.mark.slow  # minutes of CPU: bundle runs, kills and torchrun on real H&E slides
+
 BUNDLE = REPO / "bundles" / "pathme_feature_extraction"
 CONFIG = BUNDLE / "configs" / "inference.json"
 MULTI = BUNDLE / "configs" / "multi_gpu_inference.json"

@@ -10,19 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pathme.data.labels import (
-    Fold,
-    LabelError,
-    Labels,
-    check_folds,
-    cohort_line,
-    cohort_table,
-    folds_to_frame,
-    load_labels,
-    make_folds,
-    spelling_key,
-    write_folds,
-)
+from pathme.data.folds import check_folds, folds_to_frame, make_folds, write_folds
+from pathme.data.inclusion import cohort_line, cohort_table
+from pathme.data.label_format import Fold, LabelError, Labels
+from pathme.data.label_spelling import spelling_key
+from pathme.data.labels import load_labels
 
 
 def _csv(tmp_path: Path, frame: pd.DataFrame | str, name: str = "labels.csv") -> Path:

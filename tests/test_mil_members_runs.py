@@ -18,7 +18,8 @@ from pathme.cli import main
 from pathme.data.bags import BagIndex
 from pathme.engines.embeddings import write_embeddings
 from pathme.engines.mil import TrainSettings, load_fold_model
-from pathme.engines.mil_workflow import MILPredict, MILRun
+from pathme.engines.mil_predict import MILPredict
+from pathme.engines.mil_workflow import MILRun
 from pathme.networks import AGGREGATORS
 from pathme.networks.mil import aggregators
 from pathme.synthetic.stores import write_store

@@ -13,9 +13,13 @@ import pandas as pd
 import pytest
 
 from pathme.cli import main
-from pathme.data.labels import LabelError
+from pathme.data.label_format import LabelError
 from pathme.engines.mil import TrainSettings
-from pathme.engines.mil_workflow import MILPredict, MILRun
+from pathme.engines.mil_predict import MILPredict
+from pathme.engines.mil_workflow import MILRun
+
+pytestmark = pytest.mark.slow  # minutes of CPU: cross-validated MIL runs on the demo cohort
+
 
 FAST = TrainSettings(lr=1e-3)  # the demo cohort is small: a higher rate than the bundle default (2e-4)
 HEATMAP_MPP = 8.0  # the demo's slides as the demo draws them: 0.2 s a heatmap, not the default's 0.9 s

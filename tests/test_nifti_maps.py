@@ -19,7 +19,7 @@ from real_inputs import tissue_image, write_slide
 from pathme.data.bags import BagIndex
 from pathme.deploy.pipeline import Case, _slide_predictions
 from pathme.engines.mil import MILTask
-from pathme.engines.mil_workflow import slide_rows
+from pathme.engines.mil_outputs import slide_rows
 from pathme.store.attrs import write_attrs
 from pathme.store.digests import slide_fingerprint
 from pathme.synthetic.stores import write_store

@@ -35,6 +35,9 @@ from pathme.store.atomic import SUFFIX
 from pathme.store.provenance import read_provenance
 from pathme.synthetic.stores import write_store
 
+pytestmark = pytest.mark.slow  # minutes of CPU: the stages run end to end on slides people have
+
+
 MIL = ["--num-folds", "2", "--max-epochs", "2"]
 
 

@@ -14,7 +14,7 @@ import pytest
 from lifelines.statistics import logrank_test
 from PIL import Image
 
-from pathme.engines.mil_workflow import summarise
+from pathme.engines.mil_outputs import summarise
 from pathme.metrics.classification import auroc
 from pathme.viz.heatmap import AttentionMap, ColourScale, write_slide_heatmap, write_top_tiles
 from pathme.viz.report import ReportInputs, km_figure, pooled_metric, risk_groups, write_report

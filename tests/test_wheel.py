@@ -82,6 +82,7 @@ def test_pathme_extract_help_runs_from_the_installed_command(installed):
     assert "--tiles-per-batch" in done.stdout and "(default 64)" in done.stdout
 
 
+@pytest.mark.slow
 def test_monai_bundle_run_of_the_installed_mil_bundle(installed):
     """The MIL bundle, found with ``python -m pathme.bundles``, trains 2 folds on tiny random stores."""
     python, env, work, site = installed

@@ -4,7 +4,7 @@ and ``mil`` set, with what each means (their defaults are read from the config f
 from __future__ import annotations
 
 from pathme.cli.flags import DEVICE_HELP, MPP_TOLERANCE_HELP, SHARD_HELP, TISSUE_HELP, BundleFlags
-from pathme.data.labels import SURVIVAL_LOSSES
+from pathme.data.label_format import SURVIVAL_LOSSES
 from pathme.store.schema import FEATURE_DTYPES
 from pathme.wsi.readers import BACKENDS
 

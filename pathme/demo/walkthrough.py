@@ -29,7 +29,7 @@ from pathme.demo.cohort_generator import make_demo_cohort
 from pathme.demo.sample_data import SAMPLE_FILENAME, fetch_sample_slide
 from pathme.deploy.pipeline import APP_CONFIG
 from pathme.engines.distill_workflow import TEACHER_FILE
-from pathme.engines.mil_workflow import fold_models
+from pathme.engines.mil_predict import fold_models
 from pathme.store.atomic import copy_atomic, write_atomic, write_csv_atomic
 from pathme.viz.preview import preview_manifest
 

@@ -22,7 +22,7 @@ from pathme.cohorts.manifest import SAFE_ID
 from pathme.data.feature_source import PATHME, PATHME_MEAN, FeatureSource
 from pathme.engines.distill_workflow import TEACHER_FILE, TrainedOn, load_checkpoint
 from pathme.engines.mil import MILModelConfig, load_fold_model, read_fold_model
-from pathme.engines.mil_workflow import fold_models
+from pathme.engines.mil_predict import fold_models
 from pathme.store import file_digest, read_store_attrs
 from pathme.store.atomic import copy_atomic, write_atomic
 from pathme.store.tokens import TokenProvenance

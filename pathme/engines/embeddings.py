@@ -29,7 +29,7 @@ from pathme.data.bags import BagIndex, SlideBag
 from pathme.data.feature_source import PATHME
 from pathme.device import pick_device
 from pathme.engines.mil import MILModelConfig, fold_model_from, read_fold_model
-from pathme.engines.mil_workflow import check_models_fit, fold_models
+from pathme.engines.mil_predict import check_models_fit, fold_models
 from pathme.store.atomic import atomic_h5
 from pathme.store.digests import file_digest
 
