@@ -31,9 +31,9 @@ from bench_reading import mosaic_slide
 
 from pathme.device import pick_device
 from pathme.encoders import build_expert
-from pathme.extract import CohortExtractor
-from pathme.extract.engine import encode_batch
-from pathme.extract.loader import tile_validity
+from pathme.engines.extraction import CohortExtractor
+from pathme.engines.region_encoding import encode_batch
+from pathme.engines.region_loader import tile_validity
 from pathme.store.atomic import write_atomic
 from pathme.wsi.grid import L0_SIDE, L1_SIDE, TILE_PX
 from pathme.wsi.reading import read_at_mpp

@@ -117,7 +117,7 @@ def peak_rss_mb() -> dict[str, float]:
 
 def measure_reading(slide_path: Path, num_workers: int) -> dict:
     """Read+decode of every planned region through the extraction loader (no encoder): s/region, RSS."""
-    from pathme.extract.loader import RegionDataset, SlideSource, region_loader
+    from pathme.engines.region_loader import RegionDataset, SlideSource, region_loader
     from pathme.wsi.regions import plan_regions
 
     slide = SlideSource(slide_path, slide_path.stem, "auto", None).open()
@@ -131,7 +131,7 @@ def measure_reading(slide_path: Path, num_workers: int) -> dict:
 
 def measure_extraction(slide_path: Path, out: Path, num_workers: int) -> dict:
     """``pathme extract`` of the slide with the tiny experts: s/slide, tiles/s, RSS, valid tiles, store MB."""
-    from pathme.extract import CohortExtractor
+    from pathme.engines.extraction import CohortExtractor
     from pathme.store import read_store_summary
 
     manifest = out / "manifest.csv"

@@ -49,8 +49,8 @@ from bench_scale import SLIDES, SMALLEST, build_slide, is_built
 
 from pathme.device import pick_device
 from pathme.encoders import build_expert
-from pathme.extract import CohortExtractor
-from pathme.extract.loader import SlideSource
+from pathme.engines.extraction import CohortExtractor
+from pathme.engines.region_loader import SlideSource
 from pathme.store.atomic import write_atomic
 from pathme.synthetic.stores import write_store
 from pathme.wsi.regions import plan_regions

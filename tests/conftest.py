@@ -92,7 +92,7 @@ def demo_cohort(cmu_slide: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 @pytest.fixture(scope="session")
 def demo_features(demo_cohort: Path) -> Path:
     """The demo cohort's region stores, extracted with the tiny random-weight experts."""
-    from pathme.extract import CohortExtractor
+    from pathme.engines.extraction import CohortExtractor
 
     output = demo_cohort.parent / "features"
     summary = CohortExtractor(demo_cohort / "manifest.csv", output, DEMO_EXPERTS, batch_size=64).run()
@@ -108,7 +108,7 @@ def demo_teacher(cmu_slide: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
     from pathme.demo.cohort_generator import make_demo_cohort
     from pathme.engines.distill_workflow import DistillationRun
-    from pathme.extract import CohortExtractor
+    from pathme.engines.extraction import CohortExtractor
 
     root = tmp_path_factory.mktemp("pretraining")
     manifest = make_demo_cohort(root / "cohort", cmu_slide, n_slides=8, seed=1)

@@ -21,7 +21,7 @@ from conftest import DEMO_EXPERTS, REPO
 from pathme.cli import main
 from pathme.cohorts.manifest import read_manifest
 from pathme.engines.embed import EmbedRun
-from pathme.extract import CohortExtractor
+from pathme.engines.extraction import CohortExtractor
 from pathme.shards import RunRecords, run_status
 from pathme.viz.preview import preview_manifest
 
@@ -138,7 +138,7 @@ def assert_refused(tmp_path: Path, demo_cohort: Path, caplog, flags: list[str], 
 
 
 def test_a_staged_extraction_reads_copies_and_leaves_the_stage_empty(tmp_path, demo_cohort, demo_features, monkeypatch):
-    import pathme.extract.cohort as cohort
+    import pathme.engines.extraction as cohort
     import pathme.shards.staging as staging
 
     opened: list[str] = []

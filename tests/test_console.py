@@ -48,7 +48,7 @@ def _tiny_bundle(folder: Path) -> Path:
 def test_a_stage_is_one_line_on_the_console_and_in_the_log(tmp_path, capsys):
     with console_logging(tmp_path):
         _stage(3, "feature extraction")
-        logging.getLogger("pathme.extract.cohort").info("slide demo_000: 12 regions")  # a detail: the log only
+        logging.getLogger("pathme.engines.extraction").info("slide demo_000: 12 regions")  # a detail: the log only
     printed = capsys.readouterr()
     assert printed.err.splitlines() == ["[3/7] feature extraction"] and printed.out == ""
     log = (tmp_path / LOG_FILE).read_text()
@@ -257,7 +257,7 @@ def test_a_failed_slide_is_one_console_line_and_its_traceback_only_in_the_log(tm
     import pandas as pd
     from real_inputs import tissue_image, write_manifest, write_slide
 
-    import pathme.extract.loader as loader
+    import pathme.engines.region_loader as loader
 
     def broken(slide, region):
         raise MemoryError("no room for this region")
@@ -274,7 +274,7 @@ def test_a_failed_slide_is_one_console_line_and_its_traceback_only_in_the_log(tm
     console = printed.err + printed.out
     about_bad = [line for line in console.splitlines() if "bad" in line]
     assert about_bad == [
-        "ERROR pathme.extract.cohort: slide bad failed: MemoryError: no room for this region",
+        "ERROR pathme.engines.extraction: slide bad failed: MemoryError: no room for this region",
         "FAILED 1 slide(s): bad (the reason of each: its error line above, and the summary)",
     ]
     for noise in ("Traceback", "Caught", "DataLoader worker", "AssertionError"):

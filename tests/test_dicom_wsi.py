@@ -10,7 +10,7 @@ import pytest
 from dicom_series import rewrite, to_dicom
 from test_extraction import EXPERTS, store_contents
 
-from pathme.extract import CohortExtractor
+from pathme.engines.extraction import CohortExtractor
 from pathme.store.digests import slide_fingerprint
 from pathme.viz.preview import preview_manifest
 from pathme.wsi.mpp import MissingMppError

@@ -19,7 +19,7 @@ from conftest import REPO
 from pathme.cli import main
 from pathme.encoders import ExpertClashError, ExpertDefinition, build_expert, get_spec, list_experts
 from pathme.encoders.plugins import load_plugins
-from pathme.extract import CohortExtractor
+from pathme.engines.extraction import CohortExtractor
 from pathme.store import validate_store
 
 EXPERT = "mylab-tiny8"

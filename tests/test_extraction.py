@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO
 
 from pathme.cli import main
-from pathme.extract import CohortExtractor
+from pathme.engines.extraction import CohortExtractor
 from pathme.store import validate_store
 from pathme.synthetic.slides import write_pyramid
 from pathme.wsi.regions import plan_regions
@@ -287,7 +287,7 @@ def test_a_slide_another_run_holds_is_put_off_then_waited_for_and_redone_when_th
     )
     try:
         assert holder.stdout.readline() == "held\n"  # "another run" is extracting cmu_a
-        loggers = [logging.getLogger(name) for name in ("pathme.shards.run", "pathme.extract.cohort")]
+        loggers = [logging.getLogger(name) for name in ("pathme.shards.run", "pathme.engines.extraction")]
         watcher, levels = _KillWhenLogged(holder, "waiting for the other task"), [lg.level for lg in loggers]
         for logger in loggers:
             logger.addHandler(watcher)

@@ -73,7 +73,6 @@ LAYERS = (
     "encoders",
     "data",
     "viz",
-    "extract",
     "engines",
     "bundles",
     "deploy",

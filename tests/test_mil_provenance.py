@@ -15,11 +15,11 @@ from real_inputs import tissue_image, write_manifest, write_slide
 
 from pathme.data.bags import BagIndex
 from pathme.engines.embed import token_coords
+from pathme.engines.extraction import CohortExtractor
 from pathme.engines.mil import MILTask, TrainSettings
 from pathme.engines.mil_outputs import slide_rows
 from pathme.engines.mil_predict import MILPredict
 from pathme.engines.mil_workflow import MILRun
-from pathme.extract import CohortExtractor
 from pathme.store.provenance import read_provenance
 from pathme.store.tokens import TokenProvenance, write_token_store
 from pathme.synthetic.stores import write_store

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from pathme.data.distill_dataset import RegionStoreDataset
 from pathme.data.view_dataset import ViewDataset
 from pathme.data.views import collate_regions
-from pathme.extract import CohortExtractor
+from pathme.engines.extraction import CohortExtractor
 from pathme.store import StoreError
 from pathme.store.provenance import read_provenance
 from pathme.synthetic.slides import write_pyramid
@@ -212,7 +212,7 @@ def test_a_corrupt_jpeg_tile_fails_its_slide_in_one_line_naming_the_tile(tmp_pat
 def test_a_reader_process_error_reaches_the_summary_as_its_one_line_reason(tmp_path, monkeypatch):
     """An unexpected error in a region-reading worker is named by type and message, not torch's rebuilt
     'Caught ... in DataLoader worker process 0 / Original Traceback' text."""
-    import pathme.extract.loader as loader
+    import pathme.engines.region_loader as loader
 
     def broken(slide, region):
         raise MemoryError("no room for this region")

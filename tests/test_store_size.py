@@ -9,7 +9,7 @@ import pandas as pd
 
 from pathme.data.bags import read_slide_bag
 from pathme.data.distill_dataset import RegionStoreDataset
-from pathme.extract import CohortExtractor
+from pathme.engines.extraction import CohortExtractor
 from pathme.store import read_store_attrs
 from pathme.synthetic.stores import write_store
 

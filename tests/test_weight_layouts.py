@@ -243,7 +243,7 @@ def test_an_unreachable_hub_fails_at_once_or_uses_another_cached_file(
 
 
 def test_path_errors_name_the_expert_and_stray_weights_are_refused(tmp_path: Path) -> None:
-    from pathme.extract import CohortExtractor
+    from pathme.engines.extraction import CohortExtractor
 
     with pytest.raises(WeightsError, match=r"expert 'tiny-vit': weight file not found: .*absent\.pt"):
         build_expert("tiny-vit", tmp_path / "absent.pt")

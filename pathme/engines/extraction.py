@@ -25,8 +25,8 @@ import pathme
 from pathme.cohorts.manifest import ManifestRow, read_manifest
 from pathme.device import cpu_budget, pick_device, reader_workers
 from pathme.encoders import Expert, build_expert
-from pathme.extract.engine import SlideTimes, encode_regions
-from pathme.extract.loader import RegionDataset, SlideSource, region_loader
+from pathme.engines.region_encoding import SlideTimes, encode_regions
+from pathme.engines.region_loader import RegionDataset, SlideSource, region_loader
 from pathme.shards import ShardRun, Stager, WorkItem, check_room, resolve_shard
 from pathme.shards.staging import stageable
 from pathme.shards.status import write_merged
