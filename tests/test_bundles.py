@@ -56,10 +56,6 @@ NET_CASES = {
         "config_file": _configs(DISTILL, "train.json", "train_tiny.json"),
         **TINY_META,
     },
-    "pathme_distillation/inference.json+inference_tiny.json": {
-        "config_file": _configs(DISTILL, "inference.json", "inference_tiny.json"),
-        **TINY_META,
-    },
     "pathme_feature_extraction/inference.json": {"config_file": _configs(EXTRACT, "inference.json")},
 }
 

@@ -161,9 +161,8 @@ BUNDLE_COMMANDS = {
     ("pathme_mil", "train.json"): "mil",
     ("pathme_mil", "inference.json"): "mil",
 }
-#: ids a user does not set: the config's machinery, and what only describes network_def for MONAI's tools
+#: ids a user does not set: the config's machinery, and the network MONAI's tools take
 NOT_USER_IDS = {"imports", "bundle_root", "initialize", "run", "finalize", "network_def"}
-NETWORK_DEF_ONLY = {("pathme_distillation", "inference.json"): {"expert_a", "preset", "network"}}
 
 
 def _user_value(value) -> bool:
@@ -189,7 +188,7 @@ def test_every_user_id_of_every_bundle_has_a_pathme_flag_showing_its_default():
     checked = 0
     for (bundle, config), command in BUNDLE_COMMANDS.items():
         values = _flatten(json.loads((REPO / "bundles" / bundle / "configs" / config).read_text()))
-        skip = NOT_USER_IDS | NETWORK_DEF_ONLY.get((bundle, config), set())
+        skip = NOT_USER_IDS
         flags = {option: action for action in commands[command]._actions for option in action.option_strings}
         for config_id, value in values.items():
             nested = "#" in config_id  # a field of a component: set when literal, computed when an expression

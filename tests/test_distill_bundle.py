@@ -77,7 +77,7 @@ def test_the_run_writes_its_teacher_alone_in_a_file_plain_torch_load_reads(train
 def test_inference_writes_tokens_whose_coordinates_match_the_regions(trained, tmp_path):
     stores, output = trained
     checkpoints = output / "checkpoints"
-    _bundle(["inference.json", "inference_tiny.json"], dataset_dir=stores, output_dir=tmp_path, checkpoint=checkpoints)
+    _bundle(["inference.json"], dataset_dir=stores, output_dir=tmp_path, checkpoint=checkpoints)
     for source in sorted(stores.glob("*.h5")):
         target = tmp_path / source.name
         validate_store(target, experts=["tiny-vit"])
