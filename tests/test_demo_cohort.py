@@ -12,13 +12,9 @@ from skimage.color import rgb2hed
 from pathme.demo.cohort_generator import (
     REGION,
     TILE,
-    PatientTruth,
     PlannedSlide,
     _full_cells,
-    assign_patients,
-    draw_labels,
     draw_slide,
-    draw_survival,
     harvest_tiles,
     make_demo_cohort,
     plan_slides,
@@ -27,6 +23,7 @@ from pathme.demo.cohort_generator import (
     tumour_stains,
     tumour_tiles,
 )
+from pathme.demo.patient_truth import PatientTruth, assign_patients, draw_labels, draw_survival
 from pathme.metrics.classification import auroc
 from pathme.wsi.slide import Slide
 
