@@ -27,28 +27,15 @@ from pathlib import Path
 
 import numpy as np
 from bench_reading import CACHE, mosaic_slide
-from wsidicomizer import WsiDicomizer
 
 from pathme.demo.sample_data import fetch_sample_slide
 from pathme.store.atomic import write_atomic
+from pathme.synthetic.dicomize import to_dicom
 from pathme.wsi.grid import REGION_PX
 from pathme.wsi.readers import READERS
 from pathme.wsi.regions import plan_regions
 from pathme.wsi.slide import Slide
 from pathme.wsi.tiles import read_region_tiles
-
-
-def to_dicom(slide: Path, folder: Path, levels: bool) -> Path:
-    WsiDicomizer.convert(
-        slide,
-        folder,
-        add_missing_levels=levels,
-        include_label=False,
-        include_overview=False,
-        include_thumbnail=False,
-        workers=1,
-    )
-    return folder
 
 
 def best_of(repeats: int, work: Callable[[], None]) -> float:

@@ -1,10 +1,6 @@
-"""DICOM WSI series made at test time from slide files, with wsidicomizer (the converter of the wsidicom authors).
-
-wsidicomizer copies an SVS's level-0 JPEG tiles into the series unchanged, so level 0 decodes to the same pixels
-as the SVS; the levels it adds (``levels=True``) it encodes itself, as JPEG (lossy). It needs libjpeg-turbo's
-TurboJPEG library (Debian's libturbojpeg0, installed by scripts/install_test_packages.sh); without it the tests
-that need a series skip and say so.
-"""
+"""DICOM WSI series made at test time (:mod:`pathme.synthetic.dicomize`), and series changed in place; without the
+TurboJPEG library wsidicomizer needs (scripts/install_test_packages.sh) the tests that need a series skip and say
+so."""
 
 from __future__ import annotations
 
@@ -14,25 +10,14 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from pathme.synthetic import dicomize
+
 
 def to_dicom(slide: Path, folder: Path, levels: bool = False) -> Path:
-    """Convert ``slide`` into a new folder ``folder`` (one instance per level; no label, overview or thumbnail
-    image); ``levels`` adds the 2x, 4x, ... reductions the file lacks. Returns ``folder``."""
+    """:func:`pathme.synthetic.dicomize.to_dicom`, skipping the test where the TurboJPEG library is missing."""
     if ctypes.util.find_library("turbojpeg") is None:
         pytest.skip("libturbojpeg is not installed: sudo scripts/install_test_packages.sh")
-    from wsidicomizer import WsiDicomizer
-
-    folder.mkdir(parents=True)
-    WsiDicomizer.convert(
-        slide,
-        folder,
-        add_missing_levels=levels,
-        include_label=False,
-        include_overview=False,
-        include_thumbnail=False,
-        workers=1,
-    )
-    return folder
+    return dicomize.to_dicom(slide, folder, levels)
 
 
 def rewrite(folder: Path, change) -> None:
