@@ -10,8 +10,11 @@ import pytest
 from dicom_series import rewrite, to_dicom
 from test_extraction import EXPERTS, store_contents
 
+from pathme.deploy.pipeline import slide_id as deploy_slide_id
 from pathme.engines.extraction import CohortExtractor
+from pathme.shards.run import _size as shard_size
 from pathme.store.digests import slide_fingerprint
+from pathme.store.provenance import read_provenance
 from pathme.viz.preview import preview_manifest
 from pathme.wsi.mpp import MissingMppError
 from pathme.wsi.readers import READERS, is_slide, readers_for
@@ -37,7 +40,12 @@ def test_a_series_opens_with_wsidicom_and_its_pixel_spacing(series, cmu_slide):
     assert Slide.open(next(series.glob("*.dcm"))).path == series
     assert is_slide(series) and readers_for("auto", series) == (READERS["wsidicom"],)
     # a backend named for TIFF-based files (the Deploy app's openslide) leaves a series to the reader of its form
-    assert Slide.open(series, backend="openslide").backend == "wsidicom"
+    named = Slide.open(series, backend="openslide")
+    assert (named.backend, named.reader_note) == (
+        "wsidicom",
+        "openslide does not open a slide of this form; read with wsidicom",
+    )
+    assert Slide.open(series).slide_id == "cmu" and Slide.open(series).reader_note == ""
 
 
 def test_reduced_levels_are_the_area_average_of_level_0_within_the_jpeg_error(cmu_slide, tmp_path):
@@ -118,3 +126,30 @@ def to_dicom_copy(series, folder):
     for path in series.iterdir():
         (folder / path.name).write_bytes(path.read_bytes())
     return folder
+
+
+def test_a_series_named_by_its_uid_keeps_its_whole_name_as_slide_id(series, tmp_path):
+    named = to_dicom_copy(series, tmp_path / "1.2.826.0.1.3680043.8.498.12345")
+    assert Slide.open(named).slide_id == "1.2.826.0.1.3680043.8.498.12345"
+    assert deploy_slide_id(named) == named.name  # the Deploy app's report folder
+
+
+def test_a_series_fingerprint_and_size_cover_its_instances_only(series, tmp_path):
+    copy = to_dicom_copy(series, tmp_path / "copy")
+    before = slide_fingerprint(copy)
+    (copy / "DICOMDIR.txt").write_text("an index an archive left beside the instances")
+    assert slide_fingerprint(copy) == before
+    assert shard_size(copy) == sum(p.stat().st_size for p in copy.glob("*.dcm")) > 4096
+
+
+def test_a_later_stage_refuses_a_series_changed_since_extraction(series, tmp_path):
+    copy = to_dicom_copy(series, tmp_path / "cmu")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"slide_id,path\ncmu,{copy}\n")
+    CohortExtractor(manifest, tmp_path / "out", EXPERTS, batch_size=32, num_workers=0).run()
+    provenance = read_provenance(tmp_path / "out" / "cmu.h5")
+    assert provenance.open_slide().backend == "wsidicom"
+    instance = next(copy.glob("*.dcm"))
+    instance.write_bytes(instance.read_bytes()[:-10] + b"0123456789")  # same size, other pixels at its end
+    with pytest.raises(SlideError, match="its fingerprint differs from the store's"):
+        provenance.open_slide()

@@ -17,7 +17,8 @@ EXTRACT = BundleFlags(
         "experts": "expert names (`pathme experts` lists them) or timm:<model name>",
         "weights": "EXPERT=PATH per expert: a weight file or a folder holding one (a Hugging Face snapshot or cache "
         "folder); or EXPERT=hub (the published weights), EXPERT=random",
-        "reader_backend": "slide reader; auto tries cucim, then openslide, per slide",
+        "reader_backend": "slide reader; auto tries, per slide, the readers of its form (cucim then openslide for a "
+        "file, wsidicom for a DICOM folder)",
         "mpp_tolerance": MPP_TOLERANCE_HELP,
         "tiles_per_batch": "tiles per encoder batch",
         "num_workers": "region-reading processes (default: the CPUs this task was given, less one)",

@@ -28,7 +28,7 @@ from pathme.store.atomic import copy_atomic, write_atomic
 from pathme.store.tokens import TokenProvenance
 from pathme.tables import read_text_csv
 from pathme.wsi.mpp import MPP_TOLERANCE
-from pathme.wsi.readers import SLIDE_SUFFIXES, is_slide, slide_path
+from pathme.wsi.readers import SLIDE_SUFFIXES, is_slide, slide_name, slide_path
 from pathme.wsi.readers.dicom import is_dicom_series
 
 APP_CONFIG = "pathme_app.json"
@@ -129,9 +129,9 @@ class Case:
 
 
 def slide_id(path: Path) -> str:
-    """A slide's id: its file name without the extension (``TCGA-XX.svs`` -> ``TCGA-XX``), or a DICOM WSI series'
-    folder name."""
-    return path.stem
+    """A slide's id: :func:`~pathme.wsi.readers.slide_name` (``TCGA-XX.svs`` -> ``TCGA-XX``; a DICOM WSI series
+    folder's whole name)."""
+    return slide_name(path)
 
 
 def find_slides(input_path: str | Path) -> tuple[Path, ...]:

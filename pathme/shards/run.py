@@ -33,6 +33,7 @@ from pathme.shards.staging import AHEAD, Stager
 from pathme.shards.status import write_merged
 from pathme.shards.throughput import DONE, FAILED, Throughput, describe, peak_memory_mb
 from pathme.store.atomic import writer_lock
+from pathme.wsi.readers import slide_files
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +93,9 @@ def _stop_on_sigterm() -> Iterator[None]:
 
 
 def _size(path: Path) -> int:
+    """Bytes of a slide's files (a DICOM series' instances together)."""
     try:
-        return path.stat().st_size
+        return sum(file.stat().st_size for file in slide_files(path))
     except OSError:
         return 0  # a missing slide fails fast wherever it lands
 

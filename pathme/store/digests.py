@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pathme.store.attrs import canonical_json
+from pathme.wsi.readers import slide_files
 
 FINGERPRINT_BYTES = 4 << 20  # bytes hashed at each end of a slide file
 
@@ -43,14 +44,15 @@ def _ends_digest(path: Path, digest: hashlib._Hash) -> int:
 def slide_fingerprint(path: str | os.PathLike[str]) -> str:
     """``size-ends-sha256:<bytes>:<hex>``: the file size plus sha256 of its first and last 4 MiB, as stores record
     their slide's (``slide_digest``): catches a replaced, re-scanned or truncated slide without hashing GBs. A slide
-    that is a folder (a DICOM WSI series) is fingerprinted over its files in name order, each by name, size and
-    ends; ``<bytes>`` is then their total. OSError when a file cannot be read."""
+    that is a folder (a DICOM WSI series) is fingerprinted over its instances in name order
+    (:func:`~pathme.wsi.readers.slide_files`), each by name, size and ends; ``<bytes>`` is then their total. OSError
+    when a file cannot be read."""
     path = Path(path)
     digest = hashlib.sha256()
     if not path.is_dir():
         return f"size-ends-sha256:{_ends_digest(path, digest)}:{digest.hexdigest()}"
     total = 0
-    for member in sorted(p for p in path.iterdir() if p.is_file()):
+    for member in slide_files(path):
         digest.update(member.name.encode())
         total += _ends_digest(member, digest)
     return f"size-ends-sha256:{total}:{digest.hexdigest()}"

@@ -33,7 +33,7 @@ class SlideProvenance:
     slide_digest: str  # the file's fingerprint at extraction (pathme.store.digests.slide_fingerprint)
     mpp: float  # level-0 µm/px
     mpp_source: str
-    reader_backend: str  # the reader that decoded it: cucim or openslide
+    reader_backend: str  # the reader that decoded it (pathme.wsi.readers.READERS)
     region_extent: float  # region side in level-0 pixels
     reader_note: str = ""
     no_region_reason: str = ""
@@ -66,7 +66,7 @@ class SlideProvenance:
         from pathme.wsi.slide import Slide  # here, so reading a store's provenance does not load MONAI
         from pathme.wsi.slide_error import SlideError
 
-        if self.slide_path.is_file():
+        if self.slide_path.exists():
             try:
                 changed = slide_fingerprint(self.slide_path) != self.slide_digest
             except OSError as error:
@@ -80,7 +80,7 @@ class SlideProvenance:
         return slide
 
     def _changed(self, how: str) -> str:
-        """Why the slide file is not the one extraction read, with what it holds now (opened as a new slide)."""
+        """Why the slide is not the one extraction read, with what it holds now (opened as a new slide)."""
         from pathme.wsi.slide import Slide
         from pathme.wsi.slide_error import SlideError
 

@@ -55,15 +55,16 @@ def is_token_store(attrs: Mapping[str, Any]) -> bool:
     return "region_store" in attrs
 
 
-def _link_target(path: Path, attrs: Mapping[str, Any]) -> Path:
-    return (path.parent / TokenProvenance.from_attrs(attrs).region_store).resolve()
+def _link_target(path: Path, link: TokenProvenance) -> Path:
+    return (path.parent / link.region_store).resolve()
 
 
 def check_region_store_link(path: str | os.PathLike[str], attrs: Mapping[str, Any]) -> None:
     """StoreError when the region store a token store links is there but is not the file its tokens came from
     (re-extracted or modified since): the tokens no longer describe it. A region store that is gone is not an
     error here: the tokens stand alone, and only reading expert features through the link needs it."""
-    target, recorded = _link_target(Path(path), attrs), TokenProvenance.from_attrs(attrs).region_store_digest
+    link = TokenProvenance.from_attrs(attrs)
+    target, recorded = _link_target(Path(path), link), link.region_store_digest
     if target.is_file() and file_digest(target) != recorded:
         raise StoreError(
             f"{path}: its region store {target} changed after the tokens were computed "
@@ -77,7 +78,7 @@ def linked_region_store(path: str | os.PathLike[str], attrs: Mapping[str, Any]) 
     path = Path(path)
     if not is_token_store(attrs):
         return path
-    target = _link_target(path, attrs)
+    target = _link_target(path, TokenProvenance.from_attrs(attrs))
     if not target.is_file():
         raise StoreError(
             f"{path}: expert features are read from its region store {target}, which is gone; keep the token and "

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pathme.wsi.mpp import MPP_TOLERANCE, check_magnification, level0_mpp, stated_magnification
-from pathme.wsi.readers import AUTO, SlideReader, readers_for, slide_path
+from pathme.wsi.readers import AUTO, SlideReader, readers_for, slide_name, slide_path
 from pathme.wsi.slide_error import SlideError
 from pathme.wsi.tiff_layout import TiffLayout, inspect_tiff, is_level_of
 
@@ -96,7 +96,7 @@ class Slide:
         scenes, not 8-bit, undecodable, no plausible µm/px) and ValueError for an unknown backend or a negative
         tolerance."""
         path = slide_path(path)
-        slide_id = slide_id or path.stem
+        slide_id = slide_id or slide_name(path)
         if not path.exists():
             raise SlideError(f"slide {slide_id}: file not found: {path}")
         readers = readers_for(backend, path)
@@ -118,6 +118,9 @@ class Slide:
             if note:
                 note = f"{note}; read with {name}"
                 logger.warning("slide %s: %s", slide_id, note)
+            elif backend not in (AUTO, name):  # the named reader does not open this form: said, not warned about
+                note = f"{backend} does not open a slide of this form; read with {name}"
+                logger.info("slide %s: %s", slide_id, note)
             level0, source = level0_mpp(properties, mpp, f"{slide_id} ({path})", mpp_source)
             magnification = stated_magnification(properties)
             check_magnification(level0, magnification, slide_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pathme.wsi.readers.dicom import DicomWsiReader, is_dicom_series
+from pathme.wsi.readers.dicom import DicomWsiReader, dicom_instances, is_dicom_series
 from pathme.wsi.readers.monai_wsi import CuCIMReader, OpenSlideReader
 from pathme.wsi.readers.slide_reader import SlideReader
 
@@ -19,7 +19,7 @@ AUTO = "auto"
 BACKENDS = (AUTO, *READERS)
 #: file suffixes of the slide formats these readers open: what a folder of slides (Deploy input, GDC download) is
 #: searched for, besides DICOM series folders
-SLIDE_SUFFIXES = tuple(dict.fromkeys(s for cls in READERS.values() for s in cls.suffixes if s != ".dcm"))
+SLIDE_SUFFIXES = tuple(dict.fromkeys(s for cls in READERS.values() for s in cls.suffixes))
 
 
 def readers_for(backend: str, path: Path) -> tuple[type[SlideReader], ...]:
@@ -47,4 +47,27 @@ def slide_path(path: str | Path) -> Path:
     return path.parent if path.is_file() and path.suffix.lower() == ".dcm" else path
 
 
-__all__ = ["AUTO", "BACKENDS", "READERS", "SLIDE_SUFFIXES", "SlideReader", "is_slide", "readers_for", "slide_path"]
+def slide_name(path: Path) -> str:
+    """A slide's default id: a file's name without its extension (``TCGA-XX.svs`` -> ``TCGA-XX``), a series folder's
+    whole name (DICOM folders are often named by a UID, whose dots are no extension)."""
+    return path.name if path.is_dir() else path.stem
+
+
+def slide_files(path: Path) -> list[Path]:
+    """The files a slide's pixels are read from: the file itself, or a series folder's ``.dcm`` instances (what its
+    fingerprint and size cover; other files in the folder, such as a DICOMDIR, do not count)."""
+    return dicom_instances(path) if is_dicom_series(path) else [path]
+
+
+__all__ = [
+    "AUTO",
+    "BACKENDS",
+    "READERS",
+    "SLIDE_SUFFIXES",
+    "SlideReader",
+    "is_slide",
+    "readers_for",
+    "slide_files",
+    "slide_name",
+    "slide_path",
+]

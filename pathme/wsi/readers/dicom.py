@@ -51,7 +51,7 @@ class DicomWsiReader(SlideReader):
     """A DICOM WSI series (a folder of ``.dcm`` instances) opened with ``wsidicom.WsiDicom``."""
 
     name = "wsidicom"
-    suffixes = (".dcm",)
+    suffixes = ()  # a series is a folder (opens)
 
     def __init__(self, wsi: object) -> None:
         self._wsi = wsi
@@ -60,7 +60,7 @@ class DicomWsiReader(SlideReader):
         base = self._levels[0].default_instance.dataset
         spacing = self._levels[0].pixel_spacing
         self.properties = {"dicom.SOPClassUID": str(base.SOPClassUID)}
-        if spacing is not None:  # mm per pixel: (column spacing, row spacing)
+        if spacing is not None:  # mm per pixel, written as DICOM's Pixel Spacing: row spacing \ column spacing
             self.properties["dicom.PixelSpacing"] = f"{spacing.height}\\{spacing.width}"
         self.channels = int(base.SamplesPerPixel)
         if int(base.BitsAllocated) != 8:
@@ -83,12 +83,13 @@ class DicomWsiReader(SlideReader):
 
         if not is_dicom_series(path):
             raise ValueError("not a folder of DICOM instances (.dcm)")
-        classes = {str(dcmread(f, stop_before_pixels=True).SOPClassUID) for f in dicom_instances(path)}
+        headers = [dcmread(f, stop_before_pixels=True) for f in dicom_instances(path)]
+        classes = {str(header.SOPClassUID) for header in headers}
         if WSI_SOP_CLASS not in classes:
             raise ValueError(
                 f"no VL Whole Slide Microscopy image in the series (SOP classes {', '.join(sorted(classes))})"
             )
-        if not any(_pixel_spacing(dcmread(f, stop_before_pixels=True)) for f in dicom_instances(path)):
+        if not any(_pixel_spacing(header) for header in headers):
             raise MissingMppError(
                 f"{path}: the series states no pixel spacing (Shared Functional Groups, Pixel Measures), without "
                 "which no DICOM reader places its levels; export it again with its pixel spacing from the scanner "
