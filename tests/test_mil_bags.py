@@ -311,7 +311,7 @@ def test_a_feature_source_is_parsed_once_into_expert_and_store_level():
     ]
     assert [str(s) for s in parsed.values()] == list(parsed)  # what configs and fold models record
     assert FeatureSource.parse(parsed["uni@5x"]) is parsed["uni@5x"]
-    for bad in ("", "@5x", "uni@2x"):
+    for bad in ("", "@5x", "uni@2x", "uni@", "pathme@5x"):
         with pytest.raises(ValueError, match="feature source"):
             FeatureSource.parse(bad)
     with pytest.raises(ValueError, match=r"unknown scale '@2x'"):  # refused before any store is opened

@@ -26,15 +26,18 @@ class FeatureSource:
     @classmethod
     def parse(cls, source: str | FeatureSource) -> FeatureSource:
         """``"uni"`` -> (uni, L0), ``"uni@5x"`` -> (uni, L1), ``"pathme"`` -> (None, None); a FeatureSource is
-        returned as it is. ValueError for an empty name or an unknown scale suffix."""
+        returned as it is. ValueError for an empty name, an unknown or empty scale suffix, or a scale on the PatHME
+        sources."""
         if isinstance(source, FeatureSource):
             return source
         if source in (PATHME, PATHME_MEAN):
             return cls(source, None, None)
-        expert, _, scale = str(source).partition("@")
+        expert, at, scale = str(source).partition("@")
         if not expert:
             raise ValueError(f"feature source {source!r}: give {PATHME}, {PATHME_MEAN} or an expert name")
-        if scale and scale not in SCALES:
+        if expert in (PATHME, PATHME_MEAN):
+            raise ValueError(f"feature source {source!r}: PatHME tokens have no scale suffix; give {expert}")
+        if at and scale not in SCALES:
             raise ValueError(
                 f"feature source '{source}': unknown scale '@{scale}'; use @{', @'.join(SCALES)} or none (20x)"
             )
