@@ -4,6 +4,9 @@ and refusals of series that are no slide. The Deploy app on a series: tests/test
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,7 +18,6 @@ from pathme.engines.extraction import CohortExtractor
 from pathme.shards.run import _size as shard_size
 from pathme.store.digests import slide_fingerprint
 from pathme.store.provenance import read_provenance
-from pathme.viz.preview import preview_manifest
 from pathme.wsi.mpp import MissingMppError
 from pathme.wsi.readers import READERS, is_slide, readers_for
 from pathme.wsi.slide import Slide
@@ -73,10 +75,16 @@ def test_extraction_of_a_series_equals_that_of_its_svs(series, cmu_slide, tmp_pa
         np.testing.assert_array_equal(svs[name], dicom[name], err_msg=name)
 
 
-def test_preview_draws_a_series(series, tmp_path):
+def test_preview_draws_a_series_and_the_readers_libraries_say_nothing(series, tmp_path):
+    """``pathme preview`` in a process of its own (pydicom says its deprecation notice once per process, on the first
+    series opened): the table and where the outputs are, no line from pydicom or wsidicom."""
     manifest = tmp_path / "manifest.csv"
     manifest.write_text(f"slide_id,path\ncmu,{series}\n")
-    summary = preview_manifest(manifest, tmp_path / "out")
+    command = [sys.executable, "-m", "pathme.cli", "preview", "--manifest", str(manifest), "--output-dir"]
+    done = subprocess.run([*command, str(tmp_path / "out")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "pydicom" not in done.stdout + done.stderr and "wsidicom" in done.stdout  # the backend column
+    summary = pd.read_csv(tmp_path / "out" / "preview_summary.csv", keep_default_na=False)
     assert summary["error"].tolist() == [""] and summary["regions"].tolist() == [1]
     assert (tmp_path / "out" / "cmu_preview.png").is_file()
 

@@ -16,6 +16,7 @@ folder's name.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,19 @@ from pathme.wsi.readers.slide_reader import SlideReader
 
 #: SOP Class UID of VL Whole Slide Microscopy Image Storage
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
+
+
+class _LibraryDeprecations(logging.Filter):
+    """Drops pydicom's notices that an API is deprecated (``get_frame_offsets``, which wsidicom's DICOMweb client
+    calls on every frame index): they are for those libraries' authors, not for someone reading a slide, and pydicom
+    logs them at WARNING besides raising a DeprecationWarning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for a deprecation notice."""
+        return "is deprecated and will be removed" not in record.getMessage()
+
+
+_PYDICOM_DEPRECATIONS = _LibraryDeprecations()
 
 
 def dicom_instances(folder: Path) -> list[Path]:
@@ -78,6 +92,8 @@ class DicomWsiReader(SlideReader):
         pixel spacing; wsidicom's own errors for what it cannot read."""
         from pydicom import dcmread
 
+        if _PYDICOM_DEPRECATIONS not in logging.getLogger("pydicom").filters:
+            logging.getLogger("pydicom").addFilter(_PYDICOM_DEPRECATIONS)
         import_image_codecs_quietly()  # wsidicom imports nvImageCodec, which reports missing GPU codecs on a CPU
         from wsidicom import WsiDicom
 
