@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian/Ubuntu packages the tests drive as a user would: a single-node SLURM (slurmctld, slurmd,
 # slurm-client, munge) for the tests that run a real cluster (tests/slurm_cluster.py; pytest -m slurm), and a
-# headless Chromium (chromium-headless-shell) that opens the MIL report.html (tests/test_report.py), and libjpeg-turbo's
-# TurboJPEG library (libturbojpeg0), which wsidicomizer needs to make DICOM WSI series (tests/test_dicom_wsi.py). Idempotent: it
+# headless Chromium (chromium-headless-shell) that opens the MIL report.html (tests/test_report.py), libjpeg-turbo's
+# TurboJPEG library (libturbojpeg0), which wsidicomizer needs to make DICOM WSI series (tests/test_dicom_wsi.py), and
+# dicom3tools, whose dciodvfy checks the Deploy app's DICOM results (tests/test_dicom_results.py). Idempotent: it
 # does nothing when every program is already installed, and nothing (exit 0, with a message) when it is not run as
 # root or the machine has no apt-get; the tests that need a missing program skip with the reason. It only installs:
 # the tests write their own slurm.conf and munge key into a temporary folder and start and stop the daemons
@@ -11,8 +12,8 @@
 #   sudo scripts/install_test_packages.sh
 set -euo pipefail
 
-PACKAGES=(slurmctld slurmd slurm-client munge chromium-headless-shell libturbojpeg0)
-BINARIES=(slurmctld slurmd slurmstepd sbatch srun squeue scontrol scancel sinfo munged munge chromium-headless-shell)
+PACKAGES=(slurmctld slurmd slurm-client munge chromium-headless-shell libturbojpeg0 dicom3tools)
+BINARIES=(slurmctld slurmd slurmstepd sbatch srun squeue scontrol scancel sinfo munged munge chromium-headless-shell dciodvfy)
 
 # the daemons live in /usr/sbin, which a non-root PATH may lack
 export PATH=$PATH:/usr/sbin:/sbin
@@ -24,7 +25,7 @@ done
 compgen -G "/usr/lib/*/libturbojpeg.so.0" >/dev/null || missing+=(libturbojpeg.so.0)
 if ((${#missing[@]} == 0)); then
     # (`slurmd -V`, not `sinfo --version`: the clients refuse to print their version without a slurm.conf)
-    echo "install_test_packages: SLURM, munge, Chromium and TurboJPEG are installed ($(slurmd -V 2>&1 || true));" \
+    echo "install_test_packages: SLURM, munge, Chromium, TurboJPEG and dicom3tools are installed ($(slurmd -V 2>&1 || true));" \
         "nothing to do"
     exit 0
 fi

@@ -26,3 +26,16 @@ def rewrite(folder: Path, change) -> None:
         dataset = pydicom.dcmread(path)
         change(dataset)
         dataset.save_as(path)
+
+
+def drop_pixel_spacing(dataset: pydicom.Dataset) -> None:
+    """A :func:`rewrite` change: the instance loses its Pixel Spacing (Shared Functional Groups, Pixel Measures)."""
+    for group in dataset.SharedFunctionalGroupsSequence:
+        for measures in group.PixelMeasuresSequence:
+            del measures.PixelSpacing
+
+
+def make_ct(dataset: pydicom.Dataset) -> None:
+    """A :func:`rewrite` change: the instance claims to be a CT image (no whole-slide image)."""
+    dataset.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
+    dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID

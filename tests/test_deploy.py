@@ -13,14 +13,16 @@ import sys
 from pathlib import Path
 
 import h5py
+import highdicom as hd
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from conftest import DEMO_EXPERTS
-from dicom_series import to_dicom
+from dicom_series import drop_pixel_spacing, make_ct, rewrite, to_dicom
 from PIL import Image
 
+from pathme import __version__
 from pathme.deploy.pipeline import APP_CONFIG, AppModels, find_slides
 from pathme.engines.mil import TrainSettings
 from pathme.engines.mil_predict import MILPredict
@@ -29,6 +31,7 @@ from pathme.networks import AGGREGATORS
 from pathme.store.digests import file_digest
 from pathme.synthetic.slides import write_pyramid
 
+ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # minutes of CPU: the MONAI Deploy application and its steps on the demo models
 
 FAST = TrainSettings(max_epochs=6, min_epochs=3, patience=3, lr=1e-3)
@@ -45,7 +48,8 @@ import sys
 from pathlib import Path
 from pathme.deploy import pipeline
 models = pipeline.AppModels.load(sys.argv[2])
-case = pipeline.Case(pipeline.find_slides(sys.argv[1]), Path(sys.argv[3]) / "work")
+work = Path(sys.argv[3]) / "work"
+case = pipeline.Case(pipeline.find_slides(sys.argv[1], work), work)
 for step in (pipeline.extract_features, pipeline.compute_tokens, pipeline.predict):
     case = step(case, models)
 pipeline.write_reports(case, models, sys.argv[3])
@@ -82,9 +86,9 @@ def single_slide_patients(demo_cohort: Path) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def steps_output(demo_cohort: Path, app_models: Path, cmu_slide: Path, tmp_path_factory) -> tuple[Path, pd.Series]:
     """The operators' steps outside the SDK on one folder: the slide of a positive single-slide patient, named
-    ``NA`` (a name pandas reads as missing), the CMU slide as an SVS and as a DICOM WSI series, and three slides
-    without a prediction: a file that is no slide, a slide whose file name is no safe id, and a slide without
-    tissue."""
+    ``NA`` (a name pandas reads as missing), the CMU slide as an SVS and as a DICOM WSI series, and five slides
+    without a prediction: a file that is no slide, a slide whose file name is no safe id, a slide without tissue, a
+    DICOM series of no whole-slide image and one without pixel spacing."""
     chosen = single_slide_patients(demo_cohort).query("label == '1'").iloc[0]
     root = tmp_path_factory.mktemp("steps")
     inputs = root / "in"
@@ -93,6 +97,9 @@ def steps_output(demo_cohort: Path, app_models: Path, cmu_slide: Path, tmp_path_
     shutil.copy(cmu_slide, inputs / "a b.svs")
     shutil.copy(cmu_slide, inputs / "cmu.svs")
     to_dicom(cmu_slide, inputs / "cmu_dicom")
+    for name, change in (("ct_series", make_ct), ("no_spacing", drop_pixel_spacing)):
+        shutil.copytree(inputs / "cmu_dicom", inputs / name)
+        rewrite(inputs / name, change)
     (inputs / "broken.svs").write_bytes(b"not a slide at all" * 100)
     write_pyramid(inputs / "blank.tiff", np.full((1024, 1024, 3), 245, np.uint8), mpp=0.5)
     run_steps(inputs, app_models, root / "out")
@@ -136,14 +143,51 @@ def test_a_dicom_series_gets_the_report_of_the_svs_it_was_made_from(steps_output
             assert cells[0] == cells[1] and cells[0]
 
 
+def test_a_dicom_series_gets_dicom_results_that_read_back_as_the_svs_report(steps_output) -> None:
+    """The SR holds the SVS report's probabilities, classes and risks (to the bit: the SR keeps float64); the bulk
+    annotations hold the SVS heatmap GeoJSON's cells and attention (float32, as the standard stores them)."""
+    output, _ = steps_output
+    svs, dicom = (json.loads((output / name / "report.json").read_text()) for name in ("cmu", "cmu_dicom"))
+    assert "dicom" not in svs and dicom["dicom"] == {"sr": "prediction_sr.dcm", "annotations": "attention_ann.dcm"}
+    sr = hd.sr.srread(output / "cmu_dicom" / dicom["dicom"]["sr"])
+    groups = {group.tracking_identifier: group for group in sr.content.get_image_measurement_groups()}
+    assert set(groups) == set(RUNS)
+    for task, want in svs["predictions"].items():
+        values = {m.name.value.split("=", 1)[1]: m.value for m in groups[task].get_measurements()}
+        if want["type"] == "survival":
+            assert values == {"risk": want["risk"]}
+        else:
+            assert values == {f"p({label})": p for label, p in want["probabilities"].items()}
+            [evaluation] = groups[task].get_qualitative_evaluations()
+            assert evaluation.value.value == f"{task}={want['prediction']}"
+    ann = hd.ann.annread(output / "cmu_dicom" / dicom["dicom"]["annotations"])
+    drawn = {name for name, want in svs["predictions"].items() if "heatmap_geojson" in want}
+    groups = {group.label.removesuffix(" attention"): group for group in ann.get_annotation_groups()}
+    assert set(groups) == drawn and drawn
+    for task in drawn:
+        features = json.loads((output / "cmu" / svs["predictions"][task]["heatmap_geojson"]).read_text())["features"]
+        polygons = groups[task].get_graphic_data("2D")
+        rings = [np.asarray(feature["geometry"]["coordinates"][0][:4], np.float32) for feature in features]
+        assert len(polygons) == len(rings) and all(np.array_equal(a, b) for a, b in zip(polygons, rings, strict=True))
+        attention = [feature["properties"]["measurements"]["attention"] for feature in features]
+        np.testing.assert_allclose(groups[task].get_measurements()[1][:, 0], attention, rtol=1e-7)
+
+
 @pytest.mark.parametrize(
     ("slide", "reason"),
-    [("broken", "Error"), ("a b", "no safe slide id"), ("blank", "no tissue found")],
+    [
+        ("broken", "Error"),
+        ("a b", "no safe slide id"),
+        ("blank", "no tissue found"),
+        ("ct_series", "no VL Whole Slide Microscopy image in the series (SOP classes 1.2.840.10008.5.1.4.1.1.2)"),
+        ("no_spacing", "no_spacing: the series states no pixel spacing"),
+    ],
 )
 def test_a_slide_without_a_prediction_gets_a_failed_report_with_the_reason(steps_output, slide, reason) -> None:
     output, _ = steps_output
     report = json.loads((output / slide / "report.json").read_text())
-    assert report["status"] == "failed" and reason in report["error"] and "predictions" not in report
+    assert report["status"] == "failed" and reason in report["error"] and "\n" not in report["error"]
+    assert "predictions" not in report and "dicom" not in report and not list((output / slide).glob("*.dcm"))
 
 
 def test_a_rerun_into_the_same_output_predicts_only_its_own_slides(steps_output, app_models, cmu_slide) -> None:
@@ -253,3 +297,94 @@ def test_a_dicom_series_is_one_slide_however_it_is_named(tmp_path: Path) -> None
     (tmp_path / "empty").mkdir()
     assert find_slides(tmp_path) == (tmp_path / "S1", tmp_path / "a.svs")
     assert find_slides(series / "level0.dcm") == find_slides(series) == (series,)
+
+
+#: what MONAI Deploy's packager (holoscan-cli 4.2) downloads from the holoscan-cli repository before it packages
+#: (releases/4.2.0/artifacts.json: the images it builds on), written here for a machine without that network
+HOLOSCAN_SOURCE = {
+    "4.2.0": {
+        "holoscan": {
+            "debian-version": "4.2.0.1-1",
+            "wheel-version": "4.2.0",
+            "base-images": {"dgpu": "nvcr.io/nvidia/cuda:13.0.0-runtime-ubuntu24.04"},
+            "build-images": {
+                "dgpu": {
+                    "x64-workstation": "nvcr.io/nvidia/clara-holoscan/holoscan:v4.2.0-cuda13",
+                    "sbsa": "nvcr.io/nvidia/clara-holoscan/holoscan:v4.2.0-cuda13",
+                },
+                "igpu": {},
+                "cpu": {"x64-workstation": "nvcr.io/nvidia/clara-holoscan/holoscan:v4.2.0-cuda13"},
+            },
+        },
+        "health-probes": {
+            "linux/amd64": "https://github.com/grpc-ecosystem/grpc-health-probe/releases/download/v0.4.38/"
+            "grpc_health_probe-linux-amd64",
+            "linux/arm64": "https://github.com/grpc-ecosystem/grpc-health-probe/releases/download/v0.4.38/"
+            "grpc_health_probe-linux-arm64",
+        },
+    }
+}
+
+
+@pytest.fixture(scope="module")
+def staged_map(app_models: Path, tmp_path_factory) -> Path:
+    """scripts/stage_map.py on the test's model folder, as the README runs it."""
+    output = tmp_path_factory.mktemp("map") / "map"
+    script = ROOT / "scripts" / "stage_map.py"
+    command = [sys.executable, str(script), "--models", str(app_models), "--output", str(output)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return output
+
+
+def package_map(folder: Path, tmp_path: Path) -> tuple[int, str]:
+    """``holoscan package`` (MONAI Deploy's MAP packager) on a staged folder, as the README runs it, with no docker
+    on the PATH: it checks and writes everything up to the image build, which needs Docker."""
+    source = tmp_path / "artifacts.json"
+    source.write_text(json.dumps(HOLOSCAN_SOURCE))
+    bin_dir = Path(sys.executable).parent
+    command = [str(bin_dir / "holoscan"), "package", "app", "-c", "app.yaml", "-m", "models", "-t", "pathme:test"]
+    command += ["--platform", "x86_64", "--sdk", "monai-deploy", "--sdk-version", "4.0.0", "--source", str(source)]
+    command += ["--build-cache", str(tmp_path / "cache"), "-l", "DEBUG"]
+    done = subprocess.run(command, cwd=folder, env={"PATH": str(bin_dir), "HOME": str(tmp_path)}, capture_output=True)
+    return done.returncode, (done.stdout + done.stderr).decode()
+
+
+def printed_manifest(log: str, name: str) -> dict:
+    """The manifest the packager prints between its 'Begin <name>' and 'End <name>' lines."""
+    return json.loads(log.split(f"Begin {name} ===============\n")[1].split("\n=====")[0])
+
+
+def test_the_staged_map_holds_the_app_its_pinned_requirements_and_the_model_folder(staged_map: Path) -> None:
+    app = staged_map / "app"
+    assert (app / "__main__.py").is_file() and (app / "pathme" / "deploy" / "app.py").is_file()
+    assert (app / "pathme" / "_bundles" / "pathme_mil" / "configs" / "inference.json").is_file()
+    requirements = (app / "requirements.txt").read_text().splitlines()
+    assert {"torch==2.14.1", "monai-deploy-app-sdk==4.0.0", "highdicom==0.28.2", "holoscan-cu13==4.2.0"} <= set(
+        requirements
+    )
+    assert all("==" in line for line in requirements)  # every one pinned as in constraints.txt
+    # the image's model path holds the model folder as pathme/, where the app finds it
+    assert AppModels.load(staged_map / "models").root == staged_map / "models" / "pathme"
+
+
+def test_the_map_packager_accepts_the_app_and_stops_only_where_docker_is_needed(staged_map, tmp_path) -> None:
+    returncode, log = package_map(staged_map, tmp_path)
+    app = printed_manifest(log, "app.json")
+    assert app["command"] == '["python3", "/opt/holoscan/app"]' and app["version"] == __version__
+    assert app["sdk"] == "monai-deploy" and app["environment"]["HOLOSCAN_MODEL_PATH"] == "/opt/holoscan/models"
+    package = printed_manifest(log, "pkg.json")
+    assert package["models"] == {"pathme": "/opt/holoscan/models/pathme"} and package["resources"]["gpu"] == 1
+    assert "End Dockerfile" in log and "COPY ./models  /opt/holoscan/models" in log
+    [error] = [line for line in log.splitlines() if "[ERROR]" in line]
+    assert returncode == 1 and "The binary 'docker' could not be found" in log.split(error)[1], log[-2000:]
+
+
+def test_the_map_packager_refuses_an_app_yaml_without_a_title(staged_map, tmp_path) -> None:
+    """The check above can fail: the packager's own validation of app.yaml."""
+    broken = tmp_path / "map"
+    shutil.copytree(staged_map, broken)
+    (broken / "app.yaml").write_text((broken / "app.yaml").read_text().replace("  title:", "  name:"))
+    returncode, log = package_map(broken, tmp_path)
+    assert returncode == 1 and "('application>title') cannot be found or is empty" in log
+    assert "Begin app.json" not in log

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from dicom_series import rewrite, to_dicom
+from dicom_series import drop_pixel_spacing, make_ct, rewrite, to_dicom
 from test_extraction import EXPERTS, store_contents
 
 from pathme.deploy.pipeline import slide_id as deploy_slide_id
@@ -102,13 +102,7 @@ def test_the_fingerprint_of_a_series_changes_with_any_instance(series, tmp_path)
 
 def test_a_series_without_pixel_spacing_is_refused_naming_the_fix(series, tmp_path):
     bare = to_dicom_copy(series, tmp_path / "bare")
-
-    def drop_spacing(dataset):
-        for group in dataset.SharedFunctionalGroupsSequence:
-            for measures in group.PixelMeasuresSequence:
-                del measures.PixelSpacing
-
-    rewrite(bare, drop_spacing)
+    rewrite(bare, drop_pixel_spacing)
     for mpp in (None, 0.5):  # a manifest mpp cannot stand in: no reader places the levels of such a series
         with pytest.raises(MissingMppError, match=r"^slide bare: .*bare: the series states no pixel spacing") as error:
             Slide.open(bare, mpp=mpp)
@@ -117,11 +111,6 @@ def test_a_series_without_pixel_spacing_is_refused_naming_the_fix(series, tmp_pa
 
 def test_a_series_that_is_no_whole_slide_image_is_refused_in_one_line(series, tmp_path):
     other = to_dicom_copy(series, tmp_path / "ct")
-
-    def make_ct(dataset):
-        dataset.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
-        dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID
-
     rewrite(other, make_ct)
     with pytest.raises(SlideError) as error:
         Slide.open(other)

@@ -50,8 +50,9 @@ class SlideLoaderOperator(Operator):
         spec.output("case")
 
     def compute(self, op_input, op_output, context) -> None:
-        """Emit the case: every slide found under the input path, with the work folder."""
-        op_output.emit(Case(find_slides(self.input_path), self.work), "case")
+        """Emit the case: every slide found under the input path (a study's series split in the work folder), with
+        the work folder."""
+        op_output.emit(Case(find_slides(self.input_path, self.work), self.work), "case")
 
 
 class _StepOperator(Operator):

@@ -8,6 +8,8 @@ prediction for a slide equals the one the bundles give.
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from functools import cached_property
@@ -20,16 +22,19 @@ from pathme import __version__
 from pathme.bundles import bundle_dir, run_bundle
 from pathme.cohorts.manifest import SAFE_ID
 from pathme.data.feature_source import PATHME, PATHME_MEAN, FeatureSource
+from pathme.deploy.dicom_results import write_dicom_results
 from pathme.engines.distill_workflow import TEACHER_FILE, TrainedOn, load_checkpoint
 from pathme.engines.mil import MILModelConfig, load_fold_model, read_fold_model
 from pathme.engines.mil_predict import fold_models
 from pathme.store import file_digest, read_store_attrs
-from pathme.store.atomic import copy_atomic, write_atomic
+from pathme.store.atomic import WriteError, copy_atomic, write_atomic
 from pathme.store.tokens import TokenProvenance
 from pathme.tables import read_text_csv
 from pathme.wsi.mpp import MPP_TOLERANCE
 from pathme.wsi.readers import SLIDE_SUFFIXES, is_slide, slide_name, slide_path
-from pathme.wsi.readers.dicom import is_dicom_series
+from pathme.wsi.readers.dicom import is_dicom_series, wsi_series
+
+logger = logging.getLogger(__name__)
 
 APP_CONFIG = "pathme_app.json"
 BUNDLES = ("pathme_feature_extraction", "pathme_distillation", "pathme_mil")
@@ -52,9 +57,13 @@ class AppModels:
 
     @classmethod
     def load(cls, root: str | Path) -> AppModels:
-        """Read ``app.json`` of the model folder ``root``; raises FileNotFoundError naming the missing file, ValueError
-        on an unknown key or feature source."""
+        """Read ``pathme_app.json`` of the model folder ``root``, or of its one subfolder holding one (a MONAI
+        Application Package's model path, ``/opt/holoscan/models``, holds the model folder as ``pathme/``: see
+        scripts/stage_map.py); raises FileNotFoundError naming the missing file, ValueError on an unknown key or
+        feature source."""
         root = Path(root)
+        nested = [path.parent for path in root.glob(f"*/{APP_CONFIG}")] if not (root / APP_CONFIG).exists() else []
+        root = nested[0] if len(nested) == 1 else root
         config = root / APP_CONFIG
         if not config.is_file():
             raise FileNotFoundError(
@@ -134,13 +143,16 @@ def slide_id(path: Path) -> str:
     return slide_name(path)
 
 
-def find_slides(input_path: str | Path) -> tuple[Path, ...]:
+def find_slides(input_path: str | Path, work: Path | None = None) -> tuple[Path, ...]:
     """One slide (a file, a DICOM WSI series folder, or one of its ``.dcm`` instances), or every slide of a folder
-    (files by suffix, series folders), sorted; none is an error."""
+    (files by suffix, series folders), sorted; a DICOM folder holding the instances of several series is split into
+    its series (:func:`study_series`, under ``work``). None is an error."""
     path = slide_path(input_path)
     if path.is_file() or is_dicom_series(path):
-        return (path.resolve(),)
-    found = sorted(p.resolve() for p in path.iterdir() if is_slide(p)) if path.is_dir() else []
+        candidates = [path]
+    else:
+        candidates = sorted(p for p in path.iterdir() if is_slide(p)) if path.is_dir() else []
+    found = [slide for candidate in candidates for slide in study_series(candidate.resolve(), work)]
     if not found:
         raise FileNotFoundError(
             f"no slide in {path} (looked for {', '.join(SLIDE_SUFFIXES)} files and folders of DICOM instances)"
@@ -149,6 +161,26 @@ def find_slides(input_path: str | Path) -> tuple[Path, ...]:
     if len(set(ids)) < len(ids):
         raise ValueError(f"{path}: slides share a file name stem, so their reports would collide: {ids}")
     return tuple(found)
+
+
+def study_series(path: Path, work: Path | None) -> list[Path]:
+    """The slides of one input: ``path`` itself, unless it is a folder holding the instances of several DICOM WSI
+    series (a study, as a PACS export or MONAI's Informatics Gateway writes it): then one folder per series,
+    ``<work>/series/<Series Instance UID>/``, of links to its instances, made afresh. ValueError without ``work``."""
+    series = wsi_series(path) if is_dicom_series(path) else {}
+    if len(series) <= 1:
+        return [path]
+    if work is None:
+        raise ValueError(f"{path}: instances of {len(series)} DICOM series; give a work folder to split them into")
+    folders = []
+    for uid, instances in sorted(series.items()):
+        folder = work / "series" / uid
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for instance in instances:
+            (folder / instance.name).symlink_to(instance)
+        folders.append(folder)
+    return folders
 
 
 def extract_features(case: Case, models: AppModels) -> Case:
@@ -246,10 +278,22 @@ def write_reports(case: Case, models: AppModels, output_dir: str | Path) -> list
             report |= {"status": "failed", "error": case.failed[sid]}
         else:
             report |= {"status": "done", "predictions": _slide_predictions(case, sid, folder)}
+            if is_dicom_series(path) and report["predictions"]:
+                report["dicom"] = _dicom_results(path, folder, report["predictions"], versions["mil"])
         report |= {"intended_use": "Research only; not for clinical diagnosis", "models": versions}
         target = folder / "report.json"
         written.append(write_atomic(target, json.dumps(report, indent=2) + "\n"))
     return written
+
+
+def _dicom_results(series: Path, folder: Path, predictions: dict[str, Any], models: dict[str, Any]) -> dict[str, str]:
+    """:func:`~pathme.deploy.dicom_results.write_dicom_results` for a slide read from a DICOM series; what cannot be
+    written (a header highdicom refuses) is a warning and the report's ``error`` entry, not the end of the run."""
+    try:
+        return write_dicom_results(series, folder, predictions, models)
+    except (ValueError, AttributeError, WriteError) as error:
+        logger.warning("%s: no DICOM results: %s", series, error)
+        return {"error": str(error)}
 
 
 def model_versions(case: Case, models: AppModels) -> dict[str, Any]:

@@ -52,6 +52,24 @@ def is_dicom_series(path: Path) -> bool:
     return path.is_dir() and any(p.suffix.lower() == ".dcm" for p in path.iterdir())
 
 
+def wsi_series(folder: Path) -> dict[str, list[Path]]:
+    """Series Instance UID -> the VL Whole Slide Microscopy instances of that series among a folder's ``.dcm`` files
+    (read to their headers). Files pydicom cannot read, and instances of other kinds, are left out: the reader
+    refuses them when it opens the folder."""
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    series: dict[str, list[Path]] = {}
+    for path in dicom_instances(folder):
+        try:
+            header = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SeriesInstanceUID"])
+        except (InvalidDicomError, OSError, EOFError):
+            continue
+        if str(header.get("SOPClassUID", "")) == WSI_SOP_CLASS and "SeriesInstanceUID" in header:
+            series.setdefault(str(header.SeriesInstanceUID), []).append(path)
+    return series
+
+
 def _pixel_spacing(dataset: object) -> object:
     """The Pixel Spacing of an instance's shared Pixel Measures, None when it has none."""
     for group in getattr(dataset, "SharedFunctionalGroupsSequence", []):
