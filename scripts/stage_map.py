@@ -11,7 +11,7 @@ writes into the new folder ``--output``:
   there with ``--target``), and ``requirements.txt``: pathme's dependencies with the deploy extra, pinned as in
   constraints.txt, which the packager installs into the image;
 - ``app.yaml``: scripts/map/app.yaml (title, version, resources);
-- ``models/pathme/``: a copy of the app's model folder (``pathme_app.json``, ``teacher.pt``, ``mil/<task>/``), checked
+- ``models/pathme/``: a copy of the app's model folder (a MONAI bundle: :mod:`pathme.deploy.app_models`), checked
   first as the app loads it. The packager puts each subfolder of ``models/`` under ``/opt/holoscan/models/``, the
   app's model path in the image, where the app finds its one model folder.
 
@@ -32,7 +32,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from pathme.deploy.pipeline import AppModels
+from pathme.deploy.app_models import AppModels
 
 ROOT = Path(__file__).resolve().parents[1]
 MAP_FILES = ROOT / "scripts" / "map"

@@ -23,7 +23,8 @@ from dicom_series import drop_pixel_spacing, make_ct, rewrite, to_dicom
 from PIL import Image
 
 from pathme import __version__
-from pathme.deploy.pipeline import APP_CONFIG, AppModels, find_slides
+from pathme.deploy.app_models import APP_CONFIG, METADATA, AppModels, write_app_models
+from pathme.deploy.pipeline import find_slides
 from pathme.engines.mil import TrainSettings
 from pathme.engines.mil_predict import MILPredict
 from pathme.engines.mil_workflow import MILRun
@@ -47,7 +48,8 @@ STEPS = """
 import sys
 from pathlib import Path
 from pathme.deploy import pipeline
-models = pipeline.AppModels.load(sys.argv[2])
+from pathme.deploy.app_models import AppModels
+models = AppModels.load(sys.argv[2])
 work = Path(sys.argv[3]) / "work"
 case = pipeline.Case(pipeline.find_slides(sys.argv[1], work), work)
 for step in (pipeline.extract_features, pipeline.compute_tokens, pipeline.predict):
@@ -60,15 +62,16 @@ pipeline.write_reports(case, models, sys.argv[3])
 def app_models(demo_cohort: Path, demo_features: Path, demo_tokens: Path, demo_teacher: Path, tmp_path_factory) -> Path:
     """A model folder as a user assembles it: the app config, the teacher's checkpoints and three MIL runs
     (classification and survival on PatHME tokens, classification on raw tiny-vit features)."""
-    root = tmp_path_factory.mktemp("app_models")
-    config = {"experts": DEMO_EXPERTS}  # teacher.pt records its expert, preset and network
-    (root / APP_CONFIG).write_text(json.dumps(config))
-    shutil.copy(demo_teacher, root / "teacher.pt")
+    runs = tmp_path_factory.mktemp("mil_runs")
     for name, (task, source, model) in RUNS.items():
         features = demo_tokens if source == "pathme" else demo_features
-        labels, output = demo_cohort / "labels.csv", root / "mil" / name
+        labels, output = demo_cohort / "labels.csv", runs / name
         MILRun(features, labels, task, output, source, num_folds=2, model=model, settings=FAST, heatmaps=False).run()
-    return root
+    config = {"experts": DEMO_EXPERTS}  # teacher.pt records its expert, preset and network
+    root = tmp_path_factory.mktemp("app_models")
+    return write_app_models(
+        root, config, demo_teacher, {name: runs / name for name in RUNS}, model_version="1.2.3"
+    ).root
 
 
 def run_steps(slides: Path, models: Path, output: Path) -> None:
@@ -113,7 +116,7 @@ def test_the_steps_predict_what_the_bundles_predict(steps_output, demo_tokens, d
     assert report["status"] == "done" and set(report["predictions"]) == set(RUNS)
     for name, (task, source, model) in RUNS.items():
         features = demo_tokens if source == "pathme" else demo_features
-        expected = MILPredict(features, app_models / "mil" / name, tmp_path / name, heatmaps=False).run()
+        expected = MILPredict(features, app_models / "models" / "mil" / name, tmp_path / name, heatmaps=False).run()
         expected = expected.set_index("patient_id").loc[chosen["patient_id"]]
         got = report["predictions"][name]
         if task == "survival":
@@ -213,9 +216,9 @@ def test_a_teacher_distilled_on_other_expert_weights_gives_failed_reports_naming
     carrying predictions from features the models never saw."""
     models = tmp_path / "models"
     shutil.copytree(app_models, models)
-    state = torch.load(models / "teacher.pt", weights_only=True)
+    state = torch.load(models / "models" / "teacher.pt", weights_only=True)
     state["trained_on"]["expert_digests"] = dict.fromkeys(DEMO_EXPERTS, "random:7")
-    torch.save(state, models / "teacher.pt")
+    torch.save(state, models / "models" / "teacher.pt")
     inputs = tmp_path / "in"
     inputs.mkdir()
     shutil.copy(cmu_slide, inputs / "cmu.svs")
@@ -251,36 +254,73 @@ def test_the_monai_deploy_app_runs_on_the_cmu_slide(cmu_slide: Path, app_models:
             assert image.size[0] > 10 and image.size[1] > 10
     assert len(json.loads((folder / "label_attention.geojson").read_text())["features"]) <= n_tokens
     versions = report["models"]
-    assert versions["teacher"]["digest"] == file_digest(app_models / "teacher.pt")
+    assert versions["teacher"]["digest"] == file_digest(app_models / "models" / "teacher.pt")
+    assert versions["app_models"] == {"name": "PatHME MONAI Deploy app models", "version": "1.2.3"}
     assert versions["experts"]["tiny-vit"]["weights"] == "random"
     assert versions["mil"]["label_raw"]["feature_source"] == "tiny-vit"
     assert {name: versions["mil"][name]["model"] for name in RUNS} == {n: run[2] for n, run in RUNS.items()}
     for name in RUNS:
         folds = versions["mil"][name]["fold_models"]
-        assert folds == {f"fold_{k}": file_digest(app_models / "mil" / name / f"fold_{k}" / "model.pt") for k in (0, 1)}
+        assert folds == {
+            f"fold_{k}": file_digest(app_models / "models" / "mil" / name / f"fold_{k}" / "model.pt") for k in (0, 1)
+        }
+
+
+def test_the_monai_deploy_app_reads_a_dicom_study_and_writes_dicom_results(cmu_slide, app_models, tmp_path) -> None:
+    """The real application on a study folder as the Informatics Gateway hands it over (the instances of a DICOM WSI
+    series made from the sample slide), as quiet as on a slide file: its SR and bulk annotations hold what its
+    report.json and heatmap GeoJSON say."""
+    series = to_dicom(cmu_slide, tmp_path / "series")
+    command = [sys.executable, "-m", "pathme.deploy.app", "-i", str(series), "-o", str(tmp_path / "out")]
+    done = subprocess.run([*command, "-m", str(app_models)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    console = (done.stdout + done.stderr).splitlines()
+    assert len(console) <= 3 and console[0].startswith("extract shard 0/1 finished: 1 slide(s) done"), console
+    folder = tmp_path / "out" / "series"
+    report = json.loads((folder / "report.json").read_text())
+    assert report["status"] == "done" and report["dicom"] == {
+        "sr": "prediction_sr.dcm",
+        "annotations": "attention_ann.dcm",
+    }
+    sr = hd.sr.srread(folder / "prediction_sr.dcm")
+    for group in sr.content.get_image_measurement_groups():
+        want = report["predictions"][group.tracking_identifier]
+        got = {m.name.value.split("=", 1)[1]: m.value for m in group.get_measurements()}
+        assert got == (
+            {"risk": want["risk"]} if "risk" in want else {f"p({k})": v for k, v in want["probabilities"].items()}
+        )
+    for group in hd.ann.annread(folder / "attention_ann.dcm").get_annotation_groups():
+        task = group.label.removesuffix(" attention")
+        features = json.loads((folder / report["predictions"][task]["heatmap_geojson"]).read_text())["features"]
+        attention = [feature["properties"]["measurements"]["attention"] for feature in features]
+        np.testing.assert_allclose(group.get_measurements()[1][:, 0], attention, rtol=1e-7)
 
 
 def test_a_model_folder_without_its_config_or_models_is_a_clear_error(app_models: Path, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=APP_CONFIG):
+    with pytest.raises(FileNotFoundError, match=f"no {METADATA}; the model folder holds {METADATA}, {APP_CONFIG}"):
         AppModels.load(tmp_path)
     shutil.copytree(app_models, tmp_path / "m", ignore=shutil.ignore_patterns("mil", "teacher.pt"))
-    with pytest.raises(FileNotFoundError, match="no teacher.pt"):
+    with pytest.raises(FileNotFoundError, match="no models/teacher.pt"):
         AppModels.load(tmp_path / "m")
-    shutil.copy(app_models / "teacher.pt", tmp_path / "m")
+    shutil.copy(app_models / "models" / "teacher.pt", tmp_path / "m" / "models")
     with pytest.raises(FileNotFoundError, match="no MIL run"):
         AppModels.load(tmp_path / "m")
-    (tmp_path / "m" / APP_CONFIG).write_text(json.dumps({"experts": ["uni"]}))
+    config = tmp_path / "m" / APP_CONFIG
+    config.write_text(json.dumps({"experts": ["uni"]}))
     with pytest.raises(ValueError, match="takes 'tiny-vit' features, which experts \\['uni'\\] do not include"):
         AppModels.load(tmp_path / "m")
-    (tmp_path / "m" / APP_CONFIG).write_text(json.dumps({"experts": ["tiny-vit"], "expert_a": "tiny-vit"}))
+    config.write_text(json.dumps({"experts": ["tiny-vit"], "expert_a": "tiny-vit"}))
     with pytest.raises(ValueError, match="unknown keys \\['expert_a'\\]"):
         AppModels.load(tmp_path / "m")
-    (tmp_path / "m" / APP_CONFIG).write_text(json.dumps({"weights": {}}))
+    config.write_text(json.dumps({"weights": {}}))
     with pytest.raises(ValueError, match="missing key 'experts'"):
         AppModels.load(tmp_path / "m")
-    shutil.copytree(app_models / "mil", tmp_path / "m" / "mil")  # trained on tiny-vit features and tokens
-    (tmp_path / "m" / APP_CONFIG).write_text(json.dumps({"experts": ["tiny-cnn", "tiny-vit"]}))
+    shutil.copytree(app_models / "models" / "mil", tmp_path / "m" / "models" / "mil")  # on tiny-vit features and tokens
+    config.write_text(json.dumps({"experts": ["tiny-cnn", "tiny-vit"]}))
     assert AppModels.load(tmp_path / "m").expert_a == "tiny-vit"  # from teacher.pt
+    (tmp_path / "m" / METADATA).write_text(json.dumps({"name": "models"}))
+    with pytest.raises(ValueError, match="metadata.json: no version"):
+        AppModels.load(tmp_path / "m")
 
 
 def test_an_input_without_slides_is_a_clear_error(tmp_path: Path) -> None:

@@ -12,9 +12,7 @@ stages with more baselines.
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,10 +25,9 @@ from pathme.console import announce, unannounced
 from pathme.data.feature_source import PATHME
 from pathme.demo.cohort_generator import make_demo_cohort
 from pathme.demo.sample_data import SAMPLE_FILENAME, fetch_sample_slide
-from pathme.deploy.pipeline import APP_CONFIG
+from pathme.deploy.app_models import write_app_models
 from pathme.engines.distill_workflow import TEACHER_FILE
-from pathme.engines.mil_predict import fold_models
-from pathme.store.atomic import copy_atomic, write_atomic, write_csv_atomic
+from pathme.store.atomic import write_atomic, write_csv_atomic
 from pathme.viz.preview import preview_manifest
 
 logger = logging.getLogger(__name__)
@@ -176,20 +173,12 @@ def _mil_runs(
 
 
 def assemble_app_models(out: Path, settings: DemoSettings) -> Path:
-    """The model folder of the MONAI Deploy app from the demo's runs (``pathme.deploy.pipeline.AppModels``): the
+    """The model folder of the MONAI Deploy app from the demo's runs (:mod:`pathme.deploy.app_models`): the
     experts and their weights, the teacher and every MIL run's fold models, so the app can be tried right after."""
-    folder = out / "app_models"
-    # the teacher records its expert, preset and network
-    config = {"experts": list(settings.expert_names), "weights": settings.weights}
-    shutil.rmtree(folder / "mil", ignore_errors=True)  # fold models of an earlier demo must not join the ensembles
-    (folder / "mil").mkdir(parents=True)
-    write_atomic(folder / APP_CONFIG, json.dumps(config, indent=2) + "\n")
-    copy_atomic(out / "distillation" / TEACHER_FILE, folder / TEACHER_FILE)
-    for run in sorted((out / "mil").iterdir()):
-        for fold_model in fold_models(run) if run.is_dir() else []:
-            target = folder / "mil" / run.name / fold_model.parent.name / fold_model.name
-            copy_atomic(fold_model, target)
-    return folder
+    config = {"experts": list(settings.expert_names), "weights": settings.weights}  # the teacher records the rest
+    runs = {run.name: run for run in sorted((out / "mil").iterdir()) if any(run.glob("fold_*/model.pt"))}
+    teacher = out / "distillation" / TEACHER_FILE
+    return write_app_models(out / "app_models", config, teacher, runs, name="PatHME demo app models").root
 
 
 def metrics_table(results: pd.DataFrame) -> pd.DataFrame:

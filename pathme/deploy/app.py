@@ -10,6 +10,7 @@ application computes exactly what the bundles compute. Intermediate stores go to
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -27,8 +28,8 @@ from monai.deploy.core.app_context import AppContext  # noqa: E402
 from monai.deploy.core.arg_parser import parse_args  # noqa: E402
 
 from pathme.console import console_logging  # noqa: E402
+from pathme.deploy.app_models import AppModels  # noqa: E402
 from pathme.deploy.pipeline import (  # noqa: E402
-    AppModels,
     Case,
     compute_tokens,
     extract_features,
@@ -36,6 +37,19 @@ from pathme.deploy.pipeline import (  # noqa: E402
     predict,
     write_reports,
 )
+
+
+class _NoNamedModelNotice(logging.Filter):
+    """Drops MONAI Deploy's notice that the model folder "is not treated as NamedModel": its app context inspects the
+    model path for the SDK's own model kinds (TorchScript, Triton, a folder of one file per model), which pathme's
+    model folder, a MONAI bundle the app loads itself (:class:`AppModels`), is none of."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for that notice."""
+        return "not treated as NamedModel" not in record.getMessage()
+
+
+logging.getLogger("monai.deploy.core.models.named_model").addFilter(_NoNamedModelNotice())
 
 
 class SlideLoaderOperator(Operator):

@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -21,108 +20,19 @@ import pandas as pd
 from pathme import __version__
 from pathme.bundles import bundle_dir, run_bundle
 from pathme.cohorts.manifest import SAFE_ID
-from pathme.data.feature_source import PATHME, PATHME_MEAN, FeatureSource
+from pathme.deploy.app_models import AppModels
 from pathme.deploy.dicom_results import write_dicom_results
-from pathme.engines.distill_workflow import TEACHER_FILE, TrainedOn, load_checkpoint
-from pathme.engines.mil import MILModelConfig, load_fold_model, read_fold_model
 from pathme.engines.mil_predict import fold_models
 from pathme.store import file_digest, read_store_attrs
 from pathme.store.atomic import WriteError, copy_atomic, write_atomic
 from pathme.store.tokens import TokenProvenance
 from pathme.tables import read_text_csv
-from pathme.wsi.mpp import MPP_TOLERANCE
 from pathme.wsi.readers import SLIDE_SUFFIXES, is_slide, slide_name, slide_path
 from pathme.wsi.readers.dicom import is_dicom_series, wsi_series
 
 logger = logging.getLogger(__name__)
 
-APP_CONFIG = "pathme_app.json"
 BUNDLES = ("pathme_feature_extraction", "pathme_distillation", "pathme_mil")
-
-
-@dataclass(frozen=True)
-class AppModels:
-    """The model folder: ``pathme_app.json`` (the experts to extract and their weights), the ``teacher.pt`` a
-    finished distillation run writes (it records its expert, preset and network), and one MIL cross-validation
-    output per task in ``mil/<task>/`` (its ``fold_<k>/model.pt``)."""
-
-    root: Path
-    experts: tuple[str, ...]
-    weights: dict[str, str] = field(default_factory=dict)
-    # cuCIM reads crash (SIGSEGV in read_region) inside Holoscan operator threads once an earlier operator has
-    # read with cuCIM (cucim-cu13 26.10, holoscan-cu13 4.6, CPU); OpenSlide reads are safe there
-    reader_backend: str = "openslide"
-    tiles_per_batch: int = 64  # the extraction bundle's id
-    mpp_tolerance: float = MPP_TOLERANCE  # the extraction bundle's id: a scan this much coarser than 20x is read at it
-
-    @classmethod
-    def load(cls, root: str | Path) -> AppModels:
-        """Read ``pathme_app.json`` of the model folder ``root``, or of its one subfolder holding one (a MONAI
-        Application Package's model path, ``/opt/holoscan/models``, holds the model folder as ``pathme/``: see
-        scripts/stage_map.py); raises FileNotFoundError naming the missing file, ValueError on an unknown key or
-        feature source."""
-        root = Path(root)
-        nested = [path.parent for path in root.glob(f"*/{APP_CONFIG}")] if not (root / APP_CONFIG).exists() else []
-        root = nested[0] if len(nested) == 1 else root
-        config = root / APP_CONFIG
-        if not config.is_file():
-            raise FileNotFoundError(
-                f"{root}: no {APP_CONFIG}; the model folder holds {APP_CONFIG}, {TEACHER_FILE} and mil/<task>/ "
-                "(see the README section 'MONAI Deploy')"
-            )
-        values = json.loads(config.read_text())
-        allowed = {f.name for f in fields(cls)} - {"root"}
-        if unknown := sorted(set(values) - allowed):
-            raise ValueError(f"{config}: unknown keys {unknown}; allowed: {sorted(allowed)}")
-        if "experts" not in values:
-            raise ValueError(f"{config}: missing key 'experts' (the experts whose features the app extracts)")
-        models = cls(root=root, **{**values, "experts": tuple(values["experts"])})
-        if not models.teacher.is_file():
-            raise FileNotFoundError(f"{root}: no {TEACHER_FILE} (the file a finished distillation run writes)")
-        if models.expert_a not in models.experts:
-            raise ValueError(
-                f"{config}: the teacher in {models.teacher} takes {models.expert_a!r} features, which experts "
-                f"{list(models.experts)} do not include"
-            )
-        if not models.mil_runs:
-            raise FileNotFoundError(f"{root}: no MIL run with fold models in {root / 'mil'}/<task>/fold_<k>/model.pt")
-        for task, source in models.mil_sources.items():
-            if not source.tokens and source.expert not in models.experts:
-                known = [PATHME, PATHME_MEAN, *models.experts]
-                raise ValueError(
-                    f"{root / 'mil' / task}: its fold models take '{source}' features; this app makes {known} "
-                    "(an expert also at @5x and @1.25x)"
-                )
-        return models
-
-    @property
-    def teacher(self) -> Path:
-        """Path of the distilled teacher checkpoint in the model folder."""
-        return self.root / TEACHER_FILE
-
-    @cached_property
-    def expert_a(self) -> str:
-        """The expert whose features the teacher takes, as ``teacher.pt`` records it."""
-        return TrainedOn.of(load_checkpoint(self.teacher), self.teacher).expert_a
-
-    @property
-    def mil_runs(self) -> dict[str, Path]:
-        """Task name -> the folder of its fold models."""
-        folder = self.root / "mil"
-        runs = sorted(p for p in folder.iterdir() if any(p.glob("fold_*/model.pt"))) if folder.is_dir() else []
-        return {run.name: run for run in runs}
-
-    @cached_property
-    def mil_sources(self) -> dict[str, FeatureSource]:
-        """Task name -> the features its fold models take (PatHME tokens or an expert's raw features)."""
-        runs = self.mil_runs.items()
-        return {task: FeatureSource.parse(load_fold_model(fold_models(run)[0])[2]) for task, run in runs}
-
-    @cached_property
-    def mil_models(self) -> dict[str, str]:
-        """Task name -> the aggregator of its fold models (pathme aggregators)."""
-        saved = {task: read_fold_model(fold_models(run)[0])["model_config"] for task, run in self.mil_runs.items()}
-        return {task: MILModelConfig.from_saved(config).model for task, config in saved.items()}
 
 
 @dataclass(frozen=True)
@@ -299,6 +209,7 @@ def _dicom_results(series: Path, folder: Path, predictions: dict[str, Any], mode
 def model_versions(case: Case, models: AppModels) -> dict[str, Any]:
     """Versions and digests of everything that made the predictions, read from the stores and model files."""
     versions: dict[str, Any] = {"pathme": __version__, "bundles": {}}
+    versions["app_models"] = {key: models.metadata[key] for key in ("name", "version")}
     for name in BUNDLES:
         versions["bundles"][name] = json.loads((bundle_dir(name) / "configs" / "metadata.json").read_text())["version"]
     if _has_stores(case.features):
