@@ -8,8 +8,8 @@ writes into the new folder ``--output``:
 
 - ``app/``: the folder the packager copies to ``/opt/holoscan/app`` and runs as ``python3 /opt/holoscan/app``: its
   ``__main__.py`` (scripts/map/__main__.py), pathme itself with its bundles as its wheel carries them (pip installs it
-  there with ``--target``), and ``requirements.txt``: pathme's dependencies with the deploy extra, pinned as in
-  constraints.txt, which the packager installs into the image;
+  there with ``--target``), and ``requirements.txt``: every package pathme needs with the deploy extra, its
+  dependencies' dependencies included, pinned as in constraints.txt, which the packager installs into the image;
 - ``app.yaml``: scripts/map/app.yaml (title, version, resources);
 - ``models/pathme/``: a copy of the app's model folder (a MONAI bundle: :mod:`pathme.deploy.app_models`), checked
   first as the app loads it. The packager puts each subfolder of ``models/`` under ``/opt/holoscan/models/``, the
@@ -22,17 +22,19 @@ so the image gets it from the application folder. Exit status 1 with one line on
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import subprocess
 import sys
 from email.parser import Parser
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from pathme.deploy.app_models import AppModels
+from pathme.deploy.app_models import APP_CONFIG, AppModels, inside
 
 ROOT = Path(__file__).resolve().parents[1]
 MAP_FILES = ROOT / "scripts" / "map"
@@ -49,25 +51,47 @@ def pins(constraints: Path) -> dict[str, str]:
 
 
 def requirements(metadata: Path, pinned: dict[str, str], extras: tuple[str, ...] = ("deploy",)) -> list[str]:
-    """The ``Requires-Dist`` of a wheel's METADATA that hold without extras or with ``extras``, as ``name==pin``
-    where ``pinned`` has the package (with its own extras kept), else as written."""
-    lines = []
-    for text in Parser().parsestr(metadata.read_text()).get_all("Requires-Dist") or []:
+    """Every package pathme needs with ``extras``, its own ``Requires-Dist`` (a wheel's METADATA) and theirs in
+    turn as installed here, markers evaluated here (the image is Linux x86_64 too), each as ``name==version``: the
+    pin of ``pinned`` (constraints.txt), else the installed version; one not installed here as its requirement."""
+    found: dict[str, str] = {}
+    seen: set[tuple[str, frozenset[str]]] = set()
+    queue = [(text, extras) for text in Parser().parsestr(metadata.read_text()).get_all("Requires-Dist") or []]
+    while queue:
+        text, wanted_extras = queue.pop()
         requirement = Requirement(text)
-        wanted = requirement.marker is None or any(requirement.marker.evaluate({"extra": e}) for e in extras)
-        if not wanted:
+        marker = requirement.marker
+        if marker is not None and not any(marker.evaluate({"extra": e}) for e in (*wanted_extras, "")):
             continue
-        name = canonicalize_name(requirement.name)
-        extra = f"[{','.join(sorted(requirement.extras))}]" if requirement.extras else ""
-        lines.append(f"{requirement.name}{extra}=={pinned[name]}" if name in pinned else str(requirement))
-    return sorted(set(lines), key=str.lower)
+        name, key = (
+            canonicalize_name(requirement.name),
+            (canonicalize_name(requirement.name), frozenset(requirement.extras)),
+        )
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            installed = distribution(requirement.name)
+        except PackageNotFoundError:
+            found.setdefault(name, str(requirement))
+            continue
+        found[name] = f"{name}=={pinned.get(name, installed.version)}"
+        queue += [(text, tuple(requirement.extras)) for text in installed.requires or []]
+    return sorted(found.values())
 
 
 def stage(models: Path, output: Path) -> Path:
     """Stage the MAP inputs of the app model folder ``models`` into the new folder ``output``; returns ``output``.
-    FileNotFoundError or ValueError (the app's own) for a model folder it would refuse; FileExistsError when
-    ``output`` exists."""
-    AppModels.load(models)
+    FileNotFoundError or ValueError (the app's own) for a model folder it would refuse, ValueError for expert weights
+    outside it (they would not be in the image); FileExistsError when ``output`` exists."""
+    root = AppModels.load(models).root
+    config = json.loads((root / APP_CONFIG).read_text())
+    for expert, weights in config.get("weights", {}).items():
+        if Path(weights).is_absolute() or (Path(weights).exists() and inside(root, weights) == weights):
+            raise ValueError(
+                f"{root / APP_CONFIG}: the weights of {expert}, {weights}, are outside the model folder, so not in the "
+                f"image; copy them into {root / 'models'} and give their path relative to the folder"
+            )
     output.mkdir(parents=True)
     app = output / "app"
     pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile", "--target", str(app)]
@@ -78,7 +102,7 @@ def stage(models: Path, output: Path) -> Path:
     lines = requirements(metadata, pins(ROOT / "constraints.txt"))
     (app / "requirements.txt").write_text("\n".join(lines) + "\n")
     shutil.copy(MAP_FILES / "app.yaml", output / "app.yaml")
-    shutil.copytree(models, output / "models" / MODEL_NAME)
+    shutil.copytree(root, output / "models" / MODEL_NAME)
     return output
 
 

@@ -20,6 +20,7 @@ import pytest
 import torch
 from conftest import DEMO_EXPERTS
 from dicom_series import drop_pixel_spacing, make_ct, rewrite, to_dicom
+from packaging.utils import canonicalize_name
 from PIL import Image
 
 from pathme import __version__
@@ -318,9 +319,18 @@ def test_a_model_folder_without_its_config_or_models_is_a_clear_error(app_models
     shutil.copytree(app_models / "models" / "mil", tmp_path / "m" / "models" / "mil")  # on tiny-vit features and tokens
     config.write_text(json.dumps({"experts": ["tiny-cnn", "tiny-vit"]}))
     assert AppModels.load(tmp_path / "m").expert_a == "tiny-vit"  # from teacher.pt
+    (tmp_path / "m" / "models" / "uni.bin").write_bytes(b"weights")  # a relative path: a file inside the folder
+    config.write_text(json.dumps({"experts": ["tiny-vit"], "weights": {"uni": "models/uni.bin", "tiny-vit": "random"}}))
+    weights = AppModels.load(tmp_path / "m").weights
+    assert weights == {"uni": str(tmp_path / "m" / "models" / "uni.bin"), "tiny-vit": "random"}
     (tmp_path / "m" / METADATA).write_text(json.dumps({"name": "models"}))
     with pytest.raises(ValueError, match="metadata.json: no version"):
         AppModels.load(tmp_path / "m")
+    shutil.copytree(app_models, tmp_path / "two" / "a")
+    shutil.copytree(app_models, tmp_path / "two" / "b")
+    with pytest.raises(ValueError, match="two: 2 model folders \\(a, b\\); give one"):
+        AppModels.load(tmp_path / "two")
+    assert AppModels.load(tmp_path / "two" / "a").root == tmp_path / "two" / "a"
 
 
 def test_an_input_without_slides_is_a_clear_error(tmp_path: Path) -> None:
@@ -399,13 +409,32 @@ def test_the_staged_map_holds_the_app_its_pinned_requirements_and_the_model_fold
     app = staged_map / "app"
     assert (app / "__main__.py").is_file() and (app / "pathme" / "deploy" / "app.py").is_file()
     assert (app / "pathme" / "_bundles" / "pathme_mil" / "configs" / "inference.json").is_file()
-    requirements = (app / "requirements.txt").read_text().splitlines()
-    assert {"torch==2.14.1", "monai-deploy-app-sdk==4.0.0", "highdicom==0.28.2", "holoscan-cu13==4.2.0"} <= set(
-        requirements
-    )
-    assert all("==" in line for line in requirements)  # every one pinned as in constraints.txt
+    requirements = dict(line.split("==") for line in (app / "requirements.txt").read_text().splitlines())
+    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines() if "==" in line)
+    pins = {canonicalize_name(name): version for name, version in pins.items()}
+    # pathme's requirements with the deploy extra and theirs in turn (pydantic-core: holoscan-cli's, through
+    # python-on-whales and pydantic), every one pinned as in constraints.txt; none of the dev extra
+    assert {"torch", "monai-deploy-app-sdk", "highdicom", "holoscan-cu13", "pydantic-core"} <= set(requirements)
+    assert {name: pins[name] for name in requirements if name in pins} == {
+        name: version for name, version in requirements.items() if name in pins
+    }
+    assert not {"pytest", "ruff", "wsidicomizer"} & set(requirements)
     # the image's model path holds the model folder as pathme/, where the app finds it
     assert AppModels.load(staged_map / "models").root == staged_map / "models" / "pathme"
+
+
+def test_staging_refuses_expert_weights_outside_the_model_folder(app_models: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(app_models, models)
+    weights = tmp_path / "uni.bin"
+    weights.write_bytes(b"weights")
+    (models / APP_CONFIG).write_text(json.dumps({"experts": ["tiny-vit"], "weights": {"tiny-vit": str(weights)}}))
+    script = ROOT / "scripts" / "stage_map.py"
+    command = [sys.executable, str(script), "--models", str(models), "--output", str(tmp_path / "map")]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 1 and not (tmp_path / "map").exists()
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("stage_map: ") and f"{weights}, are outside the model folder, so not in the image" in line
 
 
 def test_the_map_packager_accepts_the_app_and_stops_only_where_docker_is_needed(staged_map, tmp_path) -> None:

@@ -36,8 +36,11 @@ PREDICTIONS = {
     "survival": {"type": "survival", "risk": -1.2345678901234567, "higher_risk": "shorter time"},
 }
 MODELS = {
-    task: {"model": "abmil", "feature_source": "pathme", "fold_models": {"fold_0": "ab" * 32, "fold_1": "cd" * 32}}
-    for task in PREDICTIONS
+    "app_models": {"name": "test models", "version": "1.2.3"},
+    "mil": {
+        task: {"model": "abmil", "feature_source": "pathme", "fold_models": {"fold_0": "ab" * 32, "fold_1": "cd" * 32}}
+        for task in PREDICTIONS
+    },
 }
 
 
@@ -137,8 +140,9 @@ def test_a_series_without_a_slide_image_is_refused_naming_the_folder(results, tm
 
 
 def test_the_instances_of_a_study_in_one_folder_are_split_into_their_series(results, cmu_slide, tmp_path) -> None:
-    """A study as a PACS export or the Informatics Gateway writes it: one folder, the instances of two series (and a
-    file that is no DICOM); the app reads each series as a slide, named by its Series Instance UID."""
+    """A study as a PACS export or the Informatics Gateway writes it: one folder, the instances of two series, a
+    series of only a label image and a file that is no DICOM; the app reads each series with a pyramid as a slide,
+    named by its Series Instance UID."""
     series, _, _ = results
     other = to_dicom(cmu_slide, tmp_path / "other")
     study = tmp_path / "study"
@@ -146,6 +150,10 @@ def test_the_instances_of_a_study_in_one_folder_are_split_into_their_series(resu
     for instance in [*series.glob("*.dcm"), *other.glob("*.dcm")]:
         shutil.copy(instance, study / instance.name)
     (study / "notes.dcm").write_text("not an instance")
+    label = pydicom.dcmread(next(series.glob("*.dcm")))  # a series of only a label image is no slide
+    label.SeriesInstanceUID, label.SOPInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    label.ImageType = ["ORIGINAL", "PRIMARY", "LABEL", "NONE"]
+    label.save_as(study / "label.dcm")
     uids = sorted(pydicom.dcmread(next(folder.glob("*.dcm"))).SeriesInstanceUID for folder in (series, other))
     slides = find_slides(study, tmp_path / "work")
     assert slides == tuple(tmp_path / "work" / "series" / uid for uid in uids)
@@ -155,3 +163,21 @@ def test_the_instances_of_a_study_in_one_folder_are_split_into_their_series(resu
     assert find_slides(series, tmp_path / "work") == (series.resolve(),)  # one series: the folder itself
     with pytest.raises(ValueError, match="instances of 2 DICOM series"):
         find_slides(study)
+
+
+def test_a_task_name_past_dicom_lengths_is_kept_whole_in_codes_and_cut_in_meanings(results, tmp_path) -> None:
+    """Code meanings and group labels are Long Strings (64 characters): a long task name is cut there, not refused;
+    its code value (a Long Code Value) and tracking identifier keep it whole."""
+    series, folder, _ = results
+    task = "x" * 70
+    shutil.copy(folder / "label_attention.geojson", tmp_path / "label_attention.geojson")
+    predictions = {task: PREDICTIONS["label"]}
+    models = {**MODELS, "mil": {task: MODELS["mil"]["label"]}}
+    assert write_dicom_results(series, tmp_path, predictions, models) == {"sr": SR_FILE, "annotations": ANN_FILE}
+    [group] = hd.sr.srread(tmp_path / SR_FILE).content.get_image_measurement_groups()
+    assert group.tracking_identifier == task
+    [evaluation] = group.get_qualitative_evaluations()
+    assert evaluation.name.value == task and evaluation.name.meaning == task[:64]
+    ann = hd.ann.annread(tmp_path / ANN_FILE)
+    assert ann.get_annotation_groups()[0].label == f"{task} attention"[:64]
+    assert ann.DeviceSerialNumber == "test models 1.2.3"  # the model folder that made it

@@ -1,4 +1,4 @@
-"""The Deploy app's model folder, a MONAI bundle: what the app loads, and how it is assembled from the runs.
+"""The Deploy app's model folder, in the MONAI bundle layout: what the app loads, and how it is assembled from runs.
 
     <folder>/configs/metadata.json   the bundle's metadata: name and version (the reports and DICOM results name
                                      them), MONAI, PyTorch and pathme versions, task, intended use
@@ -7,7 +7,10 @@
                                      and network)
     <folder>/models/mil/<task>/      per task the fold models of a MIL cross-validation (fold_<k>/model.pt)
 
-A MONAI Application Package holds the folder as ``/opt/holoscan/models/pathme/`` (scripts/stage_map.py).
+A MONAI Application Package holds the folder as ``/opt/holoscan/models/pathme/`` (scripts/stage_map.py). The
+metadata has the keys of a MONAI bundle's but ``network_data_format``: the folder holds several networks (teacher,
+fold models) that the app chains, not one network a bundle config would run. A relative path in ``weights`` is a
+file inside the folder (``models/experts/uni.bin``), so the folder moves whole into an image.
 """
 
 from __future__ import annotations
@@ -36,6 +39,12 @@ MIL = f"{MODELS}/mil"
 LAYOUT = f"{METADATA}, {APP_CONFIG}, {TEACHER} and {MIL}/<task>/fold_<k>/model.pt"
 
 
+def inside(root: Path, weights: str) -> str:
+    """An expert's ``weights`` value with a relative path to a file or folder inside ``root`` made absolute; any other
+    value (``hub``, ``random``, an absolute path) as it is."""
+    return str(root / weights) if not Path(weights).is_absolute() and (root / weights).exists() else weights
+
+
 @dataclass(frozen=True)
 class AppModels:
     """The model folder (the module's layout); the fields are ``pathme_app.json``'s keys."""
@@ -44,7 +53,7 @@ class AppModels:
     experts: tuple[str, ...]
     weights: dict[str, str] = field(default_factory=dict)
     # cuCIM reads crash (SIGSEGV in read_region) inside Holoscan operator threads once an earlier operator has
-    # read with cuCIM (cucim-cu13 26.10, holoscan-cu13 4.6, CPU); OpenSlide reads are safe there
+    # read with cuCIM (seen with cucim-cu13 26.10, holoscan-cu13 4.6, CPU); OpenSlide reads are safe there
     reader_backend: str = "openslide"
     tiles_per_batch: int = 64  # the extraction bundle's id
     mpp_tolerance: float = MPP_TOLERANCE  # the extraction bundle's id: a scan this much coarser than 20x is read at it
@@ -53,10 +62,15 @@ class AppModels:
     def load(cls, root: str | Path) -> AppModels:
         """Read the model folder ``root``, or its one subfolder that is one (a MONAI Application Package's model
         path, ``/opt/holoscan/models``, holds it as ``pathme/``). Raises FileNotFoundError naming the missing file,
-        ValueError on metadata without name or version, an unknown key or a feature source the app cannot make."""
+        ValueError on several model folders, metadata without name or version, an unknown key or a feature source
+        the app cannot make."""
         root = Path(root)
-        nested = [path.parents[1] for path in root.glob(f"*/{APP_CONFIG}")] if not (root / APP_CONFIG).exists() else []
-        root = nested[0] if len(nested) == 1 else root
+        nested = (
+            sorted(path.parents[1] for path in root.glob(f"*/{APP_CONFIG}")) if not (root / APP_CONFIG).exists() else []
+        )
+        if len(nested) > 1:
+            raise ValueError(f"{root}: {len(nested)} model folders ({', '.join(p.name for p in nested)}); give one")
+        root = nested[0] if nested else root
         for name in (METADATA, APP_CONFIG):
             if not (root / name).is_file():
                 raise FileNotFoundError(f"{root}: no {name}; the model folder holds {LAYOUT} (README 'MONAI Deploy')")
@@ -67,7 +81,8 @@ class AppModels:
             raise ValueError(f"{config}: unknown keys {unknown}; allowed: {sorted(allowed)}")
         if "experts" not in values:
             raise ValueError(f"{config}: missing key 'experts' (the experts whose features the app extracts)")
-        models = cls(root=root, **{**values, "experts": tuple(values["experts"])})
+        weights = {name: inside(root, value) for name, value in values.get("weights", {}).items()}
+        models = cls(root=root, **{**values, "experts": tuple(values["experts"]), "weights": weights})
         if missing := [key for key in ("name", "version") if not models.metadata.get(key)]:
             raise ValueError(f"{root / METADATA}: no {' or '.join(missing)} (the bundle's; reports name them)")
         if not models.teacher.is_file():
@@ -149,6 +164,8 @@ def write_app_models(
         "intended_use": "Research only; not for clinical diagnosis",
         "license": "Apache-2.0",
         "authors": "pathme contributors",
+        "copyright": "Copyright (c) pathme contributors",
+        "optional_packages_version": {},
     }
     write_atomic(folder / METADATA, json.dumps(metadata, indent=2) + "\n")
     write_atomic(folder / APP_CONFIG, json.dumps(dict(config), indent=2) + "\n")

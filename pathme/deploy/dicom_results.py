@@ -1,8 +1,9 @@
 """The Deploy app's results as DICOM objects beside the slide they describe, for a DICOM WSI series read as input.
 
-Two objects per slide, made with highdicom, each in a new series of the slide's study (Patient, Study and Specimen
-copied from the slide; the slide's series and level-0 image referenced; the SR's image library also records the
-slide's Frame of Reference, and the annotations' 2D coordinates are that image's own total pixel matrix):
+Two objects per slide, made with highdicom, each in a new series of the slide's study (Patient and Study copied from
+the slide, and for the annotations its Specimen; the slide's series and level-0 image referenced; the SR's image
+library also records the slide's Frame of Reference, and the annotations' 2D coordinates are that image's own total
+pixel matrix, origin at the top-left corner of its top-left pixel, as the heatmap GeoJSON's level-0 px):
 
 - **the prediction**, a Comprehensive 3D SR document with the Measurement Report template **TID 1500**: it is the
   template a PACS, OHIF and Slim read as "measurements of an image" and the one highdicom builds and parses. Each
@@ -16,12 +17,13 @@ slide's Frame of Reference, and the annotations' 2D coordinates are that image's
 - **the attention maps**, one Microscopy Bulk Simple Annotations instance with one annotation group per task: one
   polygon per heatmap cell (the GeoJSON's cells, in the slide's total pixel matrix, which is level 0) and the cell's
   attention as a measurement. Chosen over a Parametric Map or a Segmentation because Slim (the DICOMweb slide viewer)
-  and QuPath display bulk annotations over the slide as they are, with their measurement values; a Parametric Map
+  displays bulk annotations over the slide as they are, with their measurement values; a Parametric Map
   or Segmentation would need its own pixel grid resampled to the slide's tiles, and stores a cell's value only
   as the grid's pixels, while each annotation carries its cell's exact square and value (float32).
 
-Results of a slide that is a file (SVS, TIFF, ...) stay JSON, PNG, GeoJSON and NIfTI: there is no study to put
-DICOM objects in.
+Names longer than DICOM's 64 characters (a long task name) are cut to 64 in code meanings, group labels and
+algorithm names; the code values keep them whole. Results of a slide that is a file (SVS, TIFF, ...) stay JSON, PNG,
+GeoJSON and NIfTI: there is no study to put DICOM objects in.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ SR_SERIES_NUMBER, ANN_SERIES_NUMBER = 9001, 9002  # new series in the slide's st
 UNITLESS = hd.sr.CodedConcept("1", "UCUM", "no units")
 ATTENTION = hd.sr.CodedConcept("attention", LOCAL_SCHEME, "Attention weight of the MIL model")
 SR_FILE, ANN_FILE = "prediction_sr.dcm", "attention_ann.dcm"
+LONG_STRING = 64  # characters of a DICOM Long String (LO): code meanings, labels
 
 
 def level0_image(series: Path) -> Dataset:
@@ -61,24 +64,35 @@ def level0_image(series: Path) -> Dataset:
     return max(images, key=lambda image: int(image.TotalPixelMatrixColumns) * int(image.TotalPixelMatrixRows))
 
 
+def local_code(value: str, meaning: str) -> hd.sr.CodedConcept:
+    """A concept of the local scheme, its meaning cut to DICOM's 64 characters (a Long String)."""
+    return hd.sr.CodedConcept(value, LOCAL_SCHEME, meaning[:LONG_STRING])
+
+
 def task_code(task: str) -> hd.sr.CodedConcept:
-    """A task's concept (local scheme): what its prediction is of."""
-    return hd.sr.CodedConcept(task, LOCAL_SCHEME, task)
+    """A task's concept: what its prediction is of."""
+    return local_code(task, task)
 
 
 def class_code(task: str, label: str) -> hd.sr.CodedConcept:
-    """A class of a task (local scheme)."""
-    return hd.sr.CodedConcept(f"{task}={label}", LOCAL_SCHEME, f"{task} {label}")
+    """A class of a task."""
+    return local_code(f"{task}={label}", f"{task} {label}")
 
 
 def probability_code(task: str, label: str) -> hd.sr.CodedConcept:
-    """The measurement "probability of class ``label``" of a task (local scheme)."""
-    return hd.sr.CodedConcept(f"{task}=p({label})", LOCAL_SCHEME, f"Probability of {task} {label}")
+    """The measurement "probability of class ``label``" of a task."""
+    return local_code(f"{task}=p({label})", f"Probability of {task} {label}")
 
 
 def risk_code(task: str) -> hd.sr.CodedConcept:
-    """The measurement "risk score" of a survival task (local scheme)."""
-    return hd.sr.CodedConcept(f"{task}=risk", LOCAL_SCHEME, f"{task} risk score (higher: shorter time)")
+    """The measurement "risk score" of a survival task."""
+    return local_code(f"{task}=risk", f"{task} risk score (higher: shorter time)")
+
+
+def _model_folder(models: Mapping[str, Any]) -> str:
+    """The app's model folder as the report names it (name and version): what made the objects."""
+    folder = models["app_models"]
+    return f"{folder['name']} {folder['version']}"[:LONG_STRING]
 
 
 def _new_series(number: int, description: str) -> dict[str, Any]:
@@ -97,17 +111,17 @@ def _algorithm(task: str, model: Mapping[str, Any]) -> tuple[str, list[str]]:
     """The name and parameters that identify a task's model: aggregator, feature source, fold models' sha256."""
     parameters = [f"aggregator={model['model']}", f"feature_source={model['feature_source']}"]
     parameters += [f"{fold} sha256={digest}" for fold, digest in sorted(model["fold_models"].items())]
-    return f"pathme {task}", parameters
+    return f"pathme {task}"[:LONG_STRING], parameters
 
 
 def prediction_sr(image: Dataset, predictions: Mapping[str, Any], models: Mapping[str, Any]) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 measurement report of a slide's predictions (the report's ``predictions``: per task its type and
-    probabilities and predicted class, or its risk) by the models of ``models`` (the report's ``models["mil"]``),
-    about the level-0 ``image``."""
+    probabilities and predicted class, or its risk) by the models of ``models`` (the report's ``models``: its ``mil``
+    per task), about the level-0 ``image``."""
     groups = []
     source = hd.sr.SourceImageForMeasurementGroup.from_source_image(image)
     for task, entry in predictions.items():
-        name, parameters = _algorithm(task, models[task])
+        name, parameters = _algorithm(task, models["mil"][task])
         algorithm = hd.sr.AlgorithmIdentification(name, __version__, parameters)
         if entry["type"] == "survival":
             measurements = [hd.sr.Measurement(risk_code(task), entry["risk"], UNITLESS, algorithm_id=algorithm)]
@@ -155,11 +169,11 @@ def attention_annotations(
     image: Dataset, heatmaps: Mapping[str, Path], models: Mapping[str, Any]
 ) -> hd.ann.MicroscopyBulkSimpleAnnotations:
     """Bulk annotations over the level-0 ``image``: per task of ``heatmaps`` (task -> its heatmap GeoJSON) a group of
-    polygons, one per shown cell, with its attention."""
+    polygons, one per shown cell, with its attention; ``models`` as for :func:`prediction_sr`."""
     groups = []
     for number, (task, geojson) in enumerate(heatmaps.items(), start=1):
         corners, values = geojson_cells(geojson)
-        name, parameters = _algorithm(task, models[task])
+        name, parameters = _algorithm(task, models["mil"][task])
         algorithm = hd.AlgorithmIdentificationSequence(
             name=name,
             family=codes.cid7162.ArtificialIntelligence,
@@ -170,7 +184,7 @@ def attention_annotations(
             hd.ann.AnnotationGroup(
                 number=number,
                 uid=generate_uid(),
-                label=f"{task} attention",
+                label=f"{task} attention"[:LONG_STRING],
                 annotated_property_category=codes.SCT.Tissue,
                 annotated_property_type=codes.SCT.Tissue,
                 graphic_type=hd.ann.GraphicTypeValues.POLYGON,
@@ -188,7 +202,7 @@ def attention_annotations(
         **_new_series(ANN_SERIES_NUMBER, "PatHME attention"),
         manufacturer_model_name=MODEL_NAME,
         software_versions=__version__,
-        device_serial_number=__version__,
+        device_serial_number=_model_folder(models),
         content_description="PatHME attention maps",
         content_label="ATTENTION",
     )
@@ -198,16 +212,16 @@ def write_dicom_results(
     series: Path, folder: Path, predictions: Mapping[str, Any], models: Mapping[str, Any]
 ) -> dict[str, str]:
     """Write :data:`SR_FILE` (:func:`prediction_sr`) and, where a task has a heatmap GeoJSON in ``folder``,
-    :data:`ANN_FILE` (:func:`attention_annotations`) into ``folder``, each atomically; returns their file names
-    under ``sr`` and ``annotations``. ``predictions`` and ``models`` are the slide report's ``predictions`` and
-    ``models["mil"]``."""
+    :data:`ANN_FILE` (:func:`attention_annotations`) into ``folder``, each atomically and only once both are made;
+    returns their file names under ``sr`` and ``annotations``. ``predictions`` and ``models`` are the slide report's.
+    ValueError for a series without a slide image, or values highdicom refuses."""
     image = level0_image(series)
-    written = {"sr": SR_FILE}
-    write_atomic(folder / SR_FILE, prediction_sr(image, predictions, models).save_as)
+    objects = {"sr": (SR_FILE, prediction_sr(image, predictions, models))}
     heatmaps = {
         task: folder / entry["heatmap_geojson"] for task, entry in predictions.items() if "heatmap_geojson" in entry
     }
     if heatmaps:
-        write_atomic(folder / ANN_FILE, attention_annotations(image, heatmaps, models).save_as)
-        written["annotations"] = ANN_FILE
-    return written
+        objects["annotations"] = (ANN_FILE, attention_annotations(image, heatmaps, models))
+    for name, dataset in objects.values():
+        write_atomic(folder / name, dataset.save_as)
+    return {kind: name for kind, (name, _) in objects.items()}

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pydicom.errors import InvalidDicomError
 
 from pathme import __version__
 from pathme.bundles import bundle_dir, run_bundle
@@ -189,7 +190,7 @@ def write_reports(case: Case, models: AppModels, output_dir: str | Path) -> list
         else:
             report |= {"status": "done", "predictions": _slide_predictions(case, sid, folder)}
             if is_dicom_series(path) and report["predictions"]:
-                report["dicom"] = _dicom_results(path, folder, report["predictions"], versions["mil"])
+                report["dicom"] = _dicom_results(path, folder, report["predictions"], versions)
         report |= {"intended_use": "Research only; not for clinical diagnosis", "models": versions}
         target = folder / "report.json"
         written.append(write_atomic(target, json.dumps(report, indent=2) + "\n"))
@@ -201,7 +202,7 @@ def _dicom_results(series: Path, folder: Path, predictions: dict[str, Any], mode
     written (a header highdicom refuses) is a warning and the report's ``error`` entry, not the end of the run."""
     try:
         return write_dicom_results(series, folder, predictions, models)
-    except (ValueError, AttributeError, WriteError) as error:
+    except (ValueError, InvalidDicomError, WriteError) as error:
         logger.warning("%s: no DICOM results: %s", series, error)
         return {"error": str(error)}
 

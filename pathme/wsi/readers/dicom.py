@@ -54,20 +54,26 @@ def is_dicom_series(path: Path) -> bool:
 
 def wsi_series(folder: Path) -> dict[str, list[Path]]:
     """Series Instance UID -> the VL Whole Slide Microscopy instances of that series among a folder's ``.dcm`` files
-    (read to their headers). Files pydicom cannot read, and instances of other kinds, are left out: the reader
+    (read to their headers), for each series that holds a pyramid level (Image Type VOLUME): a series of only a label
+    or overview image is no slide. Files pydicom cannot read, and instances of other kinds, are left out: the reader
     refuses them when it opens the folder."""
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
     series: dict[str, list[Path]] = {}
+    volumes = set()
+    tags = ["SOPClassUID", "SeriesInstanceUID", "ImageType"]
     for path in dicom_instances(folder):
         try:
-            header = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SeriesInstanceUID"])
+            header = dcmread(path, stop_before_pixels=True, specific_tags=tags)
         except (InvalidDicomError, OSError, EOFError):
             continue
         if str(header.get("SOPClassUID", "")) == WSI_SOP_CLASS and "SeriesInstanceUID" in header:
-            series.setdefault(str(header.SeriesInstanceUID), []).append(path)
-    return series
+            uid = str(header.SeriesInstanceUID)
+            series.setdefault(uid, []).append(path)
+            if "VOLUME" in list(header.get("ImageType", []))[2:3]:
+                volumes.add(uid)
+    return {uid: instances for uid, instances in series.items() if uid in volumes}
 
 
 def _pixel_spacing(dataset: object) -> object:
