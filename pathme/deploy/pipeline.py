@@ -85,7 +85,7 @@ def study_series(path: Path, work: Path | None) -> list[Path]:
         raise ValueError(f"{path}: instances of {len(series)} DICOM series; give a work folder to split them into")
     folders = []
     for uid, instances in sorted(series.items()):
-        folder = work / "series" / uid
+        folder = work.resolve() / "series" / uid  # absolute: the manifest resolves relative paths against its folder
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         for instance in instances:
