@@ -18,7 +18,7 @@ from dicom_series import make_ct, rewrite, to_dicom
 
 from pathme import __version__
 from pathme.deploy.dicom_results import ANN_FILE, SR_FILE, level0_image, write_dicom_results
-from pathme.deploy.pipeline import find_slides
+from pathme.deploy.pipeline import find_slides, split_source
 from pathme.wsi.readers import slide_name
 from pathme.wsi.slide import Slide
 
@@ -163,6 +163,12 @@ def test_the_instances_of_a_study_in_one_folder_are_split_into_their_series(
     for slide in slides:
         assert Slide.open(slide).mpp == pytest.approx(0.499, abs=1e-3) and slide_name(slide) in uids
     assert find_slides(study, tmp_path / "work") == slides  # made afresh on a rerun
+    for uid, slide in zip(uids, slides, strict=True):  # what a report names besides the links
+        assert split_source(slide, Path("work")) == {"series_instance_uid": uid, "study_folder": str(study)}
+    assert split_source(series, Path("work")) == {}
+    instance = next(other.glob("*.dcm")).name  # -i naming one instance of the study: its series only
+    other_uid = pydicom.dcmread(other / instance).SeriesInstanceUID
+    assert find_slides(study / instance, Path("work")) == (tmp_path / "work" / "series" / other_uid,)
     assert find_slides(series, tmp_path / "work") == (series.resolve(),)  # one series: the folder itself
     with pytest.raises(ValueError, match="instances of 2 DICOM series"):
         find_slides(study)

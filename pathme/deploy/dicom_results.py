@@ -124,11 +124,11 @@ def prediction_sr(image: Dataset, predictions: Mapping[str, Any], models: Mappin
         name, parameters = _algorithm(task, models["mil"][task])
         algorithm = hd.sr.AlgorithmIdentification(name, __version__, parameters)
         if entry["type"] == "survival":
-            measurements = [hd.sr.Measurement(risk_code(task), entry["risk"], UNITLESS, algorithm_id=algorithm)]
+            measurements = [hd.sr.Measurement(risk_code(task), entry["risk"], UNITLESS)]
             evaluations = []
         else:
             measurements = [
-                hd.sr.Measurement(probability_code(task, label), value, UNITLESS, algorithm_id=algorithm)
+                hd.sr.Measurement(probability_code(task, label), value, UNITLESS)
                 for label, value in entry["probabilities"].items()
             ]
             evaluations = [hd.sr.QualitativeEvaluation(task_code(task), class_code(task, entry["prediction"]))]
@@ -136,7 +136,7 @@ def prediction_sr(image: Dataset, predictions: Mapping[str, Any], models: Mappin
             hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=task),
                 finding_type=task_code(task),
-                algorithm_id=algorithm,
+                algorithm_id=algorithm,  # the group's: each measurement in it is the model's
                 source_images=[source],
                 measurements=measurements,
                 qualitative_evaluations=evaluations,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from pathme import __version__
@@ -34,6 +35,7 @@ from pathme.wsi.readers.dicom import is_dicom_series, wsi_series
 logger = logging.getLogger(__name__)
 
 BUNDLES = ("pathme_feature_extraction", "pathme_distillation", "pathme_mil")
+SPLIT_SERIES = "series"  # the work folder's folder of a study's series, one per Series Instance UID
 
 
 @dataclass(frozen=True)
@@ -57,13 +59,18 @@ def slide_id(path: Path) -> str:
 def find_slides(input_path: str | Path, work: Path | None = None) -> tuple[Path, ...]:
     """One slide (a file, a DICOM WSI series folder, or one of its ``.dcm`` instances), or every slide of a folder
     (files by suffix, series folders), sorted; a DICOM folder holding the instances of several series is split into
-    its series (:func:`study_series`, under ``work``). None is an error."""
+    its series (:func:`study_series`, under ``work``), of which an instance named as the input keeps its own. None is
+    an error."""
     path = slide_path(input_path)
     if path.is_file() or is_dicom_series(path):
         candidates = [path]
     else:
         candidates = sorted(p for p in path.iterdir() if is_slide(p)) if path.is_dir() else []
     found = [slide for candidate in candidates for slide in study_series(candidate.resolve(), work)]
+    named = Path(input_path)
+    if named.suffix.lower() == ".dcm" and named.is_file() and len(found) > 1:  # one instance of a study: its series
+        uid = str(dcmread(named, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]).SeriesInstanceUID)
+        found = [slide for slide in found if slide.name == uid]
     if not found:
         raise FileNotFoundError(
             f"no slide in {path} (looked for {', '.join(SLIDE_SUFFIXES)} files and folders of DICOM instances)"
@@ -85,13 +92,21 @@ def study_series(path: Path, work: Path | None) -> list[Path]:
         raise ValueError(f"{path}: instances of {len(series)} DICOM series; give a work folder to split them into")
     folders = []
     for uid, instances in sorted(series.items()):
-        folder = work.resolve() / "series" / uid  # absolute: the manifest resolves relative paths against its folder
+        folder = work.resolve() / SPLIT_SERIES / uid  # absolute: the manifest resolves relative ones
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         for instance in instances:
             (folder / instance.name).symlink_to(instance)
         folders.append(folder)
     return folders
+
+
+def split_source(slide: Path, work: Path) -> dict[str, str]:
+    """For a series :func:`study_series` split from a study, its ``series_instance_uid`` and the ``study_folder``
+    its instances are in (what a report names besides the links); for any other slide nothing."""
+    if slide.parent != work.resolve() / SPLIT_SERIES:
+        return {}
+    return {"series_instance_uid": slide.name, "study_folder": str(next(slide.iterdir()).resolve().parent)}
 
 
 def extract_features(case: Case, models: AppModels) -> Case:
@@ -185,6 +200,7 @@ def write_reports(case: Case, models: AppModels, output_dir: str | Path) -> list
         folder = Path(output_dir) / sid
         folder.mkdir(parents=True, exist_ok=True)
         report: dict[str, Any] = {"slide_id": sid, "slide": str(path), "created": created}
+        report |= split_source(path, case.work)
         if sid in case.failed:
             report |= {"status": "failed", "error": case.failed[sid]}
         else:
