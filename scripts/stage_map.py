@@ -63,10 +63,8 @@ def requirements(metadata: Path, pinned: dict[str, str], extras: tuple[str, ...]
         marker = requirement.marker
         if marker is not None and not any(marker.evaluate({"extra": e}) for e in (*wanted_extras, "")):
             continue
-        name, key = (
-            canonicalize_name(requirement.name),
-            (canonicalize_name(requirement.name), frozenset(requirement.extras)),
-        )
+        name = canonicalize_name(requirement.name)
+        key = (name, frozenset(requirement.extras))
         if key in seen:
             continue
         seen.add(key)

@@ -107,10 +107,10 @@ def _new_series(number: int, description: str) -> dict[str, Any]:
     }
 
 
-def _algorithm(task: str, model: Mapping[str, Any]) -> tuple[str, list[str]]:
+def _algorithm(task: str, model: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
     """The name and parameters that identify a task's model: aggregator, feature source, fold models' sha256."""
-    parameters = [f"aggregator={model['model']}", f"feature_source={model['feature_source']}"]
-    parameters += [f"{fold} sha256={digest}" for fold, digest in sorted(model["fold_models"].items())]
+    parameters = {"aggregator": model["model"], "feature_source": model["feature_source"]}
+    parameters |= {f"{fold} sha256": digest for fold, digest in sorted(model["fold_models"].items())}
     return f"pathme {task}"[:LONG_STRING], parameters
 
 
@@ -122,7 +122,7 @@ def prediction_sr(image: Dataset, predictions: Mapping[str, Any], models: Mappin
     source = hd.sr.SourceImageForMeasurementGroup.from_source_image(image)
     for task, entry in predictions.items():
         name, parameters = _algorithm(task, models["mil"][task])
-        algorithm = hd.sr.AlgorithmIdentification(name, __version__, parameters)
+        algorithm = hd.sr.AlgorithmIdentification(name, __version__, [f"{k}={v}" for k, v in parameters.items()])
         if entry["type"] == "survival":
             measurements = [hd.sr.Measurement(risk_code(task), entry["risk"], UNITLESS)]
             evaluations = []
@@ -178,7 +178,7 @@ def attention_annotations(
             name=name,
             family=codes.cid7162.ArtificialIntelligence,
             version=__version__,
-            parameters={parameter.split("=")[0]: parameter.split("=", 1)[1] for parameter in parameters},
+            parameters=parameters,
         )
         groups.append(
             hd.ann.AnnotationGroup(
