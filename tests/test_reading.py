@@ -14,15 +14,20 @@ from pathme.wsi.slide_error import SlideError
 BLOCK = 72  # level-0 px: whole numbers of pixels at downsamples 1, 2, 3, 4, 8, 9 and 18 (16 leaves a half pixel)
 
 
-def _expected(pattern: np.ndarray, x: float, y: float, width: int, height: int, step: float) -> np.ndarray:
+def _expected(
+    pattern: np.ndarray, x: float, y: float, width: int, height: int, step: float, grain: float = 1
+) -> np.ndarray:
     """The colour of the block under each output pixel's centre, and a mask of the output pixels whose whole
-    footprint lies inside one block (where an area average must equal that colour exactly)."""
+    footprint, widened to the edges of the pixels of the level read (``grain`` level-0 px each), lies inside one block
+    (where an area average must equal that colour exactly: a stored level pixel across a block edge is a mixture)."""
     cols = x + (np.arange(width) + 0.5) * step
     rows = y + (np.arange(height) + 0.5) * step
     colour = pattern[rows.astype(int)[:, None], cols.astype(int)[None, :]]
 
     def clean(centres: np.ndarray) -> np.ndarray:
-        return np.floor((centres - step / 2) / BLOCK) == np.floor((centres + step / 2 - 1e-9) / BLOCK)
+        first = np.floor((centres - step / 2) / grain + 1e-9) * grain
+        last = np.ceil((centres + step / 2) / grain - 1e-9) * grain - 1e-9
+        return np.floor(first / BLOCK) == np.floor(last / BLOCK)
 
     return colour, clean(rows)[:, None] & clean(cols)[None, :]
 
@@ -52,7 +57,7 @@ def test_level_choice_and_pixels_match_a_known_pattern(make_slide, mpp, downsamp
     width, height = min(96, int((2304 - x) / step)), min(80, int((2880 - y) / step))
     pixels = read_at_mpp(slide, x, y, width, height, target)
     assert pixels.shape == (height, width, 3)
-    expected, clean = _expected(pattern, x, y, width, height, step)
+    expected, clean = _expected(pattern, x, y, width, height, step, downsamples[level])
     assert clean.sum() >= 100
     np.testing.assert_array_equal(pixels[clean], expected[clean])
 

@@ -18,10 +18,11 @@ import torch
 from tqdm import tqdm
 
 from pathme.encoders import Expert
-from pathme.engines.region_loader import L0_ROWS, L1_ROWS, L2_ROW, TILES_PER_REGION, tile_validity
+from pathme.engines.region_loader import tile_validity
 from pathme.shards.run import raise_if_stopped
 from pathme.store import RegionStoreWriter
 from pathme.wsi.regions import Region
+from pathme.wsi.tiles import L0_ROWS, L1_ROWS, L2_ROW, TILES_PER_REGION
 
 
 @dataclass

@@ -18,10 +18,6 @@ from pathme.wsi.regions import Region
 from pathme.wsi.slide import Slide
 from pathme.wsi.tiles import read_region_tiles
 
-#: rows of a region's tile stack: 256 L0 tiles, then 16 L1 tiles, then the L2 tile
-L0_ROWS, L1_ROWS, L2_ROW = slice(0, 256), slice(256, 272), 272
-TILES_PER_REGION = 273
-
 
 @dataclass(frozen=True)
 class SlideSource:
@@ -60,9 +56,7 @@ class RegionDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
         if self._slide is None:
             self._slide = self.source.open()
-        tiles = read_region_tiles(self._slide, self.regions[index])
-        stacked = np.concatenate([tiles.l0, tiles.l1, tiles.l2[None]])
-        return index, torch.from_numpy(stacked)
+        return index, torch.from_numpy(read_region_tiles(self._slide, self.regions[index]).stack)
 
 
 def region_loader(dataset: RegionDataset, num_workers: int, pin_memory: bool) -> DataLoader:

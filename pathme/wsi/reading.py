@@ -5,9 +5,9 @@ heatmaps and the Deploy app all read through it. The level is the coarsest one w
 than) the target, so pixels are only ever averaged down; a slide whose level 0 is coarser than the target is read
 from level 0, resampled up, when it is within the slide's µm/px tolerance of the target
 (:data:`~pathme.wsi.mpp.MPP_TOLERANCE`: a nominal 20x scan at 0.504 µm/px is a 20x scan) and refused otherwise,
-with one reason wherever it is asked. The resize uses PIL's box filter over the exact fractional source box, which
-is an area average for any scale, including pyramids whose downsamples are not powers of two.
-Pixels of the requested box that fall outside the slide are white.
+with one reason wherever it is asked. The level's pixels are area-averaged to the target (:mod:`pathme.wsi.resize`:
+an integer reduce where the scale is integral or nominally so, an exact area average otherwise), including pyramids
+whose downsamples are not powers of two. Pixels of the requested box that fall outside the slide are white.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from pathme.wsi.mpp import MPP_AT_1X
+from pathme.wsi.resize import resize_area
 from pathme.wsi.slide import Slide
 from pathme.wsi.slide_error import SlideError
 
@@ -96,17 +96,18 @@ def refuse_too_coarse(slide_id: str, level0_mpp: float, target_mpp: float, toler
 def read_at_mpp(slide: Slide, x: float, y: float, width: int, height: int, target_mpp: float) -> np.ndarray:
     """Read (height, width, 3) uint8 pixels at ``target_mpp`` whose top-left corner is level-0 point (x, y).
 
-    Only output pixels lying wholly inside the slide are read; the rest stay white.
+    Only output pixels lying wholly inside the slide are read; the rest are white. A box wholly inside the slide whose
+    level holds exactly its pixels is returned without a copy: a view of what the reader decoded (strided when the
+    reader decodes RGBA).
     """
     if x < 0 or y < 0:
         raise ValueError(f"slide {slide.slide_id}: negative read origin ({x}, {y})")
-    out = np.full((height, width, 3), WHITE, dtype=np.uint8)
     step = target_mpp / slide.mpp  # level-0 pixels per output pixel
     slide_width, slide_height = slide.size
     inside_x = min(width, math.floor((slide_width - x) / step + 1e-6))
     inside_y = min(height, math.floor((slide_height - y) / step + 1e-6))
     if inside_x <= 0 or inside_y <= 0:
-        return out
+        return np.full((height, width, 3), WHITE, dtype=np.uint8)
     level = level_read(slide, target_mpp).level
     scale_x, scale_y = slide.level_scale(level)
     level_width, level_height = slide.level_sizes[level]
@@ -116,12 +117,11 @@ def read_at_mpp(slide: Slide, x: float, y: float, width: int, height: int, targe
     col0, row0 = math.floor(left), math.floor(top)
     col1, row1 = min(math.ceil(right - 1e-9), level_width), min(math.ceil(bottom - 1e-9), level_height)
     patch = slide.read_level(level, col0, row0, col1 - col0, row1 - row0)
-    box = (left - col0, top - row0, right - col0, bottom - row0)
-    if box == (0, 0, inside_x, inside_y):  # the level holds exactly these pixels: no resampling
-        out[:inside_y, :inside_x] = patch
-    else:
-        resized = Image.fromarray(patch).resize((inside_x, inside_y), Image.Resampling.BOX, box=box)
-        out[:inside_y, :inside_x] = np.asarray(resized)
+    pixels = resize_area(patch, (left - col0, top - row0, right - col0, bottom - row0), (inside_x, inside_y))
+    if (inside_x, inside_y) == (width, height):
+        return pixels
+    out = np.full((height, width, 3), WHITE, dtype=np.uint8)
+    out[:inside_y, :inside_x] = pixels
     return out
 
 

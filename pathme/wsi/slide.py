@@ -77,6 +77,7 @@ class Slide:
     reader_note: str = ""  # why ``auto`` passed over a reader ("" when the first one read it)
     mpp_tolerance: float = MPP_TOLERANCE  # how much coarser than a target µm/px level 0 may be and be read at it
     _tiff: TiffLayout | None = field(default=None, repr=False)  # a TIFF's images, for tile checks before decoding
+    decode_threads: int = 1  # threads the reader may decode one box on (cuCIM, wsidicom; OpenSlide has none)
 
     @classmethod
     def open(
@@ -87,14 +88,15 @@ class Slide:
         slide_id: str | None = None,
         mpp_source: str = "manifest",
         mpp_tolerance: float = MPP_TOLERANCE,
+        decode_threads: int = 1,
     ) -> Slide:
         """Open ``path`` (a slide file or a DICOM WSI folder) with ``backend`` (``auto`` or a reader's name);
         ``mpp`` (level-0 µm/px, from ``mpp_source``) overrides the slide's metadata; ``mpp_tolerance`` (a fraction,
         see :data:`~pathme.wsi.mpp.MPP_TOLERANCE`) is how much coarser than a target µm/px level 0 may be and still
-        be read at it. A TIFF is inspected first (:func:`~pathme.wsi.tiff_layout.inspect_tiff`), and levels that are
-        not reductions of level 0 are not used. Raises SlideError naming the file (missing, damaged, several
-        scenes, not 8-bit, undecodable, no plausible µm/px) and ValueError for an unknown backend or a negative
-        tolerance."""
+        be read at it; ``decode_threads`` is how many threads the reader may decode one box on. A TIFF is inspected
+        first (:func:`~pathme.wsi.tiff_layout.inspect_tiff`), and levels that are not reductions of level 0 are not
+        used. Raises SlideError naming the file (missing, damaged, several scenes, not 8-bit, undecodable, no
+        plausible µm/px) and ValueError for an unknown backend, a negative tolerance or no decode thread."""
         path = slide_path(path)
         slide_id = slide_id or slide_name(path)
         if not path.exists():
@@ -102,6 +104,8 @@ class Slide:
         readers = readers_for(backend, path)
         if not 0 <= mpp_tolerance < 1:
             raise ValueError(f"mpp_tolerance must be a fraction in [0, 1), got {mpp_tolerance}")
+        if decode_threads < 1:
+            raise ValueError(f"decode_threads must be >= 1, got {decode_threads}")
         tiff = inspect_tiff(path, slide_id) if path.is_file() else None
         failures: dict[str, str] = {}
         for reader_class in readers:
@@ -140,6 +144,7 @@ class Slide:
                 reader_note=note,
                 mpp_tolerance=mpp_tolerance,
                 _tiff=tiff,
+                decode_threads=decode_threads,
             )
         raise _unreadable(slide_id, path, backend, failures)
 
@@ -160,6 +165,7 @@ class Slide:
     def read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         """Read (height, width, 3) uint8 RGB from ``level`` at level pixel (x, y); the box must lie inside it (how
         each backend places a box on a level whose downsample is not an integer: :mod:`pathme.wsi.readers.monai_wsi`).
+        The array is what the reader decoded, not copied: a strided view of its RGB channels when it decodes RGBA.
 
         Raises SlideError naming the slide and tile when a tile under the box is not a whole compressed image (checked
         before decoding, so no reader turns it into black), or naming the box when the reader fails to decode it.
@@ -173,10 +179,10 @@ class Slide:
         if self._tiff is not None:
             self._tiff.check_tiles(level, self.level_sizes[level], x, y, width, height)
         try:
-            patch = self._reader.read(self._levels[level], x, y, width, height)
+            patch = self._reader.read(self._levels[level], x, y, width, height, self.decode_threads)
         except Exception as error:
             raise SlideError(
                 f"slide {self.slide_id}: {self.backend} cannot decode {self.path} at level {level}, box "
                 f"({x}, {y}, {width}, {height}) ({type(error).__name__}: {error})"
             ) from error
-        return np.ascontiguousarray(np.asarray(patch, dtype=np.uint8)[..., :3])
+        return patch[..., :3]

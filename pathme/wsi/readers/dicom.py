@@ -143,7 +143,8 @@ class DicomWsiReader(SlideReader):
             opened.read(level, 0, 0, 1, 1)
         return opened
 
-    def read(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
-        """(height, width, 3) uint8 RGB at level pixel (x, y), as wsidicom decodes and stitches the frames."""
-        image = self._wsi.read_region((x, y), self._levels[level].level, (width, height))
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    def read(self, level: int, x: int, y: int, width: int, height: int, threads: int = 1) -> np.ndarray:
+        """(height, width, 3) uint8 RGB at level pixel (x, y), as wsidicom decodes and stitches the frames (on
+        ``threads`` threads)."""
+        image = self._wsi.read_region((x, y), self._levels[level].level, (width, height), threads=threads)
+        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))

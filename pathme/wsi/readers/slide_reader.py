@@ -44,6 +44,7 @@ class SlideReader(ABC):
         file it cannot decode fails here; any exception means this reader cannot read it."""
 
     @abstractmethod
-    def read(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
-        """(height, width, channels >= 3) uint8 of the reader's ``level`` at level pixel (x, y), RGB first; the box
-        lies inside the level (the caller checks)."""
+    def read(self, level: int, x: int, y: int, width: int, height: int, threads: int = 1) -> np.ndarray:
+        """(height, width, channels >= 3) uint8 of the reader's ``level`` at level pixel (x, y), RGB first, as the
+        library decoded it (no copy for the caller's sake); the box lies inside the level (the caller checks).
+        ``threads``: decoding threads the library may use for this box, where it has them."""
