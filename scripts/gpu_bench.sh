@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The GPU benchmark in one command, on a bare offline CUDA machine with a fresh checkout (scripts/gpu_bench.py
 # says what it measures). Such machines have Python 3.12, torch, timm, h5py, tifffile, pandas and scikit-image,
-# but not MONAI, Ignite, cuCIM or imagecodecs: those come as wheels from .cache/gpu_bench/wheels, installed with
+# but not MONAI, Ignite, cuCIM, imagecodecs or OpenCV: those come as wheels from .cache/gpu_bench/wheels, installed with
 # --no-deps into .cache/gpu_bench/site (never the machine's torch, never the network), next to the sample slide.
 #
 #   scripts/gpu_bench.sh --fetch [--cuda 12|13] [--python 3.12]
 #                               on a networked machine: the wheels (pins of constraints.txt, cuCIM for the GPU
 #                               machine's CUDA major, default 13, and Python, default 3.12) and the sample slide
-#                               into .cache/gpu_bench (46 MB: carry it with the checkout)
+#                               into .cache/gpu_bench (106 MB, 60 of them OpenCV: more than the device tool's
+#                               64 MiB carry, so bring it along as untracked files of the checkout)
 #   scripts/gpu_bench.sh [--json F] [--tiny]    set up what is missing, then run scripts/gpu_bench.py
 #   scripts/gpu_bench.sh --dry-run              say what would be installed, and stop
 set -euo pipefail
@@ -16,7 +17,7 @@ ROOT=$PWD
 CACHE=${GPU_BENCH_CACHE:-$ROOT/.cache/gpu_bench}
 PYTHON=${PYTHON:-python3}
 # module -> distribution, for what the benchmark imports beyond the bare machine's packages
-MODULES=(monai:monai ignite:pytorch-ignite cucim:cucim imagecodecs:imagecodecs)
+MODULES=(monai:monai ignite:pytorch-ignite cucim:cucim imagecodecs:imagecodecs cv2:opencv-python-headless)
 
 pin() { grep -i "^$1==" "$ROOT/constraints.txt" | cut -d= -f3; }
 
@@ -35,7 +36,7 @@ if [[ ${1:-} == --fetch ]]; then
     "$PYTHON" -m pip download --no-deps --only-binary=:all: --python-version "$python" \
         --platform manylinux_2_28_x86_64 --dest "$CACHE/wheels" \
         "monai==$(pin monai)" "pytorch-ignite==$(pin pytorch-ignite)" "imagecodecs==$(pin imagecodecs)" \
-        "cucim-cu$cuda==$(pin cucim-cu13)"
+        "cucim-cu$cuda==$(pin cucim-cu13)" "opencv-python-headless==$(pin opencv-python-headless)"
     PYTHONPATH=$ROOT "$PYTHON" -c "from pathme.demo.sample_data import fetch_sample_slide; fetch_sample_slide('$CACHE')"
     du -sh "$CACHE"
     exit 0

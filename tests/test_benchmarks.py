@@ -102,12 +102,12 @@ def test_gpu_bench_runs_every_stage_without_what_a_bare_gpu_machine_lacks(tmp_pa
 
 
 def test_gpu_bench_sets_a_bare_python_up_from_carried_wheels_only(tmp_path):
-    """A python without MONAI, Ignite, cuCIM or imagecodecs: --dry-run names them; a run without their wheels
+    """A python without MONAI, Ignite, cuCIM, imagecodecs or OpenCV: --dry-run names them; a run without their wheels
     stops before anything else, saying how to bring them."""
     venv.create(tmp_path / "bare", with_pip=False)
     bare, cache = str(tmp_path / "bare" / "bin" / "python"), str(tmp_path / "cache")
     result = gpu_bench("--dry-run", python=bare, GPU_BENCH_CACHE=cache)
-    assert result.returncode == 0 and "monai pytorch-ignite cucim imagecodecs" in result.stdout
+    assert result.returncode == 0 and "monai pytorch-ignite cucim imagecodecs opencv-python-headless" in result.stdout
     assert "nothing" in gpu_bench("--dry-run").stdout  # this venv has them all
     result = gpu_bench("--tiny", python=bare, GPU_BENCH_CACHE=cache)
     assert result.returncode == 2 and "scripts/gpu_bench.sh --fetch" in result.stderr
