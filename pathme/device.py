@@ -37,3 +37,9 @@ def cpu_budget() -> int:
 def reader_workers() -> int:
     """Default region-reading processes of extraction: the CPU budget less one for the process that encodes."""
     return max(1, cpu_budget() - 1)
+
+
+def decode_threads(readers: int) -> int:
+    """Threads each of ``readers`` region-reading processes decodes and resamples on: the CPU budget less one for the
+    process that encodes, shared among them (all of it when the encoding process reads, ``readers`` 0)."""
+    return cpu_budget() if readers == 0 else max(1, (cpu_budget() - 1) // readers)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 import pathme
 from pathme.cohorts.manifest import ManifestRow, read_manifest
-from pathme.device import cpu_budget, pick_device, reader_workers
+from pathme.device import cpu_budget, decode_threads, pick_device, reader_workers
 from pathme.encoders import Expert, build_expert
 from pathme.engines.region_encoding import SlideTimes, encode_regions
 from pathme.engines.region_loader import RegionDataset, SlideSource, region_loader
@@ -186,7 +186,8 @@ class CohortExtractor:
     def _extract(
         self, entry: ManifestRow, experts: Mapping[str, Expert], store: Path, expected: dict, path: Path
     ) -> tuple[int, SlideTimes]:
-        source = SlideSource(path, entry.slide_id, self.reader_backend, entry.mpp, self.mpp_tolerance)
+        threads = decode_threads(self.num_workers)
+        source = SlideSource(path, entry.slide_id, self.reader_backend, entry.mpp, self.mpp_tolerance, threads)
         slide = source.open()
         source = replace(source, backend=slide.backend)  # workers: the reader that worked
         plan = plan_regions(slide, self.tissue)

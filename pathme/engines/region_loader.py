@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -28,12 +29,18 @@ class SlideSource:
     backend: str
     mpp: float | None
     mpp_tolerance: float = MPP_TOLERANCE
+    decode_threads: int = 1  # threads each reading process decodes and resamples a region on
 
     def open(self) -> Slide:
-        """Open the slide with its backend, µm/px override and tolerance; raises SlideError naming the file if it is
-        unreadable."""
+        """Open the slide with its backend, µm/px override, tolerance and decode threads; raises SlideError naming the
+        file if it is unreadable."""
         return Slide.open(
-            self.path, backend=self.backend, mpp=self.mpp, slide_id=self.slide_id, mpp_tolerance=self.mpp_tolerance
+            self.path,
+            backend=self.backend,
+            mpp=self.mpp,
+            slide_id=self.slide_id,
+            mpp_tolerance=self.mpp_tolerance,
+            decode_threads=self.decode_threads,
         )
 
 
@@ -54,7 +61,8 @@ class RegionDataset(Dataset):
         return len(self.regions)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
-        if self._slide is None:
+        if self._slide is None:  # first item of this process: its slide handle, and OpenCV's threads for resampling
+            cv2.setNumThreads(self.source.decode_threads)
             self._slide = self.source.open()
         return index, torch.from_numpy(read_region_tiles(self._slide, self.regions[index]).stack)
 

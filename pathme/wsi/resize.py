@@ -5,9 +5,9 @@ how much of it the footprint covers. OpenCV's ``INTER_AREA`` computes exactly th
 rounding) for any scale, with a fast path for integer factors; it is used wherever the footprint grid starts on a pixel
 edge of the patch, which is every region read of extraction (regions start on level-0 pixels). Why OpenCV and not
 PIL, which pathme used before: PIL's ``BOX`` filter weights each source pixel by where its centre falls, not by the
-area it shares with the footprint, so at a non-integer scale it is up to 75 grey levels from the area average on
-H&E (mean 2.0); and OpenCV's integer reduce of an 8,192² patch by 2 is 25x faster than PIL's resize
-(``scripts/bench_reading.py``, docs/benchmarks.md "Reading speed").
+area it shares with the footprint, so at non-integer scales (1.9-2.4) it is 1.2-3.5 grey levels from the area
+average on H&E on average and up to 82; and OpenCV's reduce of an 8,192² patch by 2 is 25x faster than PIL's resize
+(``scripts/bench_read_speed.py``, docs/benchmarks.md "Reading speed").
 
 Three cases, by the scale ``s`` (patch pixels per output pixel) of each axis:
 
@@ -15,8 +15,8 @@ Three cases, by the scale ``s`` (patch pixels per output pixel) of each axis:
 * ``s`` within :data:`~pathme.wsi.mpp.MPP_TOLERANCE` of 2 (an Aperio 40x scan at 0.2520 µm/px read at 20x:
   ``s = 1.984``): the exact 2-block mean, then an area resample by ``s / 2`` (under 5 %), so the costly general
   resample runs on a quarter of the pixels. The footprints stay where they are; within them the weights are those of
-  2-blocks, which blurs sharp edges by up to one level pixel (against the exact area average on H&E: mean 1.9 grey
-  levels, 99th percentile 19; the tests state the bounds);
+  2-blocks, which blurs sharp edges by up to one level pixel (against the exact area average on H&E: mean 1.6-3.3
+  grey levels, 99th percentile 18-24, where PIL's box filter was at 1.7-3.5 and 20-27; tests/test_resize.py);
 * any other scale: OpenCV's area average at that scale, exact.
 
 A footprint grid that starts inside a pixel (a read whose level-0 origin falls between the pixels of a coarser level
