@@ -10,7 +10,8 @@ thread, it times (best of ``--repeats``):
 * ``before``: the read as pathme did it before issue 29 (kept below as :func:`read_before`: MONAI ``get_data`` with
   its channel copy, PIL's box resize, the white canvas, the 5x and 1.25x PIL reduces, the tile cut and the stack);
 * ``now``: :func:`pathme.wsi.tiles.read_region_tiles`, the same [273, 256, 256, 3] stack the encoders take;
-* ``now, N threads`` (cuCIM only): the same with the decoder on ``N`` threads (``--threads``, default the CPUs).
+* ``now, N threads`` (cuCIM only): the same with the decoder and OpenCV on ``N`` threads (``--threads``, default
+  the CPUs); every other row runs OpenCV on one thread, as a reader process given one CPU does.
 
 Prints a table with each read over the decode and writes JSON.
 Usage: ``python scripts/bench_read_speed.py [--repeats 3] [--backends cucim openslide] [--json out.json]``
@@ -27,6 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -135,8 +137,10 @@ def main() -> None:
                     "before": read_before,
                     "now": read_now,
                 }
+                cv2.setNumThreads(1)  # one core, as in a reader process given one thread
                 seconds = {way: best_of(args.repeats, fn, slide, region) for way, fn in ways.items()}
                 if backend == "cucim" and args.threads > 1:
+                    cv2.setNumThreads(args.threads)
                     threaded = Slide.open(path, backend, decode_threads=args.threads)
                     seconds[f"now, {args.threads} threads"] = best_of(args.repeats, read_now, threaded, region)
                 entry = {way: {"s": s, "x_decode": s / seconds["decode"]} for way, s in seconds.items()}
