@@ -155,3 +155,34 @@ def test_a_nominal_40x_region_is_the_2_block_reduce_and_its_20x_twin_agrees(make
     both_l1 = region_40x.valid_l1 & region_20x.valid_l1 & inside[0] & inside[1]
     assert both_l1.sum() >= 1
     assert np.abs(tiles_40x.l1[both_l1].astype(int) - tiles_20x.l1[both_l1]).mean() <= 1
+
+
+FORKED_READERS = """
+import sys, numpy as np, cv2
+from pathme.engines.region_loader import RegionDataset, SlideSource, region_loader
+from pathme.wsi.regions import plan_regions
+from pathme.wsi.resize import area_reduce
+from pathme.wsi.slide import Slide
+area_reduce(np.zeros((4096, 4096, 3), np.uint8), 2)  # the parent resamples first, as a thumbnail does
+path = sys.argv[1]
+regions = plan_regions(Slide.open(path)).regions
+for threads in (1, 2):
+    source = SlideSource(path, "s", "cucim", None, decode_threads=threads)
+    loader = region_loader(RegionDataset(source, regions), num_workers=1, pin_memory=False)
+    print(threads, sum(1 for _ in loader), flush=True)
+"""
+
+
+def test_reader_processes_forked_after_the_parent_resampled_read_their_regions(make_slide, cmu_pixels):
+    """OpenCV's thread pool does not survive fork: when the parent had resampled on OpenCV's default threads, a
+    DataLoader reader that set its own thread count hung for good (the whole test suite stopped at the first
+    extraction). Run in a fresh process, with a deadline."""
+    import subprocess
+    import sys
+
+    path = make_slide(np.ascontiguousarray(cmu_pixels[:2048, :2048]), 0.25, "svs", (1, 4), magnification=40)
+    done = subprocess.run(
+        [sys.executable, "-c", FORKED_READERS, str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["1", "1", "2", "1"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from pathme.wsi.mpp import MPP_TOLERANCE
 from pathme.wsi.regions import Region
@@ -61,8 +61,9 @@ class RegionDataset(Dataset):
         return len(self.regions)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
-        if self._slide is None:  # first item of this process: its slide handle, and OpenCV's threads for resampling
-            cv2.setNumThreads(self.source.decode_threads)
+        if self._slide is None:  # first item of this process: its slide handle
+            if get_worker_info() is not None and self.source.decode_threads > 1:  # OpenCV on its decode threads too
+                cv2.setNumThreads(self.source.decode_threads)  # only here: see pathme.wsi.resize on fork
             self._slide = self.source.open()
         return index, torch.from_numpy(read_region_tiles(self._slide, self.regions[index]).stack)
 

@@ -33,6 +33,11 @@ import numpy as np
 
 from pathme.wsi.mpp import MPP_TOLERANCE
 
+# OpenCV resamples on one thread unless a reader process asks for more (pathme.engines.region_loader): a thread pool
+# OpenCV has started does not survive fork, and a forked child (a DataLoader worker) that then changes OpenCV's
+# thread count hangs for good
+cv2.setNumThreads(1)
+
 #: the integer reduce a nominally integral scale is read with: 2, a 40x scan read at 20x (every region read of a 40x
 #: slide). Its 2-blocks blur a footprint by at most one level pixel; a larger factor would blur by more (a 16-block
 #: reduce, 40x read at 1.25x, by up to 15 pixels: 3.8 grey levels on average against the area average on H&E), so

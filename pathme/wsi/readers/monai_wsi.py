@@ -95,7 +95,9 @@ class CuCIMReader(MonaiSlideReader):
         return _cucim_properties(handle.metadata)
 
     def _read_region(self, level: int, x0: int, y0: int, width: int, height: int, threads: int) -> np.ndarray:
-        region = self._handle.read_region(location=(x0, y0), size=(width, height), level=level, num_workers=threads)
+        # num_workers 0 decodes in the calling thread, with no pool (what MONAI asked for); a pool only for threads > 1
+        workers = threads if threads > 1 else 0
+        region = self._handle.read_region(location=(x0, y0), size=(width, height), level=level, num_workers=workers)
         return np.asarray(region)  # the decoded buffer itself (array interface), RGB
 
 
